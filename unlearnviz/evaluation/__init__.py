@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice scoring (letter and cloze, with floors), perplexity, relearning."""

