@@ -1,0 +1,172 @@
+"""RMU, SRMU and MRP on the tiny synthetic model: registry, validation, engine equivalence,
+edits that never touch the base weights, stacking, save/load and export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from unlearnviz.errors import UserError
+from unlearnviz.evaluation.mcq import score_items, summarise
+from unlearnviz.methods import EditStack, get_method, load_edit, make_hparams, save_edit
+from unlearnviz.methods.base import Cancelled, describe_hparams
+from unlearnviz.methods.edit import export_checkpoint
+from unlearnviz.model.routing import RoutingPlan
+
+
+def small(lm, method: str, **over):
+    layer = min(2, lm.n_layers - 2)
+    base = {"rmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8},
+            "srmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8},
+            "mrp": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8}}[method]
+    return make_hparams(get_method(method).hparams_cls, {**base, **over})
+
+
+def test_registry_and_docs():
+    for name in ("rmu", "srmu", "mrp"):
+        spec = get_method(name)
+        rows = describe_hparams(spec.hparams_cls)
+        assert rows and all(r["doc"] for r in rows), name
+    with pytest.raises(UserError, match="unknown method"):
+        get_method("nope")
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"nope": 1}, "unknown hyperparameter"),
+    ({"steps": "many"}, "cannot read"),
+    ({"steps": 0}, "below its minimum"),
+    ({"alpha": -1.0}, "below its minimum"),
+    ({"lr": float("nan")}, "finite"),
+    ({"steering_coeff": float("inf")}, "finite"),
+])
+def test_hparam_validation(over, match):
+    with pytest.raises(UserError, match=match):
+        make_hparams(get_method("rmu").hparams_cls, over)
+
+
+@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp"])
+def test_window_engine_matches_naive_loop(tiny_lm, tiny_data, method):
+    """Same seed and batches: the cached layer-window loss trajectory equals the full forward's."""
+    spec = get_method(method)
+    hp = small(tiny_lm, method)
+    fast = spec.fit(tiny_lm, tiny_data, hp)
+    naive = spec.fit(tiny_lm, tiny_data, hp, naive=True)
+    a = [r["loss"] for r in fast.meta["losses"]]
+    b = [r["loss"] for r in naive.meta["losses"]]
+    assert len(a) == len(b) == hp.steps
+    for x, y in zip(a, b):
+        assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), (a, b)
+
+
+@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp"])
+def test_edit_forgets_more_than_it_costs_and_leaves_weights(tiny_lm, tiny_data, method):
+    fp = tiny_lm.fingerprint()
+    over = {"rmu": {"steps": 60}, "srmu": {"steps": 60}, "mrp": {"steps": 30, "k": 16}}[method]
+    edit = get_method(method).fit(tiny_lm, tiny_data, small(tiny_lm, method, **over))
+    assert tiny_lm.fingerprint() == fp
+    before_f = summarise(score_items(tiny_lm, tiny_data.forget_mcq, letter=False, floor=False))
+    after_f = summarise(score_items(tiny_lm, tiny_data.forget_mcq, plan=edit.plan(), letter=False, floor=False))
+    before_r = summarise(score_items(tiny_lm, tiny_data.retain_mcq, letter=False, floor=False))
+    after_r = summarise(score_items(tiny_lm, tiny_data.retain_mcq, plan=edit.plan(), letter=False, floor=False))
+    forget_drop = before_f["gold_logprob"] - after_f["gold_logprob"]
+    retain_drop = before_r["gold_logprob"] - after_r["gold_logprob"]
+    assert forget_drop > 0.5, (before_f, after_f)
+    assert forget_drop > 2 * retain_drop, (forget_drop, retain_drop)
+
+
+def test_rows_mask_applies_edit_to_chosen_rows_only(tiny_lm, tiny_data):
+    edit = get_method("rmu").fit(tiny_lm, tiny_data, small(tiny_lm, "rmu", steps=20))
+    ids = tiny_lm.tokenizer([tiny_data.forget_texts[0]] * 2, return_tensors="pt").input_ids
+    plain = tiny_lm.model(ids).logits
+    with tiny_lm.router.apply(edit.plan(rows=torch.tensor([0.0, 1.0]))):
+        mixed = tiny_lm.model(ids).logits
+    with tiny_lm.router.apply(edit.plan()):
+        edited = tiny_lm.model(ids).logits
+    assert torch.allclose(mixed[0], plain[0], atol=1e-5)
+    assert torch.allclose(mixed[1], edited[1], atol=1e-5)
+    assert not torch.allclose(mixed[1], plain[1], atol=1e-3)
+
+
+def test_stack_undo_and_continual_mrp(tiny_lm, tiny_data):
+    stack = EditStack()
+    first = get_method("mrp").fit(tiny_lm, tiny_data, small(tiny_lm, "mrp", steps=0))
+    stack.push(first)
+    second = get_method("mrp").fit(tiny_lm, tiny_data, small(tiny_lm, "mrp", steps=3), prior=stack.plan())
+    q1, q2 = first.projections[1], second.projections[1]
+    assert torch.allclose(q1 @ q1.T, torch.eye(len(q1)), atol=1e-4)
+    assert (q1 @ q2.T).abs().max() < 1e-4  # new directions are orthogonal to the frozen ones
+    stack.push(second)
+    assert stack.plan().projections[1].shape[0] == len(q1) + len(q2)
+    # the combined projection removes both requests' directions from the site's output
+    captured = {}
+    plan = stack.plan().merged(RoutingPlan(capture={1: lambda h: captured.__setitem__("h", h)}))
+    ids = tiny_lm.tokenizer(tiny_data.forget_texts[:2], return_tensors="pt", padding=True)
+    with tiny_lm.router.apply(plan):
+        tiny_lm.model(**ids)
+    assert (captured["h"] @ torch.cat([q1, q2]).T).abs().max() < 1e-3
+    assert stack.undo() is second and len(stack) == 1
+    with pytest.raises(UserError):
+        EditStack().undo()
+
+
+def test_cancel_leaves_nothing(tiny_lm, tiny_data):
+    calls = []
+    with pytest.raises(Cancelled):
+        get_method("rmu").fit(tiny_lm, tiny_data, small(tiny_lm, "rmu", steps=50),
+                              progress=calls.append, should_stop=lambda: len(calls) >= 3)
+    assert len(calls) == 3
+
+
+def test_nan_loss_is_a_clear_error(tiny_lm, tiny_data):
+    with pytest.raises(UserError, match="loss term"):
+        get_method("rmu").fit(tiny_lm, tiny_data, small(tiny_lm, "rmu", steering_coeff=1e4, coeff_relative=False,
+                                                         lr=1.0, alpha=1e6, steps=40))
+
+
+def test_bad_layers_and_k(tiny_lm, tiny_data):
+    with pytest.raises(UserError, match="out of range"):
+        get_method("rmu").fit(tiny_lm, tiny_data, small(tiny_lm, "rmu", layer=99))
+    with pytest.raises(UserError, match="hidden size"):
+        get_method("mrp").fit(tiny_lm, tiny_data, small(tiny_lm, "mrp", k=tiny_lm.hidden_size))
+
+
+def test_save_load_roundtrip_and_refusals(tiny_lm, tiny_data, tmp_path):
+    edit = get_method("srmu").fit(tiny_lm, tiny_data, small(tiny_lm, "srmu"))
+    folder = save_edit(edit, tmp_path / "e", tiny_lm)
+    back = load_edit(folder, tiny_lm)
+    for k, v in edit.deltas.items():
+        assert torch.equal(v.cpu(), back.deltas[k].cpu())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["method"] == "srmu" and manifest["model"]["fingerprint"] == tiny_lm.fingerprint()
+    # tampered tensor file
+    blob = bytearray((folder / "edit.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (folder / "edit.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="checksum"):
+        load_edit(folder, tiny_lm)
+    # another model's edit
+    folder = save_edit(edit, tmp_path / "f", tiny_lm)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model"]["fingerprint"] = "0" * 32
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="made for model"):
+        load_edit(folder, tiny_lm)
+
+
+def test_export_merges_deltas_exactly(tiny_lm, tiny_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    edit = get_method("rmu").fit(tiny_lm, tiny_data, small(tiny_lm, "rmu", steps=20))
+    stack = EditStack([edit])
+    info = export_checkpoint(tiny_lm, stack, tmp_path / "ckpt")
+    assert info["merged_weights"]
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    ids = tiny_lm.tokenizer(tiny_data.forget_texts[:3], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        with tiny_lm.router.apply(stack.plan()):
+            hooked = tiny_lm.model(**ids).logits
+        plain = exported(**ids).logits
+    assert (hooked - plain).abs().max() < 1e-4

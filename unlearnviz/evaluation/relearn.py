@@ -1,0 +1,134 @@
+"""Relearning attacks: does the forgotten knowledge come back?
+
+1. Fine-tuning: with the edit kept in place, fine-tune the model on the texts that state forget
+   half A for N steps and measure cloze accuracy on the held-out half B every few steps, next to
+   the same attack on the original model. Knowledge that returns on B was hidden, not erased.
+   The fine-tune trains a copy of the MLP output projections of a band of layers as deltas on
+   top of the edit (never the loaded weights), so the base model stays untouched.
+2. White-box: remove MRP's projection (the "delete the module" attack), and ablate the mean
+   forget-activation shift direction at the edited layer (the known weakness of RMU: its effect
+   is largely one junk direction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from unlearnviz.data.schema import UnlearningData
+from unlearnviz.errors import UserError
+from unlearnviz.evaluation.mcq import score_items, summarise
+from unlearnviz.methods.base import Ticker
+from unlearnviz.methods.engine import make_batches, tokenize_texts
+from unlearnviz.model.loading import LoadedModel
+from unlearnviz.model.routing import RoutingPlan
+
+
+@dataclass
+class RelearnSettings:
+    steps: int = 40
+    lr: float = 1e-3
+    batch_size: int = 8
+    eval_every: int = 10
+    layers: str = "all"  # which blocks' MLP output projections the attacker fine-tunes
+    max_tokens: int = 32
+    seed: int = 0
+
+
+def _eval_b(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan | None) -> float:
+    return summarise(score_items(lm, data.forget_mcq_half("B"), plan=plan, letter=False, floor=False))["cloze_acc"]
+
+
+def finetune_attack(
+    lm: LoadedModel,
+    data: UnlearningData,
+    edit_plan: RoutingPlan | None,
+    settings: RelearnSettings | None = None,
+    progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[dict]:
+    """Curve of half-B cloze accuracy while fine-tuning on half A: [{step, acc, loss}]."""
+    s = settings or RelearnSettings()
+    texts = data.forget_texts_half("A")
+    if not texts or not data.forget_mcq_half("B"):
+        raise UserError("relearning needs forget texts in half A and forget items in half B")
+    layers = range(lm.n_layers) if s.layers == "all" else [int(x) for x in s.layers.split(",")]
+    pad = lm.tokenizer.pad_token_id or 0
+    batches = make_batches(tokenize_texts(lm, texts, s.max_tokens), s.batch_size, pad)
+    base = edit_plan or RoutingPlan()
+    deltas = {}
+    for layer in layers:
+        w = lm.adapter.mlp_out(layer).weight
+        shape = (w.shape[1], w.shape[0]) if type(lm.adapter.mlp_out(layer)).__name__ == "Conv1D" else tuple(w.shape)
+        deltas[layer] = torch.zeros(shape, device=w.device, requires_grad=True)
+    opt = torch.optim.Adam(list(deltas.values()), lr=s.lr)
+    g = torch.Generator().manual_seed(s.seed)
+    curve = [{"step": 0, "acc": _eval_b(lm, data, edit_plan), "loss": None}]
+    ticker = Ticker(s.steps, progress, should_stop, "relearn")
+    for step in range(1, s.steps + 1):
+        b = batches[int(torch.randint(len(batches), (1,), generator=g))]
+        summed = {k: (base.deltas[k] + v if k in base.deltas else v) for k, v in deltas.items()}
+        plan = RoutingPlan(deltas={**base.deltas, **summed}, projections=base.projections)
+        with lm.router.apply(plan):
+            out = lm.model(input_ids=b.input_ids.to(lm.device), attention_mask=b.attention_mask.to(lm.device),
+                           use_cache=False)
+        logits = out.logits[:, :-1].float()
+        tgt = b.input_ids[:, 1:].to(lm.device)
+        mask = b.attention_mask[:, 1:].bool().to(lm.device)
+        loss = torch.nn.functional.cross_entropy(logits[mask], tgt[mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ticker.tick(step, loss=loss.item())
+        if step % s.eval_every == 0 or step == s.steps:
+            with torch.no_grad():
+                frozen = RoutingPlan(deltas={k: v.detach() for k, v in plan.deltas.items()},
+                                     projections=plan.projections)
+                curve.append({"step": step, "acc": _eval_b(lm, data, frozen), "loss": loss.item()})
+    return curve
+
+
+def steps_to_recovery(curve: list[dict], original_acc: float, base_acc: float, share: float = 0.5) -> int | None:
+    """First step at which half-B accuracy regains ``share`` of the gap the edit opened."""
+    gap = original_acc - base_acc
+    if gap <= 0:
+        return 0
+    for point in curve:
+        if point["acc"] - base_acc >= share * gap:
+            return point["step"]
+    return None
+
+
+@torch.no_grad()
+def mean_shift_direction(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPlan, layer: int) -> torch.Tensor:
+    """Unit vector of the mean change the edit makes to forget activations at ``layer``."""
+    from unlearnviz.methods.engine import WindowEngine, subject_spans
+
+    pad = lm.tokenizer.pad_token_id or 0
+    fb = make_batches(tokenize_texts(lm, data.forget_texts, 32, subject_spans(data)), 16, pad)
+    before = WindowEngine(lm, layer, layer, fb, prior=None)
+    after = WindowEngine(lm, layer, layer, fb, prior=edit_plan)
+    diffs = [(a.float() - b.float())[bt.loss_mask] for a, b, bt in zip(after.frozen, before.frozen, fb)]
+    shift = torch.cat(diffs).mean(0)
+    return shift / shift.norm().clamp(min=1e-8)
+
+
+def whitebox_attacks(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPlan, layer: int) -> dict:
+    """Half-B accuracy under the edit, with the projections removed, and with the mean-shift
+    direction ablated at ``layer`` (and at every later block, where the junk direction lives)."""
+    out = {"edited": _eval_b(lm, data, edit_plan), "original": _eval_b(lm, data, None)}
+    if edit_plan.projections:
+        out["projection_removed"] = _eval_b(lm, data, RoutingPlan(deltas=edit_plan.deltas))
+    if edit_plan.deltas:
+        direction = mean_shift_direction(lm, data, edit_plan, layer)
+        ablate = {l: direction[None, :] for l in range(layer, lm.n_layers - 1)}
+        merged = dict(edit_plan.projections)
+        for l, d in ablate.items():
+            merged[l] = torch.cat([merged[l], d]) if l in merged else d
+        from unlearnviz.model.routing import orthonormal_rows
+
+        plan = RoutingPlan(deltas=edit_plan.deltas, projections={l: orthonormal_rows(v) for l, v in merged.items()})
+        out["shift_direction_ablated"] = _eval_b(lm, data, plan)
+    return out

@@ -1,0 +1,99 @@
+"""The training loop RMU and SRMU share: misdirect forget activations, anchor retain ones.
+
+    L = E_forget ||h_L(x_f) − T(x_f)||² + α · E_retain ||h_L(x_r) − h_L^frozen(x_r)||²
+
+with h_L the residual output of block L and deltas on the MLP output projections of blocks
+L−window+1..L. Only the target T differs between the methods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+import torch
+
+from unlearnviz.data.schema import UnlearningData
+from unlearnviz.errors import UserError
+from unlearnviz.methods.base import ProgressFn, StopFn, Ticker
+from unlearnviz.methods.edit import Edit
+from unlearnviz.methods.engine import (
+    WindowEngine,
+    make_batches,
+    masked_mse,
+    step_order,
+    subject_spans,
+    tokenize_texts,
+)
+from unlearnviz.model.loading import LoadedModel
+from unlearnviz.model.routing import RoutingPlan
+
+# target_fn(batch index, frozen forget output, loss mask) -> (target, per-feature weight or None)
+TargetFn = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def check_common(lm: LoadedModel, data: UnlearningData, hp) -> tuple[int, int]:
+    lm.adapter.check_layer(hp.layer, "layer")
+    if hp.window < 1 or hp.layer - hp.window + 1 < 0:
+        raise UserError(f"window {hp.window} does not fit below layer {hp.layer}")
+    if not data.forget_texts:
+        raise UserError("the forget set is empty")
+    return hp.layer - hp.window + 1, hp.layer
+
+
+def prepare(lm: LoadedModel, data: UnlearningData, hp, prior: RoutingPlan | None, naive: bool = False):
+    """Tokenise, batch and precompute the window's cached inputs and frozen references."""
+    start, stop = check_common(lm, data, hp)
+    pad = lm.tokenizer.pad_token_id or 0
+    spans = subject_spans(data) if hp.mask_from_subject else None
+    fb = make_batches(tokenize_texts(lm, data.forget_texts, hp.max_tokens, spans), hp.batch_size, pad)
+    rb = make_batches(tokenize_texts(lm, data.retain_texts, hp.max_tokens), hp.batch_size, pad)
+    engine = WindowEngine(lm, start, stop, fb + rb, prior=prior, naive=naive)
+    if naive:  # frozen forget outputs are still needed once (targets, statistics)
+        engine.frozen = [engine.reference(i) for i in range(len(fb) + len(rb))]
+    return engine, fb, rb
+
+
+def train_misdirection(
+    lm: LoadedModel,
+    engine: WindowEngine,
+    fb: list,
+    rb: list,
+    hp,
+    target_fn: TargetFn,
+    method: str,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    extra_meta: dict | None = None,
+) -> Edit:
+    t0 = time.perf_counter()
+    start, stop = engine.start, engine.stop
+    torch.manual_seed(hp.seed)
+    deltas = {}
+    for layer in range(start, stop + 1):
+        w = lm.adapter.mlp_out(layer).weight
+        shape = (w.shape[1], w.shape[0]) if type(lm.adapter.mlp_out(layer)).__name__ == "Conv1D" else tuple(w.shape)
+        deltas[layer] = torch.zeros(shape, device=w.device, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.AdamW(list(deltas.values()), lr=hp.lr, weight_decay=0.0)
+    nf = len(fb)
+    ticker = Ticker(hp.steps, progress, should_stop, method)
+    history = []
+    for step, (fi, ri) in enumerate(step_order(nf, len(rb), hp.steps, hp.seed), 1):
+        plan = RoutingPlan(deltas=deltas)
+        target, weight = target_fn(fi, engine.frozen[fi])
+        hf = engine.output(fi, plan)
+        forget_loss = masked_mse(hf, target, fb[fi].loss_mask, weight)
+        hr = engine.output(nf + ri, plan)
+        retain_loss = masked_mse(hr, engine.reference(nf + ri), rb[ri].loss_mask)
+        loss = forget_loss + hp.alpha * retain_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        row = {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
+        history.append(row)
+        ticker.tick(step, **row)
+    meta = {"steps": hp.steps, "train_s": time.perf_counter() - t0, "losses": history,
+            "window": [start, stop], **(extra_meta or {})}
+    return Edit(method=method, hparams=asdict(hp),
+                deltas={k: v.detach() for k, v in deltas.items()}, meta=meta)

@@ -1,0 +1,182 @@
+"""MRP (Wu et al., arXiv 2508.15449): remove a forget-specific subspace from the residual stream.
+
+At each site (block output) the stream becomes h ← h − h QᵀQ, with Q the orthonormalised rows of
+every direction added so far (earlier requests' rows are frozen: continual unlearning adds
+directions). Initialisation: the top-k generalised eigenvectors of Σ_f v = λ(Σ_r + δI)v over
+non-pad tokens at the *same* site the projection acts on (the release reads the block input and
+keeps retain directions: METHODS.md §3.3, not copied). Training (optional) moves the new rows W
+with a bounded forget objective (NPO, default) or capped gradient ascent, plus retain NLL, with
+the loss computed only from the first site on (cached inputs) and the unembedding only at the
+supervised positions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from unlearnviz.errors import UserError
+from unlearnviz.evaluation.scoring import unembed
+from unlearnviz.methods.base import Ticker, hp, register
+from unlearnviz.methods.edit import Edit
+from unlearnviz.methods.engine import (
+    Batch,
+    WindowEngine,
+    make_batches,
+    step_order,
+    subject_spans,
+    tokenize_texts,
+)
+from unlearnviz.model.routing import RoutingPlan, orthonormal_rows
+
+
+@dataclass
+class MRPParams:
+    layers: list = hp([5], "Sites: blocks whose residual output is projected.", "2 random layers of 32", min=0)
+    k: int = hp(16, "New directions per site for this request.", "2", min=1, max=4096)
+    ridge: float = hp(0.05, "δ = ridge × mean eigenvalue of Σ_r, regularising Σ_r + δI.", "n/a", min=0.0, max=100.0)
+    steps: int = hp(60, "Training steps after the init (0 = init only).", "2 epochs of 5000 rows", min=0, max=5000)
+    objective: str = hp("npo", "Forget term: 'npo' (bounded) or 'ga' (gradient ascent, capped).", "ga", choices=("npo", "ga"))
+    beta: float = hp(0.1, "NPO β.", "n/a (NPO: 0.1)", min=1e-4, max=10.0)
+    ga_cap: float = hp(15.0, "GA: forget CE above this (nats/token) gives no more gradient.", "uncapped", min=0.0, max=100.0)
+    retain_weight: float = hp(1.2, "Weight of the retain NLL.", "1.2", min=0.0, max=1e4)
+    lr: float = hp(3e-3, "Adam learning rate on the direction rows W.", "2e-4 (SGD)", min=1e-7, max=1.0)
+    batch_size: int = hp(8, "Texts per forget and per retain batch.", "5", min=1, max=256)
+    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "160", min=4, max=4096)
+    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on.", "answer letter only")
+    seed: int = hp(0, "Seed for the batch order.", "")
+
+
+def _site_stats(inputs: list[torch.Tensor], batches: list[Batch], prior_q: torch.Tensor | None):
+    """Token activations (masked tokens) at the site, with earlier directions projected out."""
+    rows = []
+    for h, b in zip(inputs, batches):
+        x = h.float()[b.loss_mask.to(h.device)]
+        if prior_q is not None:
+            x = x - (x @ prior_q.T) @ prior_q
+        rows.append(x)
+    return torch.cat(rows)
+
+
+def generalized_top(forget: torch.Tensor, retain: torch.Tensor, k: int, ridge: float) -> torch.Tensor:
+    """Top-k v of Σ_f v = λ(Σ_r + δI)v (centred at the retain mean), orthonormalised rows [k, d]."""
+    mu = retain.mean(0)
+    f, r = forget - mu, retain - mu
+    sf = f.T @ f / max(1, len(f) - 1)
+    sr = r.T @ r / max(1, len(r) - 1)
+    d = sf.shape[0]
+    delta = ridge * float(torch.diagonal(sr).mean()) + 1e-6
+    chol = torch.linalg.cholesky(sr + delta * torch.eye(d, device=sr.device))
+    inv = torch.linalg.solve_triangular(chol, torch.eye(d, device=sr.device), upper=False)
+    m = inv @ sf @ inv.T
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+    top = vecs[:, torch.argsort(vals, descending=True)[:k]]
+    v = inv.T @ top  # back to the original space
+    return orthonormal_rows(v.T), vals.sort(descending=True).values[:k]
+
+
+def _seq_logprob(lm, hidden: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed log-prob of the masked tokens, and the token count, from the last
+    block's output (final norm and unembedding applied only at the needed positions)."""
+    mask = b.loss_mask.to(hidden.device)[:, 1:]
+    h = hidden[:, :-1][mask]
+    if lm.adapter.final_norm is not None:
+        h = lm.adapter.final_norm(h)
+    logp = F.log_softmax(unembed(lm, h), dim=-1)
+    tgt = b.input_ids.to(hidden.device)[:, 1:][mask]
+    tok = logp.gather(1, tgt[:, None])[:, 0]
+    seq_id = torch.arange(mask.shape[0], device=hidden.device)[:, None].expand_as(mask)[mask]
+    sums = torch.zeros(mask.shape[0], device=hidden.device).index_add(0, seq_id, tok)
+    return sums, mask.sum(1)
+
+
+@register("mrp", MRPParams, "Metamorphosis Representation Projection")
+def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior=None, naive=False):
+    t0 = time.perf_counter()
+    sites = sorted({int(x) for x in hparams.layers})
+    if not sites:
+        raise UserError("MRP needs at least one site layer")
+    for s in sites:
+        lm.adapter.check_layer(s, "MRP site layer")
+    if hparams.k >= lm.hidden_size:
+        raise UserError(f"k={hparams.k} must be smaller than the hidden size {lm.hidden_size}")
+    pad = lm.tokenizer.pad_token_id or 0
+    spans = subject_spans(data) if hparams.mask_from_subject else None
+    fb = make_batches(tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans), hparams.batch_size, pad)
+    rb = make_batches(tokenize_texts(lm, data.retain_texts, hparams.max_tokens), hparams.batch_size, pad)
+    nf = len(fb)
+    last = lm.n_layers - 1
+    prior_proj = dict(prior.projections) if prior is not None else {}
+
+    def full_q(rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Prior (frozen) rows plus this request's rows, orthonormalised per site."""
+        out = dict(prior_proj)
+        for s, w in rows.items():
+            out[s] = orthonormal_rows(torch.cat([prior_proj[s], w])) if s in prior_proj else orthonormal_rows(w)
+        return out
+
+    prior_deltas = dict(prior.deltas) if prior is not None else {}
+    # Init, site by site: statistics at the site's output, with earlier sites' rows applied.
+    new_rows: dict[int, torch.Tensor] = {}
+    eigvals = {}
+    for s in sites:
+        if s >= last:
+            raise UserError("an MRP site must be below the last block")
+        base = RoutingPlan(deltas=prior_deltas, projections=full_q(new_rows))
+        probe = WindowEngine(lm, s + 1, s + 1, fb + rb, prior=base, keep_frozen=False)
+        prior_q = prior_proj.get(s)
+        f_acts = _site_stats(probe.inputs[:nf], fb, prior_q)
+        r_acts = _site_stats(probe.inputs[nf:], rb, prior_q)
+        if len(f_acts) < 2 or len(r_acts) < 2:
+            raise UserError("MRP needs at least two forget and two retain tokens")
+        q, vals = generalized_top(f_acts, r_acts, hparams.k, hparams.ridge)
+        if prior_q is not None:
+            q = orthonormal_rows(q - (q @ prior_q.T) @ prior_q)
+        new_rows[s] = q
+        eigvals[s] = vals.tolist()
+    init_s = time.perf_counter() - t0
+
+    history = []
+    if hparams.steps > 0:
+        start = sites[0]
+        other_prior = RoutingPlan(deltas=prior_deltas) if prior_deltas else None
+        # cached inputs to the first site's block come from the frozen stack below it
+        engine = WindowEngine(lm, start, last, fb + rb, prior=prior, naive=naive, keep_frozen=False)
+        engine.prior = other_prior  # projections are rebuilt each step from prior + trainable rows
+        weights = {s: torch.nn.Parameter(new_rows[s].clone()) for s in sites}
+        opt = torch.optim.Adam(list(weights.values()), lr=hparams.lr)
+        with torch.no_grad():
+            init_plan = RoutingPlan(projections=dict(prior_proj))
+            ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
+        ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
+        for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
+            plan = RoutingPlan(projections=full_q(weights))
+            lp_f, n_f = _seq_logprob(lm, engine.output(fi, plan), fb[fi])
+            if hparams.objective == "npo":
+                ratio = lp_f - ref[fi]
+                forget_loss = (2 / hparams.beta) * F.softplus(hparams.beta * ratio).mean()
+            else:
+                ce = -(lp_f / n_f.clamp(min=1))
+                forget_loss = -torch.clamp(ce, max=hparams.ga_cap).mean()
+            lp_r, n_r = _seq_logprob(lm, engine.output(nf + ri, plan), rb[ri])
+            retain_loss = -(lp_r.sum() / n_r.sum().clamp(min=1))
+            loss = forget_loss + hparams.retain_weight * retain_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            row = {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
+            history.append(row)
+            ticker.tick(step, **row)
+        new_rows = {s: orthonormal_rows(w.detach()) for s, w in weights.items()}
+    projections = {}
+    for s, q in new_rows.items():
+        if s in prior_proj:  # keep only this request's part, orthogonal to the frozen rows
+            q = orthonormal_rows(q - (q @ prior_proj[s].T) @ prior_proj[s])
+        projections[s] = q.detach()
+    meta = {"steps": hparams.steps, "losses": history, "init_s": init_s,
+            "train_s": time.perf_counter() - t0 - init_s, "eigenvalues": eigvals,
+            "rank": {s: int(q.shape[0]) for s, q in projections.items()}}
+    return Edit(method="mrp", hparams=asdict(hparams), projections=projections, meta=meta)

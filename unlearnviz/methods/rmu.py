@@ -1,0 +1,55 @@
+"""RMU (Li et al., WMDP 2024): push forget activations at layer L toward a scaled random vector.
+
+The target is c·u with u a fixed random unit vector (U[0,1) then normalised, as the reference
+code does). On our scale c is given relative to the mean residual norm at L on forget tokens
+(Zephyr's 6.5 is specific to its activation norms: METHODS.md §4). The adaptive variant
+(Dang et al., AAAI-25) scales the target per token by the frozen activation's norm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from unlearnviz.methods.base import hp, register
+from unlearnviz.methods.engine import mean_token_norm
+from unlearnviz.methods.misdirection import prepare, train_misdirection
+
+
+@dataclass
+class RMUParams:
+    layer: int = hp(7, "Block whose residual output the loss reads (L).", "7 of 32 (Zephyr-7B)", min=0)
+    window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (layers 5,6,7)", min=1, max=8)
+    steering_coeff: float = hp(1.0, "Target norm c; with coeff_relative, a multiple of the mean residual norm at L.",
+                               "6.5 absolute (Zephyr)", min=0.0, max=1e4)
+    coeff_relative: bool = hp(True, "Read steering_coeff as a multiple of the mean forget-token norm at L.", "no")
+    adaptive: bool = hp(False, "Adaptive RMU: per-token target norm = steering_coeff × ||h_frozen(x)||.", "Dang et al. 2025")
+    alpha: float = hp(100.0, "Weight of the retain term α·||h − h_frozen||².", "1200 (Zephyr)", min=0.0, max=1e6)
+    lr: float = hp(1e-2, "AdamW learning rate on the deltas.", "5e-5", min=1e-7, max=1.0)
+    steps: int = hp(200, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
+    batch_size: int = hp(8, "Texts per forget batch and per retain batch.", "4", min=1, max=256)
+    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512", min=4, max=4096)
+    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on (never position 0).", "no (all tokens)")
+    seed: int = hp(0, "Seed for u, batch order.", "")
+
+
+@register("rmu", RMUParams, "Representation Misdirection for Unlearning (baseline)")
+def fit_rmu(lm, data, hparams: RMUParams, progress=None, should_stop=None, prior=None, naive=False):
+    t0 = time.perf_counter()
+    engine, fb, rb = prepare(lm, data, hparams, prior, naive)
+    norm = mean_token_norm(engine.frozen[: len(fb)], fb)
+    gen = torch.Generator().manual_seed(hparams.seed)
+    u = torch.rand(lm.hidden_size, generator=gen)
+    u = (u / u.norm()).to(lm.device)
+    c = hparams.steering_coeff * (norm if hparams.coeff_relative else 1.0)
+
+    def target(i, frozen):
+        if hparams.adaptive:
+            return hparams.steering_coeff * frozen.float().norm(dim=-1, keepdim=True) * u, None
+        return (c * u).expand_as(frozen), None
+
+    edit = train_misdirection(lm, engine, fb, rb, hparams, target, "rmu", progress, should_stop,
+                              {"target_norm": c, "mean_norm": norm, "precompute_s": time.perf_counter() - t0})
+    return edit

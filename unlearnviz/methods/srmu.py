@@ -1,0 +1,104 @@
+"""SRMU (Chen et al., arXiv 2512.16297): an importance map shapes the misdirection target.
+
+    I = φ(v_f, v_r), I_norm = I / max I,  T = c_map · V ⊙ I_norm,  V ∈ {−1,+1}^d Rademacher
+
+v_f, v_r are per-feature mean |h| (our reading of "averaged activations": signed means make the
+ratio undefined) at layer L over forget/retain tokens, computed once before training with the
+frozen model. By default they are taken over the *masked* tokens (from the subject on), since on
+templated facts forget and retain text share everything before the subject and whole-sentence
+statistics are near-identical (FINDINGS: I_norm 0.70–1.00). Two non-paper variants are offered
+and labelled: a loss masked by I, and a residual target h_frozen + c·V⊙I.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from unlearnviz.methods.base import hp, register
+from unlearnviz.methods.engine import mean_abs_features, mean_token_norm
+from unlearnviz.methods.misdirection import prepare, train_misdirection
+
+
+def importance_map(v_f: torch.Tensor, v_r: torch.Tensor, variant: str = "ratio", lam: float = 1.0,
+                   eps: float = 1e-6) -> torch.Tensor:
+    """The SRMU importance map normalised to [0, 1] (paper §3, three variants)."""
+    v_f, v_r = v_f.float(), v_r.float()
+    if variant == "ratio":
+        imp = torch.log1p(v_f / (v_r + eps))
+    elif variant == "difference":
+        imp = torch.relu(v_f - lam * v_r)
+    elif variant == "product":
+        imp = (v_f * v_r) / (v_f.mean() * v_r.mean() + eps)
+    else:
+        raise ValueError(f"unknown importance variant {variant!r}")
+    return imp / (imp.max() + 1e-8)
+
+
+def selectivity(i_norm: torch.Tensor, top: float = 0.1) -> float:
+    """Share of total importance held by the top ``top`` fraction of features (0.1 if uniform)."""
+    k = max(1, int(round(top * i_norm.numel())))
+    total = float(i_norm.sum())
+    return float(i_norm.topk(k).values.sum()) / total if total > 0 else 0.0
+
+
+@dataclass
+class SRMUParams:
+    layer: int = hp(7, "Block whose residual output the loss reads (L).", "RMU's layer 7", min=0)
+    window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (our reading, §2.4.3)", min=1, max=8)
+    variant: str = hp("ratio", "Importance map φ: ratio log(1+v_f/v_r), difference ReLU(v_f−λv_r), product.",
+                      "ratio (Pareto-best)", choices=("ratio", "difference", "product"))
+    lam: float = hp(1.0, "λ of the difference variant.", "not given", min=0.0, max=100.0)
+    stat_tokens: str = hp("masked", "Tokens the statistics v_f, v_r average over: 'masked' (from the subject on) or 'all' (every non-pad token but position 0).",
+                          "all tokens", choices=("masked", "all"))
+    c_map: float = hp(1.0, "Target scale; with coeff_relative, ||T|| = c_map × mean residual norm at L.",
+                      "grid 1..170, chosen value not given", min=0.0, max=1e4)
+    coeff_relative: bool = hp(True, "Read c_map relative to the mean forget-token norm (else T = c_map·V⊙I_norm).", "no")
+    loss_mask_by_importance: bool = hp(False, "NON-PAPER: weight the forget loss per feature by I_norm.", "no")
+    residual_target: bool = hp(False, "NON-PAPER: target h_frozen + c·V⊙I_norm instead of the absolute T.", "no")
+    alpha: float = hp(100.0, "Weight of the retain term.", "1200 (Zephyr)", min=0.0, max=1e6)
+    lr: float = hp(1e-2, "AdamW learning rate on the deltas.", "5e-5", min=1e-7, max=1.0)
+    steps: int = hp(200, "Training steps.", "150", min=1, max=5000)
+    batch_size: int = hp(8, "Texts per forget and per retain batch.", "4", min=1, max=256)
+    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512/768", min=4, max=4096)
+    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on.", "no")
+    seed: int = hp(0, "Seed for V and the batch order.", "")
+
+
+@register("srmu", SRMUParams, "Feature-Selective Representation Misdirection")
+def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, prior=None, naive=False):
+    t0 = time.perf_counter()
+    engine, fb, rb = prepare(lm, data, hparams, prior, naive)
+    nf = len(fb)
+    stat_f = fb if hparams.stat_tokens == "masked" else [_all_tokens(b) for b in fb]
+    stat_r = rb
+    v_f = mean_abs_features(engine.frozen[:nf], stat_f)
+    v_r = mean_abs_features(engine.frozen[nf:], stat_r)
+    i_norm = importance_map(v_f, v_r, hparams.variant, hparams.lam).to(lm.device)
+    gen = torch.Generator().manual_seed(hparams.seed)
+    signs = (torch.randint(0, 2, (lm.hidden_size,), generator=gen).float() * 2 - 1).to(lm.device)
+    direction = signs * i_norm
+    norm = mean_token_norm(engine.frozen[:nf], fb)
+    scale = hparams.c_map * norm / float(direction.norm()) if hparams.coeff_relative else hparams.c_map
+    target_vec = scale * direction
+    weight = i_norm if hparams.loss_mask_by_importance else None
+
+    def target(i, frozen):
+        if hparams.residual_target:
+            return frozen.float() + target_vec, weight
+        return target_vec.expand_as(frozen), weight
+
+    meta = {"importance": i_norm.cpu().tolist(), "selectivity_top10": selectivity(i_norm),
+            "importance_range": [float(i_norm.min()), float(i_norm.max())], "target_norm": float(target_vec.norm()),
+            "mean_norm": norm, "precompute_s": time.perf_counter() - t0}
+    return train_misdirection(lm, engine, fb, rb, hparams, target, "srmu", progress, should_stop, meta)
+
+
+def _all_tokens(b):
+    from unlearnviz.methods.engine import Batch
+
+    mask = b.attention_mask.bool().clone()
+    mask[:, 0] = False
+    return Batch(b.input_ids, b.attention_mask, mask)

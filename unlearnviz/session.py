@@ -1,0 +1,202 @@
+"""One user's state, UI-free: model choice, data, the edit timeline, results, chats.
+
+Models are loaded once per process and shared read-only (``ModelStore``); everything a user
+changes lives in their Session, so two users never see each other's edits. Every action
+validates its input and raises UserError with a readable message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unlearnviz.data import load_data
+from unlearnviz.data.schema import UnlearningData
+from unlearnviz.errors import UserError
+from unlearnviz.methods.base import get_method, make_hparams
+from unlearnviz.methods.edit import Edit, EditStack
+from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model
+from unlearnviz.model.routing import RoutingPlan
+
+
+@dataclass
+class Limits:
+    """Operator-configurable caps on what one request may cost."""
+
+    max_prompt_chars: int = 4000
+    max_new_tokens: int = 256
+    max_steps: int = 1000
+    max_points: int = 4000
+    max_upload_mb: int = 20
+
+
+class ModelStore:
+    """Process-wide cache of loaded models, keyed by source and options."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, source: str, opts: LoadOptions) -> LoadedModel:
+        key = (source, opts.dtype, opts.device, opts.device_map, opts.quantization)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_model(source, opts)
+            return self._models[key]
+
+
+STORE = ModelStore()
+
+
+@dataclass
+class Session:
+    """Everything one user has done; the UI and the API call these methods only."""
+
+    lm: LoadedModel | None = None
+    data: UnlearningData | None = None
+    stack: EditStack = field(default_factory=EditStack)
+    selected: int | None = None  # which edit (index into the stack) the views compare; None = last
+    before: dict | None = None  # metrics of the original model on the current data
+    after: dict[int, dict] = field(default_factory=dict)  # metrics per stack index
+    relearn: dict[int, dict] = field(default_factory=dict)
+    chats: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # the actions, for the reproducing config
+    limits: Limits = field(default_factory=Limits)
+
+    # ---- model and data -------------------------------------------------------------------
+    def load_model(self, source: str = "default", dtype: str = "float32", device: str = "auto",
+                   store: ModelStore = STORE) -> dict:
+        lm = store.get(source.strip() or "default", LoadOptions(dtype=dtype, device=device))
+        if self.lm is not lm:
+            self.stack, self.after, self.relearn, self.before, self.selected = EditStack(), {}, {}, None, None
+        self.lm = lm
+        self.history.append({"action": "load_model", "model": source, "dtype": dtype, "device": device})
+        return lm.info()
+
+    def load_data(self, spec: str) -> dict:
+        self.data = load_data(spec.strip())
+        self.before, self.after, self.relearn = None, {}, {}
+        self.history.append({"action": "load_data", "data": spec})
+        return self.data_summary()
+
+    def data_summary(self) -> dict:
+        d = self.require_data()
+        return {**d.summary(), "provenance": d.provenance}
+
+    def require_model(self) -> LoadedModel:
+        if self.lm is None:
+            raise UserError("load a model first (Model tab)")
+        return self.lm
+
+    def require_data(self) -> UnlearningData:
+        if self.data is None:
+            raise UserError("load forget/retain data first (Data tab)")
+        return self.data
+
+    # ---- edits ----------------------------------------------------------------------------
+    def run_edit(self, method: str, overrides: dict | None = None, progress=None, should_stop=None,
+                 evaluate: bool = True) -> dict:
+        lm, data = self.require_model(), self.require_data()
+        spec = get_method(method)
+        hparams = make_hparams(spec.hparams_cls, overrides or {})
+        if getattr(hparams, "steps", 0) > self.limits.max_steps:
+            raise UserError(f"steps={hparams.steps} is over this server's limit of {self.limits.max_steps}")
+        fp = lm.fingerprint(refresh=False)
+        prior = self.stack.plan()
+        t0 = time.perf_counter()
+        edit = spec.fit(lm, data, hparams, progress=progress, should_stop=should_stop, prior=prior)
+        edit.meta.update({"label": f"{len(self.stack) + 1}. {method}", "data": data.name,
+                          "data_hash": data.content_hash(), "fit_s": time.perf_counter() - t0})
+        self.stack.push(edit)
+        self.selected = None
+        self.history.append({"action": "run_edit", "method": method, "hparams": overrides or {}})
+        out = {"index": len(self.stack) - 1, "method": method, "fit_s": edit.meta["fit_s"],
+               "steps": edit.meta.get("steps")}
+        if evaluate:
+            out["metrics"] = self.evaluate(should_stop=should_stop)
+        if lm.fingerprint(refresh=False) != fp:
+            raise AssertionError("base weights changed")  # never expected: edits act through hooks
+        return out
+
+    def undo(self) -> dict:
+        edit = self.stack.undo()
+        self.after.pop(len(self.stack), None)
+        self.relearn.pop(len(self.stack), None)
+        self.selected = None
+        self.history.append({"action": "undo"})
+        return {"undone": edit.label(), "remaining": len(self.stack)}
+
+    def select(self, index: int | None) -> None:
+        if index is not None and not 0 <= index < len(self.stack):
+            raise UserError(f"there is no edit {index}")
+        self.selected = index
+
+    @property
+    def current_index(self) -> int | None:
+        if not len(self.stack):
+            return None
+        return self.selected if self.selected is not None else len(self.stack) - 1
+
+    def plan(self, rows=None) -> RoutingPlan | None:
+        """The selected edit together with everything stacked before it."""
+        idx = self.current_index
+        return None if idx is None else self.stack.plan(upto=idx, rows=rows)
+
+    def current_edit(self) -> Edit | None:
+        idx = self.current_index
+        return None if idx is None else self.stack.edits[idx]
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate(self, letter: bool = False, progress=None, should_stop=None) -> dict:
+        from unlearnviz.evaluation.mcq import evaluate
+
+        lm, data = self.require_model(), self.require_data()
+        if self.before is None:
+            self.before = evaluate(lm, data, letter=letter, progress=progress, should_stop=should_stop)
+        result = {"before": self.before}
+        idx = self.current_index
+        if idx is not None:
+            if idx not in self.after:
+                self.after[idx] = evaluate(lm, data, plan=self.plan(), letter=letter, progress=progress,
+                                           should_stop=should_stop)
+            result["after"] = self.after[idx]
+        return result
+
+    # ---- chat -----------------------------------------------------------------------------
+    def chat_stream(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, should_stop=None):
+        from unlearnviz.generation import GenSettings, stream_side_by_side
+
+        lm = self.require_model()
+        if len(prompt) > self.limits.max_prompt_chars:
+            raise UserError(f"the prompt is {len(prompt)} characters; the limit is {self.limits.max_prompt_chars}")
+        if not 1 <= max_new_tokens <= self.limits.max_new_tokens:
+            raise UserError(f"max new tokens must be 1..{self.limits.max_new_tokens}")
+        if not 0 <= temperature <= 5:
+            raise UserError("temperature must be between 0 and 5")
+        settings = GenSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+        state = None
+        for state in stream_side_by_side(lm, prompt, self.plan(), settings, should_stop=should_stop):
+            yield state
+        if state is not None:
+            original, edited = state.texts(lm.tokenizer)
+            self.chats.append({"prompt": prompt, "original": original, "edited": edited,
+                               "edit": self.current_edit().label() if self.current_edit() else None})
+
+    def chat(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0) -> dict:
+        state = None
+        for state in self.chat_stream(prompt, max_new_tokens, temperature):
+            pass
+        original, edited = state.texts(self.lm.tokenizer)
+        return {"original": original, "edited": edited, "first_divergence": state.first_divergence()}
+
+    # ---- export ---------------------------------------------------------------------------
+    def export_edit(self, folder: Path) -> Path:
+        from unlearnviz.methods.edit import save_edit
+
+        edit = self.current_edit()
+        if edit is None:
+            raise UserError("there is no edit to export yet (Unlearn tab)")
+        edit.meta["metrics"] = {"before": self.before, "after": self.after.get(self.current_index)}
+        return save_edit(edit, folder, self.require_model(), stack_index=self.current_index)
