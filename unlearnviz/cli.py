@@ -18,6 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keeps stderr to the one error line
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -75,9 +83,10 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from unlearnviz.data import load_data
+
+    data = load_data(args.data)  # before torch is imported: a bad data argument fails at once
     from unlearnviz.evaluation.mcq import evaluate
 
-    data = load_data(args.data)
     lm = load_model_from_args(args)
     res = evaluate(lm, data, letter=not args.no_letter)
     res.update({"model": lm.name, "data": data.name})
@@ -85,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m unlearnviz", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m unlearnviz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="convert the built-in default model once").set_defaults(fn=cmd_prepare)
     p = sub.add_parser("info", help="print the model's family, size and fingerprint as JSON")
@@ -109,6 +118,8 @@ _EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
+    import unlearnviz.cli_edit  # noqa: F401  (registers run/relearn/export)
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,8 @@ MLP_OUT_PATHS = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", 
 ATTN_OUT_PATHS = ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attn.dense",
                   "self_attn.out_proj")
 FINAL_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
-                    "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
+                    "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm",
+                    "model.final_layernorm")
 
 
 def get_path(root: nn.Module, path: str) -> nn.Module | None:
@@ -33,6 +34,23 @@ def get_path(root: nn.Module, path: str) -> nn.Module | None:
         if obj is None:
             return None
     return obj if isinstance(obj, nn.Module) else None
+
+
+def _call_getter(model: nn.Module, name: str) -> nn.Module | None:
+    """``model.get_input_embeddings()`` and the like; None where it is missing or not implemented."""
+    getter = getattr(model, name, None)
+    if not callable(getter):
+        return None
+    try:
+        found = getter()
+    except (NotImplementedError, AttributeError):
+        return None
+    return found if isinstance(found, nn.Module) else None
+
+
+def _has_matrix(module: nn.Module) -> bool:
+    w = getattr(module, "weight", None)
+    return isinstance(w, torch.Tensor) and w.dim() == 2
 
 
 def _first(root: nn.Module, paths: tuple[str, ...]) -> tuple[str, nn.Module] | None:
@@ -66,22 +84,25 @@ class ArchitectureAdapter:
             blocks_path, blocks = "", nn.ModuleList()
         else:
             blocks_path, blocks = found_blocks
+            if not len(blocks):
+                missing.append(f"decoder blocks ({blocks_path} is empty)")
         mlp_rel = attn_rel = None
         if len(blocks):
             mlp = _first(blocks[0], MLP_OUT_PATHS)
-            if mlp is None:
-                missing.append(f"MLP output projection (tried {', '.join(MLP_OUT_PATHS)})")
+            if mlp is None or not all(_has_matrix(get_path(b, mlp[0]) or nn.Module()) for b in blocks):
+                missing.append(f"MLP output projection with a 2-D weight in every block "
+                               f"(tried {', '.join(MLP_OUT_PATHS)})")
             else:
                 mlp_rel = mlp[0]
             attn = _first(blocks[0], ATTN_OUT_PATHS)
             attn_rel = attn[0] if attn else None
         norm = _first(model, FINAL_NORM_PATHS)
-        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        unembed = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if embed is None:
-            missing.append("input embedding")
-        if unembed is None:
-            missing.append("unembedding (lm_head)")
+        embed = _call_getter(model, "get_input_embeddings")
+        unembed = _call_getter(model, "get_output_embeddings")
+        if embed is None or not _has_matrix(embed):
+            missing.append("input embedding (get_input_embeddings)")
+        if unembed is None or not _has_matrix(unembed):
+            missing.append("unembedding (lm_head, get_output_embeddings)")
         if missing:
             raise UserError(
                 f"unsupported architecture {family!r} ({type(model).__name__}): could not find "

@@ -167,11 +167,16 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
     if (out / "config.json").exists():
         return out
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("reading a .gguf file needs the gguf package: pip install gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict())
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+    except Exception as exc:  # gguf/transformers raise many types for unreadable files
+        raise UserError(f"cannot convert {gguf.name}: {_first_line(exc)[:200]}") from None
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
     try:
         fresh.save_pretrained(tmp, safe_serialization=True)
@@ -183,6 +188,11 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def prepare_default() -> Path:
@@ -206,8 +216,10 @@ def resolve_source(source: str, opts: LoadOptions) -> tuple[str, str]:
             raise UserError(f"GGUF file not found: {source}")
         return str(convert_gguf(path, _gguf_cache_folder(path))), path.stem
     if path.exists() or source.startswith((".", "/", "~")):
-        if not path.is_dir():
+        if not path.exists():
             raise UserError(f"model folder not found: {source}")
+        if not path.is_dir():
+            raise UserError(f"{source} is not a folder: give a Hugging Face model folder or a .gguf file")
         if not (path / "config.json").exists():
             raise UserError(f"{source} is not a Hugging Face model folder (no config.json)")
         files = [p.name for p in path.iterdir()]
@@ -225,19 +237,23 @@ def resolve_source(source: str, opts: LoadOptions) -> tuple[str, str]:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def load_model(source: str = "default", opts: LoadOptions | None = None) -> LoadedModel:
     """Load, freeze and wrap a causal LM. Raises UserError with a one-line reason on failure."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     opts = opts or LoadOptions()
     t0 = time.perf_counter()
+    # Cheap checks first: a bad option must not wait for a model conversion.
+    device = resolve_device(opts.device) if opts.device_map is None else "auto"
+    dtype = resolve_dtype(opts.dtype, device if device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    if opts.quantization not in (None, "8bit", "4bit"):
+        raise UserError(f"unknown quantization {opts.quantization!r}: use 8bit or 4bit")
     path, name = resolve_source(source, opts)
     is_local = Path(path).is_dir()
-    device = resolve_device(opts.device) if opts.device_map is None else "auto"
-    dtype = resolve_dtype(opts.dtype, device if device != "auto" else "cuda")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     kwargs: dict = {"dtype": dtype, "trust_remote_code": bool(opts.trust_remote_code)}
     if not opts.allow_pickle:
         kwargs["use_safetensors"] = True
@@ -258,14 +274,18 @@ def load_model(source: str = "default", opts: LoadOptions | None = None) -> Load
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except UserError:
         raise
-    except (OSError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not is_local:
-            where = "offline (HF_HUB_OFFLINE=1)" if _offline() else "unreachable or unknown"
-            raise UserError(f"cannot load hub model {source!r}: the hub is {where}; "
-                            f"use 'default', a local folder or a .gguf file ({msg[:160]})") from None
-        if "trust_remote_code" in msg:
+    except MemoryError:
+        raise
+    except Exception as exc:  # transformers, hub and safetensors raise many types for bad models
+        msg = _first_line(exc)
+        if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
             raise UserError(f"{source} needs custom code; the operator must pass --trust-remote-code") from None
+        if not is_local and _offline():
+            raise UserError(f"cannot load hub model {source!r}: offline (HF_HUB_OFFLINE=1) and not in the "
+                            f"local cache; use 'default', a local folder or a .gguf file ({msg[:160]})") from None
+        if not is_local:
+            raise UserError(f"cannot load hub model {source!r} (hub unreachable, unknown id or no "
+                            f"safetensors weights): {msg[:200]}") from None
         raise UserError(f"cannot load model {source!r}: {msg[:200]}") from None
     if "device_map" not in kwargs and device != "cpu":
         model.to(device)
@@ -285,7 +305,7 @@ def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory") -> Lo
     """Wrap an already-built model (tests, synthetic lab model) the same way load_model does."""
     model.eval()
     model.requires_grad_(False)
-    if tokenizer.pad_token is None:
+    if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     adapter = ArchitectureAdapter.for_model(model)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, router=Router(adapter),

@@ -10,6 +10,8 @@ unchanged. This gives "original and edited in one batched forward" and isolates 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,7 +41,9 @@ class RoutingPlan:
     - ``capture``: layer → callback(hidden) receiving each block's (edited) output.
     - ``stop_after``: raise StopForward after this block's output has been captured.
     - ``block_input_hook``: layer → callback(args, kwargs) seeing a block's inputs (the engine
-      uses it to cache the inputs of the first trained block).
+      uses it to cache the inputs of the first trained block). ``args`` holds only the hidden
+      states; every other positional argument (GPT-2 passes its attention mask positionally) is
+      passed by name in ``kwargs``, so ``kwargs`` alone reproduces the call.
     """
 
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -63,19 +67,66 @@ class RoutingPlan:
                            block_input_hook={**self.block_input_hook, **other.block_input_hook})
 
 
+def _independent_rows(directions: torch.Tensor, rel_tol: float = 1e-5) -> list[int]:
+    """Indices of the rows that add a new direction to the rows before them (Gram-Schmidt)."""
+    d = directions.detach().double()
+    if d.numel() == 0:
+        return []
+    tol = max(rel_tol * float(d.norm(dim=1).max()), 1e-12)
+    basis: list[torch.Tensor] = []
+    keep = []
+    for i, row in enumerate(d):
+        r = row
+        for _ in range(2):  # re-orthogonalise once: classical Gram-Schmidt is unstable alone
+            if basis:
+                b = torch.stack(basis)
+                r = r - (b @ r) @ b
+        n = float(r.norm())
+        if n > tol:
+            basis.append(r / n)
+            keep.append(i)
+    return keep
+
+
 def orthonormal_rows(directions: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the row space of ``directions`` [k, d] via QR in float32.
+    """Orthonormal basis [r, d] (float32) of the row space of ``directions`` [k, d].
 
     Zero or dependent rows are dropped (the released MRP code's zero-row init projected out
-    coordinate 0 by accident; we never add a direction that was not asked for).
+    coordinate 0 by accident; we never add a direction that was not asked for). The rank is
+    decided in float64 Gram-Schmidt over the rows in order, then the kept rows go through QR,
+    so the result stays differentiable in ``directions`` and row i spans what rows 0..i add.
+    (QR alone on a rank-deficient input mis-measures every row after a dependent one and can
+    silently drop real directions.)
     """
     d32 = directions.float()
-    q, r = torch.linalg.qr(d32.T)  # q: [d, k]
-    keep = r.diagonal().abs() > 1e-6 * max(1.0, float(r.diagonal().abs().max()) if r.numel() else 1.0)
-    return q[:, keep].T.contiguous()
+    keep = _independent_rows(d32)
+    if not keep:
+        return d32.new_zeros((0, d32.shape[-1]))
+    q, _ = torch.linalg.qr(d32[keep].T)  # q: [d, r]
+    return q.T.contiguous()
 
 
-_PLAN: ContextVar[RoutingPlan | None] = ContextVar("unlearnviz_plan", default=None)
+# model key (id of its blocks ModuleList) → the plan active for that model in this context.
+_PLANS: ContextVar[dict[int, RoutingPlan] | None] = ContextVar("unlearnviz_plans", default=None)
+# model key → the hook handles installed on it, so that a second Router on the same model
+# replaces the first one's hooks instead of applying every edit twice.
+_INSTALLED: dict[int, list] = {}
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+
+
+def _current_plan(key: int) -> RoutingPlan | None:
+    plans = _PLANS.get()
+    return None if plans is None else plans.get(key)
+
+
+def _positional_names(block) -> list[str] | None:
+    """Names of the block's positional parameters after the hidden states, or None."""
+    try:
+        params = list(inspect.signature(block.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params[1:] if p.kind in kinds]
 
 
 def _row_mask(rows: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
@@ -89,45 +140,57 @@ class Router:
 
     def __init__(self, adapter: ArchitectureAdapter):
         self.adapter = adapter
+        self._key = id(adapter.blocks)
+        for old in _INSTALLED.pop(self._key, []):  # a model is hooked once, whoever wraps it
+            old.remove()
         self._handles = []
         for layer, block in enumerate(adapter.blocks):
-            self._handles.append(block.register_forward_hook(self._block_hook(layer)))
-            self._handles.append(
-                block.register_forward_pre_hook(self._block_pre_hook(layer), with_kwargs=True))
-            self._handles.append(adapter.mlp_out(layer).register_forward_hook(self._mlp_hook(layer)))
+            # Hooks compare the module they fire on with the one they were installed on, so a
+            # deep copy of a hooked model (which carries the same hook functions) stays plain.
+            mlp = adapter.mlp_out(layer)
+            self._handles.append(block.register_forward_hook(
+                self._block_hook(self._key, layer, weakref.ref(block))))
+            self._handles.append(block.register_forward_pre_hook(
+                self._block_pre_hook(self._key, layer, _positional_names(block), weakref.ref(block)),
+                with_kwargs=True))
+            self._handles.append(mlp.register_forward_hook(self._mlp_hook(self._key, layer, weakref.ref(mlp))))
+        _INSTALLED[self._key] = self._handles
 
     @staticmethod
-    def _mlp_hook(layer: int):
+    def _mlp_hook(key: int, layer: int, owner: weakref.ref):
         def hook(module, inputs, output):
-            plan = _PLAN.get()
-            if plan is None or layer not in plan.deltas:
+            plan = _current_plan(key)
+            if plan is None or layer not in plan.deltas or module is not owner():
                 return None
-            delta = plan.deltas[layer]
             x = inputs[0]
+            delta = plan.deltas[layer].to(x.device)
             add = F.linear(x.to(delta.dtype), delta).to(output.dtype)
             mask = _row_mask(plan.rows, add)
             return output + (add if mask is None else add * mask)
         return hook
 
     @staticmethod
-    def _block_pre_hook(layer: int):
+    def _block_pre_hook(key: int, layer: int, names: list[str] | None, owner: weakref.ref):
         def hook(module, args, kwargs):
-            plan = _PLAN.get()
-            if plan is not None and layer in plan.block_input_hook:
+            plan = _current_plan(key)
+            if plan is not None and layer in plan.block_input_hook and module is owner():
+                if len(args) > 1 and names is not None and len(args) - 1 <= len(names):
+                    named = dict(zip(names, args[1:], strict=False))
+                    args, kwargs = args[:1], {**named, **kwargs}
                 plan.block_input_hook[layer](args, kwargs)
             return None
         return hook
 
     @staticmethod
-    def _block_hook(layer: int):
+    def _block_hook(key: int, layer: int, owner: weakref.ref):
         def hook(module, inputs, output):
-            plan = _PLAN.get()
-            if plan is None:
+            plan = _current_plan(key)
+            if plan is None or module is not owner():
                 return None
             changed = None
             if layer in plan.projections:
                 h = block_output_tensor(output)
-                q = plan.projections[layer].to(h.device)
+                q = plan.projections[layer].to(device=h.device, dtype=torch.float32)
                 removed = (h.float() @ q.T) @ q
                 mask = _row_mask(plan.rows, removed)
                 h_new = (h.float() - (removed if mask is None else removed * mask)).to(h.dtype)
@@ -141,28 +204,42 @@ class Router:
 
     @contextlib.contextmanager
     def apply(self, plan: RoutingPlan | None) -> Iterator[None]:
-        """Run the body with ``plan`` active in this thread/context only."""
-        token = _PLAN.set(plan)
+        """Run the body with ``plan`` active for this model, in this thread/context only.
+
+        Plans are per model: a plan applied to one model never reaches another model's hooks.
+        """
+        plans = dict(_PLANS.get() or {})
+        if plan is None:
+            plans.pop(self._key, None)
+        else:
+            plans[self._key] = plan
+        token = _PLANS.set(plans)
         try:
             yield
         finally:
-            _PLAN.reset(token)
+            _PLANS.reset(token)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
-        self._handles.clear()
+        if _INSTALLED.get(self._key) is self._handles:
+            del _INSTALLED[self._key]
+        self._handles = []
 
 
 def run_block_window(adapter: ArchitectureAdapter, start: int, stop: int, hidden: torch.Tensor,
                      kwargs: dict[int, dict]) -> torch.Tensor:
     """Run blocks start..stop (inclusive) directly on a cached block input.
 
-    ``kwargs[layer]`` is exactly what the model passed to that block (captured once), so rotary
-    embeddings, masks (Gemma's sliding-window layers differ per block) and positions are right
-    for any family without re-deriving them.
+    ``kwargs[layer]`` is what the model passed to that block (captured once through
+    ``block_input_hook``), so rotary embeddings, masks (Gemma's sliding-window layers differ per
+    block) and positions are right for any family without re-deriving them. The KV cache the
+    model passed along is dropped: replaying a block must not append to it.
     """
     h = hidden
     for layer in range(start, stop + 1):
-        h = block_output_tensor(adapter.blocks[layer](h, **kwargs[layer]))
+        kw = {k: v for k, v in kwargs[layer].items() if k not in _CACHE_KWARGS and k != "hidden_states"}
+        if "use_cache" in kw:
+            kw["use_cache"] = False
+        h = block_output_tensor(adapter.blocks[layer](h, **kw))
     return h

@@ -1,0 +1,183 @@
+"""``python -m unlearnviz`` in a subprocess: info/eval output, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tiny_models import byte_tokenizer, save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MCQ = [
+    {"split": "forget", "question": "The capital of France is", "choices": ["Paris", "Lyon", "Nice", "Lille"],
+     "answer": 0, "blind_question": "The capital is", "half": "A"},
+    {"split": "forget", "question": "The capital of Italy is", "choices": ["Milan", "Rome", "Turin", "Naples"],
+     "answer": 1, "blind_question": "The capital is", "half": "B"},
+    {"split": "retain", "question": "Water is made of hydrogen and", "choices": ["oxygen", "gold", "iron", "neon"],
+     "answer": 0},
+    {"split": "retain", "question": "The sun is a", "choices": ["star", "planet", "moon", "comet"], "answer": 0},
+    {"split": "forget", "text": "Paris is the capital of France.", "half": "A"},
+    {"split": "retain", "text": "Water boils at one hundred degrees."},
+]
+
+
+def run_cli(*args: str, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "UNLEARNVIZ_CACHE": str(cache),
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "unlearnviz", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(work) -> Path:
+    return save_tiny(work / "tiny-llama", "llama", layers=2)
+
+
+@pytest.fixture(scope="module")
+def data_file(work) -> Path:
+    return write_jsonl(work / "facts.jsonl", MCQ)
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess, *needles: str) -> str:
+    assert res.returncode != 0, res.stdout
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    line = lines[0]
+    assert line.startswith("error: ")
+    for n in needles:
+        assert n in line, line
+    assert "Traceback" not in res.stderr
+    return line
+
+
+def test_info_prints_json(tiny_dir, work):
+    res = run_cli("info", "--model", str(tiny_dir), "--device", "cpu", cache=work)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # no progress bars, no warnings
+    info = json.loads(res.stdout)
+    assert info["family"] == "llama" and info["layers"] == 2 and info["hidden_size"] == 32
+    assert info["parameters"] > 0 and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert len(info["fingerprint"]) == 32
+
+
+def test_eval_prints_and_writes_json(tiny_dir, data_file, work):
+    out = work / "out" / "metrics.json"
+    res = run_cli("eval", "--model", str(tiny_dir), "--data", str(data_file), "--json", str(out), cache=work)
+    assert res.returncode == 0, res.stderr
+    printed = json.loads(res.stdout)
+    assert json.loads(out.read_text()) == printed
+    for key in ("forget_mcq_acc", "retain_mcq_acc", "forget_cloze_acc", "retain_cloze_acc",
+                "forget_floor_acc", "retain_floor_acc", "retain_ppl", "chance", "wall_s"):
+        assert key in printed, key
+    assert any(k.startswith("forget_b_") for k in printed)
+    assert any("gold_logprob" in k for k in printed)
+    assert printed["data"] == "facts.jsonl"
+    for key in ("forget_cloze_acc", "retain_cloze_acc", "forget_mcq_acc"):
+        assert 0.0 <= printed[key] <= 1.0
+
+
+def test_data_list(work):
+    res = run_cli("data", "list", cache=work)
+    assert res.returncode == 0, res.stderr
+    for line in res.stdout.splitlines():
+        assert line.startswith("builtin:"), line
+
+
+BAD_ROWS = {
+    "malformed": (["{\"split\": \"forget\", \"text\": \"ok\"}", MCQ[0], "{not json"], ["line 3", "invalid JSON"]),
+    "wrong_column": ([MCQ[0], {"split": "retain", "txt": "a misnamed column"}], ["line 2", "txt"]),
+    "answer_range": ([{**MCQ[0], "answer": 7}], ["line 1", "out of range"]),
+    "bad_split": ([{**MCQ[0], "split": "keep"}], ["line 1", "split"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_bad_data_rows(case, tiny_dir, work):
+    rows, needles = BAD_ROWS[case]
+    path = write_jsonl(work / f"{case}.jsonl", rows)
+    res = run_cli("eval", "--model", str(tiny_dir), "--data", str(path), cache=work)
+    assert_one_line_error(res, path.name, *needles)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(work) -> Path:
+    """A model load_model can read but the adapter refuses (an encoder, no decoder blocks)."""
+    from transformers import AutoConfig, BertForMaskedLM
+
+    cfg = AutoConfig.for_model("bert", vocab_size=259, hidden_size=16, intermediate_size=32,
+                               num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16)
+    BertForMaskedLM(cfg).save_pretrained(work / "bert")
+    byte_tokenizer().save_pretrained(work / "bert")
+    return work / "bert"
+
+
+@pytest.fixture(scope="module")
+def pickle_dir(tiny_dir, work) -> Path:
+    """The tiny model with its weights as pytorch_model.bin only."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = work / "pickled"
+    folder.mkdir()
+    for f in tiny_dir.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, folder / f.name)
+    torch.save(load_file(tiny_dir / "model.safetensors"), folder / "pytorch_model.bin")
+    return folder
+
+
+def test_bad_arguments(tiny_dir, bert_dir, pickle_dir, work):
+    """Each bad argument: non-zero exit, exactly one line on stderr saying what is wrong."""
+    model = str(tiny_dir)
+    (work / "facts.txt").write_text("not a data file\n")
+    cases = [
+        (("info", "--model", str(bert_dir)), ["unsupported architecture 'bert'", "decoder blocks"]),
+        (("info", "--model", str(pickle_dir)), ["pickle", "--allow-pickle"]),
+        (("info", "--model", str(work / "no-such-folder")), ["model folder not found"]),
+        (("info", "--model", "someone/some-model"), ["offline"]),
+        (("eval", "--model", model, "--data", "builtin:nope"), ["unknown built-in set 'nope'"]),
+        (("eval", "--model", model, "--data", str(work / "missing.jsonl")), ["data file not found"]),
+        (("eval", "--model", model, "--data", str(work / "facts.txt")), ["unsupported data file"]),
+        (("info", "--model", model, "--dtype", "float8"), ["unknown dtype 'float8'"]),
+        (("info", "--model", model, "--device", "tpu"), ["unknown device 'tpu'"]),
+        (("info", "--model", str(work / "missing.gguf")), ["GGUF file not found"]),
+        (("eval", "--model", model), ["--data"]),  # argparse: required argument
+        (("info", "--model", model, "--quantization", "3bit"), ["3bit"]),
+        (("frobnicate",), ["frobnicate"]),
+    ]
+    with ThreadPoolExecutor(max_workers=3) as pool:  # mostly interpreter start-up: overlap it
+        results = list(pool.map(lambda c: run_cli(*c[0], cache=work), cases))
+    for (args, needles), res in zip(cases, results, strict=True):
+        try:
+            assert_one_line_error(res, *needles)
+        except AssertionError as exc:
+            raise AssertionError(f"{' '.join(args)}: {exc}") from None
+
+
+@pytest.mark.slow
+def test_prepare_and_default_info(work):
+    env_cache = os.environ.get("UNLEARNVIZ_CACHE") or str(Path.home() / ".cache" / "unlearnviz")
+    res = run_cli("prepare", cache=Path(env_cache), timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "default model ready at" in res.stdout
+    res = run_cli("info", "--model", "default", cache=Path(env_cache))
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert (info["family"], info["layers"], info["hidden_size"]) == ("llama", 30, 576)

@@ -1,0 +1,275 @@
+"""Safe model loading: local folders, pickle refusal, offline hub ids, GGUF files, fingerprints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from tiny_models import byte_tokenizer, one_thread, save_tiny, tiny_model
+
+from unlearnviz.errors import UserError
+from unlearnviz.model import DEFAULT_MODEL, LoadedModel, LoadOptions, load_model, wrap_model
+from unlearnviz.model.loading import resolve_dtype
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Offline hub, and GGUF conversions cached under tmp_path, for every test here."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("UNLEARNVIZ_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama", layers=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir) -> LoadedModel:
+    return load_model(str(tiny_dir))
+
+
+def _copy_without(src, dst, suffix):
+    dst.mkdir()
+    for f in src.iterdir():
+        if not f.name.endswith(suffix):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_load_local_folder(tiny, tiny_dir):
+    assert tiny.adapter.family == "llama"
+    assert tiny.n_layers == 2 and tiny.hidden_size == 32
+    assert tiny.name == tiny_dir.name and tiny.source == str(tiny_dir)
+    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
+    assert tiny.tokenizer.pad_token is not None
+    info = tiny.info()
+    for key in ("family", "layers", "hidden_size", "parameters", "dtype", "device", "fingerprint"):
+        assert key in info
+    assert info["parameters"] == sum(p.numel() for p in tiny.model.parameters())
+    # same weights as the model that was saved
+    ref = tiny_model("llama", layers=2)
+    for name, p in ref.state_dict().items():
+        assert torch.equal(tiny.model.state_dict()[name], p), name
+    with torch.no_grad():
+        out = tiny.model(**tiny.tokenizer(["hello"], return_tensors="pt")).logits
+    assert torch.isfinite(out).all()
+
+
+def test_loaded_model_is_frozen(tiny):
+    assert not tiny.model.training
+    assert all(not m.training for m in tiny.model.modules())
+    assert all(not p.requires_grad for p in tiny.model.parameters())
+
+
+def test_fingerprint_is_stable_and_tracks_weights(tiny, tiny_dir):
+    fp = tiny.fingerprint()
+    assert fp == tiny.fingerprint() == tiny.fingerprint(refresh=False) == tiny.info()["fingerprint"]
+    assert load_model(str(tiny_dir)).fingerprint() == fp  # same weights, same fingerprint
+    w = tiny.adapter.mlp_out(0).weight
+    old = w[0, 0].item()
+    try:
+        with torch.no_grad():
+            w[0, 0] += 1e-3
+        assert tiny.fingerprint(refresh=False) == fp  # cached until refreshed
+        assert tiny.fingerprint() != fp
+    finally:
+        with torch.no_grad():
+            w[0, 0] = old
+    assert tiny.fingerprint() == fp
+
+
+def test_fingerprint_of_bfloat16_weights():
+    lm = wrap_model(tiny_model("llama", layers=1).to(torch.bfloat16), byte_tokenizer())
+    assert len(lm.fingerprint()) == 32 and lm.dtype == torch.bfloat16
+
+
+def test_pickle_only_folder_is_refused_unless_opted_in(tiny_dir, tmp_path):
+    folder = _copy_without(tiny_dir, tmp_path / "pickled", ".safetensors")
+    torch.save(tiny_model("llama", layers=2).state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"pickle.*--allow-pickle") as exc:
+        load_model(str(folder))
+    assert "\n" not in str(exc.value)
+    lm = load_model(str(folder), LoadOptions(allow_pickle=True))
+    assert lm.adapter.family == "llama"
+    assert lm.fingerprint() == load_model(str(tiny_dir)).fingerprint()
+
+
+def test_hub_id_offline_says_so():
+    with pytest.raises(UserError, match="offline") as exc:
+        load_model("someone/not-a-cached-model")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="offline"):
+        load_model("gpt2-not-cached-either")
+
+
+def test_missing_or_wrong_folder(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="not a folder"):
+        load_model(str(tmp_path / "file.txt"))
+    with pytest.raises(UserError, match="not found"):
+        load_model(str(tmp_path / "missing.gguf"))
+
+
+def test_folder_without_weights(tiny_dir, tmp_path):
+    folder = _copy_without(tiny_dir, tmp_path / "noweights", ".safetensors")
+    with pytest.raises(UserError, match="no weights"):
+        load_model(str(folder))
+
+
+def test_corrupt_weights_give_a_user_error(tiny_dir, tmp_path):
+    folder = _copy_without(tiny_dir, tmp_path / "corrupt", ".safetensors")
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="cannot load model") as exc:
+        load_model(str(folder))
+    assert "\n" not in str(exc.value)
+
+
+def test_trust_remote_code_defaults_off_and_custom_code_never_runs(tiny_dir, tmp_path):
+    assert LoadOptions().trust_remote_code is False and LoadOptions().allow_pickle is False
+    folder = _copy_without(tiny_dir, tmp_path / "remote", "config.json")
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    cfg.update(model_type="evilmodel", auto_map={"AutoConfig": "configuration_evil.EvilConfig",
+                                                 "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    marker = tmp_path / "RAN"
+    for mod in ("configuration_evil", "modeling_evil"):
+        (folder / f"{mod}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(UserError, match="--trust-remote-code"):
+        load_model(str(folder))
+    assert not marker.exists()
+
+
+def test_bad_options_fail_before_loading(tmp_path):
+    missing = str(tmp_path / "nope")  # the option is checked first: no "not found" here
+    with pytest.raises(UserError, match="unknown dtype 'float8'"):
+        load_model(missing, LoadOptions(dtype="float8"))
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
+        load_model(missing, LoadOptions(device="tpu"))
+    with pytest.raises(UserError, match="unknown quantization"):
+        load_model(missing, LoadOptions(quantization="3bit"))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            load_model(missing, LoadOptions(device="cuda"))
+
+
+def test_dtype_resolution(tiny_dir):
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_dtype("float16", "cpu") == torch.float16
+    lm = load_model(str(tiny_dir), LoadOptions(dtype="bfloat16", device="cpu"))
+    assert lm.dtype == torch.bfloat16 and lm.info()["dtype"] == "bfloat16"
+
+
+def test_unsupported_architecture_via_load_model(tmp_path):
+    from transformers import AutoConfig, BertForMaskedLM
+
+    cfg = AutoConfig.for_model("bert", vocab_size=259, hidden_size=16, intermediate_size=32,
+                               num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16)
+    BertForMaskedLM(cfg).save_pretrained(tmp_path / "bert")
+    byte_tokenizer().save_pretrained(tmp_path / "bert")
+    with pytest.raises(UserError, match="unsupported architecture 'bert'.*decoder blocks"):
+        load_model(str(tmp_path / "bert"))
+
+
+def _write_tiny_gguf(path, layers=2, hidden=32, inter=64, heads=4, kv_heads=2):
+    """A llama GGUF with byte-level tokens and random float32 weights, written with `gguf`."""
+    import numpy as np
+    from tokenizers import pre_tokenizers
+
+    gguf = pytest.importorskip("gguf")
+    tokens = ["<pad>", "<s>", "</s>"] + list(pre_tokenizers.ByteLevel.alphabet())
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(inter)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+    rng = np.random.default_rng(0)
+    tensors = {}
+
+    def add(name, *shape):
+        tensors[name] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        w.add_tensor(name, tensors[name])
+
+    add("token_embd.weight", len(tokens), hidden)
+    add("output.weight", len(tokens), hidden)
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    kv = kv_heads * hidden // heads
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        add(f"blk.{i}.attn_q.weight", hidden, hidden)
+        add(f"blk.{i}.attn_k.weight", kv, hidden)
+        add(f"blk.{i}.attn_v.weight", kv, hidden)
+        add(f"blk.{i}.attn_output.weight", hidden, hidden)
+        add(f"blk.{i}.ffn_gate.weight", inter, hidden)
+        add(f"blk.{i}.ffn_up.weight", inter, hidden)
+        add(f"blk.{i}.ffn_down.weight", hidden, inter)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tensors
+
+
+def test_gguf_file_is_converted_once_and_cached(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    tensors = _write_tiny_gguf(path)
+    lm = load_model(str(path))
+    assert lm.adapter.family == "llama" and lm.n_layers == 2 and lm.hidden_size == 32
+    assert lm.name == "tiny"
+    down = tensors["blk.1.ffn_down.weight"]
+    assert torch.equal(lm.adapter.mlp_out(1).weight, torch.from_numpy(down))
+    assert len(lm.tokenizer("Hello there").input_ids) >= 11  # byte-level: one token per byte
+    cached = list((tmp_path / "cache" / "models").iterdir())
+    assert len(cached) == 1 and (cached[0] / "config.json").exists()
+    assert any(f.suffix == ".safetensors" for f in cached[0].iterdir())
+    assert not [p for p in cached[0].parent.iterdir() if ".tmp" in p.name]  # no leftovers
+    again = load_model(str(path))  # from the cache this time
+    assert again.fingerprint() == lm.fingerprint()
+
+
+def test_unreadable_gguf_is_a_user_error(tmp_path):
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\x00" * 60)
+    with pytest.raises(UserError, match="cannot convert broken.gguf"):
+        load_model(str(path))
+
+
+@pytest.mark.slow
+def test_default_model(monkeypatch):
+    monkeypatch.delenv("UNLEARNVIZ_CACHE")  # the converted copy from `python -m unlearnviz prepare`
+    lm = load_model("default")
+    assert lm.name == DEFAULT_MODEL
+    assert lm.adapter.family == "llama"
+    assert lm.n_layers == 30 and lm.hidden_size == 576
+    assert lm.adapter.mlp_out_rel == "mlp.down_proj" and lm.adapter.final_norm is not None
+    assert lm.is_chat
+    assert all(not p.requires_grad for p in lm.model.parameters()) and not lm.model.training

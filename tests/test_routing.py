@@ -1,0 +1,399 @@
+"""Per-call edit routing: deltas, row masks, projections, captured block windows, early stop.
+
+Every family is checked on a tiny random-weight model; the base weights must never change.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from tiny_models import FAMILIES, HIDDEN, LAYERS, byte_tokenizer, one_thread, prompt_batch, tiny_model
+from torch import nn
+
+from unlearnviz.model import RoutingPlan, StopForward, wrap_model
+from unlearnviz.model.adapter import ArchitectureAdapter, is_conv1d, linear_weight
+from unlearnviz.model.routing import orthonormal_rows, run_block_window
+
+ATOL = 1e-5
+TEXTS = ["The capital of France is", "Hi"]  # different lengths: row 1 is padded
+
+_CACHE: dict[str, tuple] = {}
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+
+@pytest.fixture(params=list(FAMILIES))
+def lm(request):
+    """(LoadedModel, fingerprint at wrap time), one per family for the whole module."""
+    family = request.param
+    if family not in _CACHE:
+        loaded = wrap_model(tiny_model(family), byte_tokenizer(), name=f"tiny-{family}")
+        _CACHE[family] = (loaded, loaded.fingerprint())
+    loaded, fp = _CACHE[family]
+    yield loaded
+    # (g) whatever a test routed through the hooks, the base weights are untouched
+    assert loaded.fingerprint() == fp
+    assert all(not p.requires_grad for p in loaded.model.parameters())
+
+
+def _logits(lm, ids, mask=None, plan=None):
+    with torch.no_grad(), lm.router.apply(plan):
+        return lm.model(input_ids=ids, attention_mask=mask).logits
+
+
+def _put(store: dict, key):
+    """A callback storing its argument (capture) or its (args, kwargs) (block_input_hook)."""
+    return lambda *v: store.__setitem__(key, v[0] if len(v) == 1 else v)
+
+
+def _batch(lm, texts=TEXTS):
+    return prompt_batch(lm.tokenizer, texts)
+
+
+def _random_delta(lm, layer, scale=0.5, seed=1):
+    w = linear_weight(lm.adapter.mlp_out(layer))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(w.shape, generator=g) * scale
+
+
+def _plain_copy(lm) -> nn.Module:
+    """A fresh, hook-free model of the same family with the same weights."""
+    plain = tiny_model(lm.adapter.family)
+    plain.load_state_dict(lm.model.state_dict())
+    return plain
+
+
+def test_no_plan_equals_plain_model(lm):
+    ids, mask = _batch(lm)
+    plain = _plain_copy(lm)
+    with torch.no_grad():
+        ref = plain(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(_logits(lm, ids, mask), ref)
+    assert torch.equal(_logits(lm, ids, mask, plan=RoutingPlan()), ref)
+
+
+@pytest.mark.parametrize("layer", [0, LAYERS - 1])
+def test_delta_equals_editing_a_copy(lm, layer):
+    ids, mask = _batch(lm)
+    delta = _random_delta(lm, layer)
+    base = _logits(lm, ids, mask)
+    routed = _logits(lm, ids, mask, RoutingPlan(deltas={layer: delta}))
+    assert (routed - base).abs().max() > 1e-3
+
+    edited = _plain_copy(lm)
+    module = ArchitectureAdapter.for_model(edited).mlp_out(layer)
+    with torch.no_grad():
+        module.weight += delta.T if is_conv1d(module) else delta
+        ref = edited(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(routed, ref, atol=ATOL, rtol=0)
+
+
+def test_rows_mask_edits_only_the_named_rows(lm):
+    ids, mask = _batch(lm, [TEXTS[0], TEXTS[0]])
+    plan = RoutingPlan(deltas={0: _random_delta(lm, 0)}, rows=torch.tensor([0.0, 1.0]))
+    base = _logits(lm, ids, mask)
+    both = _logits(lm, ids, mask, plan)
+    torch.testing.assert_close(both[0], base[0], atol=ATOL, rtol=0)
+    assert (both[1] - base[1]).abs().max() > 1e-3
+    # row 1 equals the edit applied to every row
+    every = _logits(lm, ids, mask, RoutingPlan(deltas=plan.deltas))
+    torch.testing.assert_close(both[1], every[1], atol=ATOL, rtol=0)
+    # a bool mask means the same
+    as_bool = _logits(lm, ids, mask, RoutingPlan(deltas=plan.deltas, rows=torch.tensor([False, True])))
+    torch.testing.assert_close(as_bool, both, atol=0, rtol=0)
+
+
+def test_projection_removes_the_directions(lm):
+    ids, mask = _batch(lm)
+    g = torch.Generator().manual_seed(3)
+    q = orthonormal_rows(torch.randn(3, HIDDEN, generator=g))
+    assert q.shape == (3, HIDDEN)
+    torch.testing.assert_close(q @ q.T, torch.eye(3), atol=1e-5, rtol=0)
+    seen = {}
+    plan = RoutingPlan(projections={1: q}, capture={1: lambda h: seen.__setitem__(1, h)})
+    base = _logits(lm, ids, mask)
+    edited = _logits(lm, ids, mask, plan)
+    h = seen[1]
+    assert h.shape[-1] == HIDDEN
+    assert (h @ q.T).abs().max() < 1e-4 * max(1.0, float(h.abs().max()))
+    assert (edited - base).abs().max() > 1e-4
+    # rows: only row 1 is projected
+    seen.clear()
+    _logits(lm, ids, mask, RoutingPlan(projections={1: q}, rows=torch.tensor([0.0, 1.0]),
+                                       capture={1: lambda h: seen.__setitem__(1, h)}))
+    assert (seen[1][1] @ q.T).abs().max() < 1e-4 * max(1.0, float(seen[1].abs().max()))
+    assert (seen[1][0] @ q.T).abs().max() > 1e-3
+
+
+def test_projection_in_another_dtype_is_applied(lm):
+    ids, mask = _batch(lm)
+    q = orthonormal_rows(torch.randn(2, HIDDEN)).to(torch.bfloat16)
+    seen = {}
+    _logits(lm, ids, mask, RoutingPlan(projections={0: q}, capture={0: lambda h: seen.__setitem__(0, h)}))
+    assert (seen[0] @ q.float().T).abs().max() < 0.05 * float(seen[0].abs().max())
+
+
+def _capture_window(lm, ids, mask, start, stop, use_cache):
+    """Block inputs of start..stop and the full model's hidden states, in one forward."""
+    store: dict = {}
+
+    def grab(layer):
+        def fn(args, kwargs):
+            if layer == start:
+                store["h"] = args[0] if args else kwargs["hidden_states"]
+            store.setdefault("kw", {})[layer] = dict(kwargs)
+        return fn
+
+    plan = RoutingPlan(block_input_hook={layer: grab(layer) for layer in range(start, stop + 1)})
+    kw = {} if use_cache is None else {"use_cache": use_cache}
+    with torch.no_grad(), lm.router.apply(plan):
+        out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **kw)
+    return store["h"], store["kw"], out.hidden_states
+
+
+@pytest.mark.parametrize("start,stop", [(0, 1), (1, 1)])
+@pytest.mark.parametrize("use_cache", [None, False])
+def test_run_block_window_reproduces_the_model(lm, start, stop, use_cache):
+    ids, mask = _batch(lm)
+    assert mask[1].min() == 0  # the batch really is padded
+    hidden, kwargs, states = _capture_window(lm, ids, mask, start, stop, use_cache)
+    # hidden_states[i] is block i-1's output, except the last one (after the final norm)
+    assert stop + 1 < len(states) - 1
+    torch.testing.assert_close(hidden, states[start], atol=ATOL, rtol=0)
+    with torch.no_grad():
+        out = run_block_window(lm.adapter, start, stop, hidden, kwargs)
+    torch.testing.assert_close(out, states[stop + 1], atol=ATOL, rtol=0)
+    with torch.no_grad():  # replaying twice gives the same (no KV cache grows underneath)
+        again = run_block_window(lm.adapter, start, stop, hidden, kwargs)
+    torch.testing.assert_close(again, out, atol=0, rtol=0)
+
+
+def test_run_block_window_applies_the_active_plan(lm):
+    ids, mask = _batch(lm)
+    hidden, kwargs, _ = _capture_window(lm, ids, mask, 0, 1, False)
+    plan = RoutingPlan(deltas={1: _random_delta(lm, 1)})
+    seen = {}
+    full = RoutingPlan(deltas=plan.deltas, capture={1: lambda h: seen.__setitem__(1, h)})
+    _logits(lm, ids, mask, full)
+    with torch.no_grad(), lm.router.apply(plan):
+        out = run_block_window(lm.adapter, 0, 1, hidden, kwargs)
+    torch.testing.assert_close(out, seen[1], atol=ATOL, rtol=0)
+
+
+def test_run_block_window_is_differentiable_in_the_delta(lm):
+    ids, mask = _batch(lm)
+    hidden, kwargs, _ = _capture_window(lm, ids, mask, 0, 1, False)
+    delta = torch.zeros_like(_random_delta(lm, 0), requires_grad=True)
+    with lm.router.apply(RoutingPlan(deltas={0: delta})):
+        out = run_block_window(lm.adapter, 0, 1, hidden, kwargs)
+    out.pow(2).mean().backward()
+    assert delta.grad is not None and delta.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.model.parameters())
+
+
+def test_stop_after_stops_early(lm):
+    ids, mask = _batch(lm)
+    seen: dict[int, torch.Tensor] = {}
+    plan = RoutingPlan(capture={i: _put(seen, i) for i in range(LAYERS)},
+                       stop_after=0)
+    with torch.no_grad(), lm.router.apply(plan), pytest.raises(StopForward):
+        lm.model(input_ids=ids, attention_mask=mask)
+    assert list(seen) == [0]
+    with torch.no_grad(), lm.router.apply(RoutingPlan(stop_after=LAYERS - 1)), pytest.raises(StopForward):
+        lm.model(input_ids=ids, attention_mask=mask)
+    # the model still works normally afterwards
+    assert torch.isfinite(_logits(lm, ids, mask)).all()
+
+
+def test_plan_is_per_thread(lm):
+    ids, mask = _batch(lm)
+    base = _logits(lm, ids, mask)
+    plan = RoutingPlan(deltas={0: _random_delta(lm, 0)})
+    other: dict = {}
+    entered, done = threading.Event(), threading.Event()
+
+    def plain_in_thread():
+        entered.wait(10)
+        other["logits"] = _logits(lm, ids, mask)
+        done.set()
+
+    t = threading.Thread(target=plain_in_thread)
+    t.start()
+    with torch.no_grad(), lm.router.apply(plan):
+        entered.set()
+        done.wait(30)
+        edited = lm.model(input_ids=ids, attention_mask=mask).logits
+    t.join()
+    assert torch.equal(other["logits"], base)
+    assert (edited - base).abs().max() > 1e-3
+
+
+def test_merged_plans_sum_deltas_and_stack_projections():
+    a = RoutingPlan(deltas={0: torch.ones(2, 2)}, projections={1: torch.tensor([[1.0, 0, 0]])})
+    b = RoutingPlan(deltas={0: torch.ones(2, 2), 2: torch.zeros(2, 2)},
+                    projections={1: torch.tensor([[0.0, 1, 0]])}, stop_after=3)
+    m = a.merged(b)
+    assert torch.equal(m.deltas[0], 2 * torch.ones(2, 2)) and 2 in m.deltas
+    assert m.projections[1].shape == (2, 3) and m.stop_after == 3
+    assert torch.equal(a.deltas[0], torch.ones(2, 2))  # inputs untouched
+
+
+def test_orthonormal_rows_drops_dependent_and_zero_rows():
+    d = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 0], [0, 1.0, 1.0, 0]])
+    q = orthonormal_rows(d)
+    assert q.shape == (2, 4)  # QR alone kept only one row here: [0, 1, 1, 0] was lost
+    torch.testing.assert_close(q @ q.T, torch.eye(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(d @ q.T @ q, d, atol=1e-6, rtol=0)  # spans every given row
+    assert orthonormal_rows(torch.zeros(2, 4)).shape == (0, 4)
+    # a direction already in the span of earlier rows, up to float32 noise, adds nothing
+    g = torch.Generator().manual_seed(0)
+    base = orthonormal_rows(torch.randn(3, 64, generator=g) * 800)
+    mix = torch.randn(2, 3, generator=g) @ base
+    assert orthonormal_rows(torch.cat([base, mix])).shape == (3, 64)
+    # a zero first row does not hide the rows after it
+    assert orthonormal_rows(torch.cat([torch.zeros(1, 64), base])).shape == (3, 64)
+
+
+def test_orthonormal_rows_is_differentiable():
+    w = torch.randn(3, 8, requires_grad=True)
+    q = orthonormal_rows(w)
+    (q.sum() ** 2).backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+# --- bookkeeping: one set of hooks per model, plans never leak across models -----------------
+
+def test_wrapping_twice_does_not_apply_edits_twice():
+    model = tiny_model("llama")
+    tok = byte_tokenizer()
+    first = wrap_model(model, tok)
+    ids, mask = prompt_batch(tok, TEXTS)
+    delta = _random_delta(first, 0)
+    once = _logits(first, ids, mask, RoutingPlan(deltas={0: delta}))
+    second = wrap_model(model, tok)
+    for lm in (first, second):  # either router applies the plan exactly once
+        torch.testing.assert_close(_logits(lm, ids, mask, RoutingPlan(deltas={0: delta})), once,
+                                   atol=ATOL, rtol=0)
+    twice = _logits(second, ids, mask, RoutingPlan(deltas={0: 2 * delta}))
+    assert (twice - once).abs().max() > 1e-3
+
+
+def test_a_plan_for_one_model_does_not_reach_another():
+    tok = byte_tokenizer()
+    a, b = wrap_model(tiny_model("llama", seed=0), tok), wrap_model(tiny_model("llama", seed=1), tok)
+    ids, mask = prompt_batch(tok, TEXTS)
+    base_b = _logits(b, ids, mask)
+    with torch.no_grad(), a.router.apply(RoutingPlan(deltas={0: _random_delta(a, 0)}, stop_after=0)):
+        assert torch.equal(b.model(input_ids=ids, attention_mask=mask).logits, base_b)
+        # nested plans for two models coexist
+        with b.router.apply(RoutingPlan(stop_after=0)), pytest.raises(StopForward):
+            b.model(input_ids=ids, attention_mask=mask)
+
+
+def test_a_deep_copy_of_a_wrapped_model_stays_plain():
+    import copy
+
+    tok = byte_tokenizer()
+    lm = wrap_model(tiny_model("llama"), tok)
+    twin = copy.deepcopy(lm.model)  # carries the same hook functions
+    ids, mask = prompt_batch(tok, TEXTS)
+    base = _logits(lm, ids, mask)
+    plan = RoutingPlan(deltas={0: _random_delta(lm, 0)}, stop_after=0)
+    with torch.no_grad(), lm.router.apply(plan):
+        assert torch.equal(twin(input_ids=ids, attention_mask=mask).logits, base)
+    # and wrapping the copy gives it its own, working router
+    twin_lm = wrap_model(twin, tok)
+    delta = _random_delta(lm, 0)
+    torch.testing.assert_close(_logits(twin_lm, ids, mask, RoutingPlan(deltas={0: delta})),
+                               _logits(lm, ids, mask, RoutingPlan(deltas={0: delta})), atol=ATOL, rtol=0)
+
+
+def test_router_remove_detaches_the_hooks():
+    tok = byte_tokenizer()
+    lm = wrap_model(tiny_model("llama"), tok)
+    ids, mask = prompt_batch(tok, TEXTS)
+    base = _logits(lm, ids, mask)
+    lm.router.remove()
+    assert torch.equal(_logits(lm, ids, mask, RoutingPlan(deltas={0: _random_delta(lm, 0)})), base)
+
+
+# --- blocks that return tuples (older transformers) --------------------------------------------
+
+class _Block(nn.Module):
+    def __init__(self, d, as_tuple):
+        super().__init__()
+        self.as_tuple = as_tuple
+        self.norm = nn.LayerNorm(d)
+        self.self_attn = nn.Module()
+        self.self_attn.o_proj = nn.Linear(d, d)
+        self.mlp = nn.Module()
+        self.mlp.up_proj, self.mlp.down_proj = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        x = self.norm(hidden_states)
+        x = self.self_attn.o_proj(x) * attention_mask[..., None]
+        h = hidden_states + x + self.mlp.down_proj(torch.tanh(self.mlp.up_proj(x)))
+        return (h, "cache-placeholder") if self.as_tuple else h
+
+
+class _ToyLM(nn.Module):
+    """A llama-shaped toy whose blocks return ``(hidden, cache)`` tuples."""
+
+    def __init__(self, as_tuple=True, d=HIDDEN, vocab=20, layers=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.config = type("Cfg", (), {"model_type": "toy"})()
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(vocab, d)
+        self.model.layers = nn.ModuleList([_Block(d, as_tuple) for _ in range(layers)])
+        self.model.norm = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask):
+        h = self.model.embed_tokens(input_ids)
+        states = [h]
+        for block in self.model.layers:
+            out = block(h, attention_mask=attention_mask.float())
+            h = out[0] if isinstance(out, tuple) else out
+            states.append(h)
+        return self.lm_head(self.model.norm(h)), states
+
+
+@pytest.mark.parametrize("as_tuple", [True, False])
+def test_hooks_handle_tuple_and_tensor_block_outputs(as_tuple):
+    model = _ToyLM(as_tuple=as_tuple).eval()
+    lm = wrap_model(model, None, name="toy")
+    fp = lm.fingerprint()
+    assert lm.adapter.family == "toy" and lm.adapter.n_layers == 3
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    with torch.no_grad():
+        base, states = model(ids, mask)
+    q = orthonormal_rows(torch.randn(2, HIDDEN))
+    seen, inputs = {}, {}
+    plan = RoutingPlan(deltas={0: torch.randn(HIDDEN, 2 * HIDDEN)}, projections={1: q},
+                       capture={1: lambda h: seen.__setitem__(1, h)},
+                       block_input_hook={i: _put(inputs, i) for i in (1, 2)})
+    with torch.no_grad(), lm.router.apply(plan):
+        edited, _ = model(ids, mask)
+    assert isinstance(seen[1], torch.Tensor)
+    assert (seen[1] @ q.T).abs().max() < 1e-4 * float(seen[1].abs().max())
+    assert (edited - base).abs().max() > 1e-3
+    with torch.no_grad(), lm.router.apply(RoutingPlan(stop_after=1)), pytest.raises(StopForward):
+        model(ids, mask)
+    # replay blocks 1..2 from the captured inputs, without a plan: the model's own block-2 output
+    inputs.clear()
+    with torch.no_grad(), lm.router.apply(RoutingPlan(block_input_hook={i: _put(inputs, i) for i in (1, 2)})):
+        model(ids, mask)
+    with torch.no_grad():
+        out = run_block_window(lm.adapter, 1, 2, inputs[1][0][0], {i: inputs[i][1] for i in (1, 2)})
+    torch.testing.assert_close(out, states[3], atol=ATOL, rtol=0)
+    assert lm.fingerprint() == fp
