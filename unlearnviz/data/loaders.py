@@ -209,7 +209,7 @@ def load_data(spec: str) -> UnlearningData:
         return load_builtin(spec.split(":", 1)[1])
     if spec.startswith("hf:"):
         return load_hf(spec[3:])
-    if spec.startswith("synthetic"):
+    if spec == "synthetic" or spec.startswith("synthetic:"):
         from unlearnviz.data.synthetic import load_synthetic
 
         return load_synthetic(spec)
