@@ -68,7 +68,9 @@ class Session:
     # ---- model and data -------------------------------------------------------------------
     def load_model(self, source: str = "default", dtype: str = "float32", device: str = "auto",
                    store: ModelStore = STORE) -> dict:
-        lm = store.get(source.strip() or "default", LoadOptions(dtype=dtype, device=device))
+        from unlearnviz.data.synthetic import resolve_model_source
+
+        lm = store.get(resolve_model_source(source.strip() or "default"), LoadOptions(dtype=dtype, device=device))
         if self.lm is not lm:
             self.stack, self.after, self.relearn, self.before, self.selected = EditStack(), {}, {}, None, None
         self.lm = lm

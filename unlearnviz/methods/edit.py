@@ -41,14 +41,21 @@ class Edit:
     hparams: dict
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
     projections: dict[int, torch.Tensor] = field(default_factory=dict)
+    offsets: dict[int, torch.Tensor] = field(default_factory=dict)  # centred projections' μ
     meta: dict = field(default_factory=dict)
 
+    @property
+    def spare_first(self) -> bool:
+        return bool(self.meta.get("spare_first", False))
+
     def plan(self, rows: torch.Tensor | None = None) -> RoutingPlan:
-        return RoutingPlan(deltas=dict(self.deltas), projections=dict(self.projections), rows=rows)
+        return RoutingPlan(deltas=dict(self.deltas), projections=dict(self.projections),
+                           offsets=dict(self.offsets), spare_first=self.spare_first, rows=rows)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"delta.{k}": v.detach().float().cpu().contiguous() for k, v in self.deltas.items()}
         out.update({f"projection.{k}": v.detach().float().cpu().contiguous() for k, v in self.projections.items()})
+        out.update({f"offset.{k}": v.detach().float().cpu().contiguous() for k, v in self.offsets.items()})
         return out
 
     def n_params(self) -> int:
@@ -112,15 +119,13 @@ def load_edit(folder: Path, lm: LoadedModel) -> Edit:
         raise UserError(f"edit in {folder} was made for model {manifest.get('model', {}).get('name')!r} "
                         f"(fingerprint {fp}), not the loaded {lm.name!r} ({lm.fingerprint(refresh=False)})")
     tensors = load_file(str(epath))
-    deltas, projections = {}, {}
+    parts: dict[str, dict[int, torch.Tensor]] = {"delta": {}, "projection": {}, "offset": {}}
     for key, t in tensors.items():
         kind, _, layer = key.partition(".")
-        if kind == "delta":
-            deltas[int(layer)] = t.to(lm.device)
-        elif kind == "projection":
-            projections[int(layer)] = t.to(lm.device)
-    return Edit(method=manifest["method"], hparams=manifest.get("hparams", {}), deltas=deltas,
-                projections=projections, meta=manifest.get("meta", {}))
+        if kind in parts:
+            parts[kind][int(layer)] = t.to(lm.device)
+    return Edit(method=manifest["method"], hparams=manifest.get("hparams", {}), deltas=parts["delta"],
+                projections=parts["projection"], offsets=parts["offset"], meta=manifest.get("meta", {}))
 
 
 class EditStack:
@@ -147,13 +152,17 @@ class EditStack:
             return None
         deltas: dict[int, torch.Tensor] = {}
         directions: dict[int, list[torch.Tensor]] = {}
+        offsets: dict[int, torch.Tensor] = {}
         for e in chosen:
+            for k, v in e.offsets.items():
+                offsets.setdefault(k, v)  # later requests see the same retain mean at that site
             for k, v in e.deltas.items():
                 deltas[k] = deltas[k] + v if k in deltas else v
             for k, v in e.projections.items():
                 directions.setdefault(k, []).append(v)
         projections = {k: orthonormal_rows(torch.cat(v)) for k, v in directions.items()}
-        return RoutingPlan(deltas=deltas, projections=projections, rows=rows)
+        return RoutingPlan(deltas=deltas, projections=projections, offsets=offsets,
+                           spare_first=any(e.spare_first for e in chosen), rows=rows)
 
 
 def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
@@ -193,8 +202,10 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
             "edits": [{"method": e.method, "hparams": e.hparams, "label": e.label()} for e in stack.edits],
             "base_model": lm.name, "base_fingerprint": lm.fingerprint(refresh=False)}
     if plan.projections:
-        save_file({f"projection.{k}": v.float().cpu().contiguous() for k, v in plan.projections.items()},
-                  str(tmp / "unlearnviz_projections.safetensors"))
+        info["spare_first"] = plan.spare_first
+        tensors = {f"projection.{k}": v.float().cpu().contiguous() for k, v in plan.projections.items()}
+        tensors.update({f"offset.{k}": v.float().cpu().contiguous() for k, v in plan.offsets.items()})
+        save_file(tensors, str(tmp / "unlearnviz_projections.safetensors"))
         info["note"] = ("MRP projections are applied by unlearnviz.methods.edit.load_exported; a plain "
                         "from_pretrained of this folder is the model without them (they cannot be "
                         "folded exactly into the weights).")
@@ -215,6 +226,8 @@ def load_exported(folder: Path) -> LoadedModel:
     proj_file = folder / "unlearnviz_projections.safetensors"
     if proj_file.exists():
         tensors = load_file(str(proj_file))
-        plan = RoutingPlan(projections={int(k.split(".")[1]): v for k, v in tensors.items()})
+        plan = RoutingPlan(projections={int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("projection")},
+                           offsets={int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("offset")},
+                           spare_first=json.loads((folder / "unlearnviz_export.json").read_text()).get("spare_first", False))
         lm.default_plan = plan  # type: ignore[attr-defined]
     return lm

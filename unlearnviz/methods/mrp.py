@@ -46,6 +46,11 @@ class MRPParams:
     lr: float = hp(3e-3, "Adam learning rate on the direction rows W.", "2e-4 (SGD)", min=1e-7, max=1.0)
     batch_size: int = hp(8, "Texts per forget and per retain batch.", "5", min=1, max=256)
     max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "160", min=4, max=4096)
+    centered: bool = hp(True, "NON-PAPER: affine projection h − (h − μ)QᵀQ with μ the retain mean at the site: removes "
+                        "the variation along Q but keeps its mean (the linear form also deletes large constant offsets, "
+                        "which wrecked the model at deep sites).", "no (linear h − hQᵀQ)")
+    spare_first: bool = hp(True, "NON-PAPER: leave sequence position 0 unprojected (an attention sink with a residual "
+                           "norm hundreds of times the others; projecting it wrecks the model).", "no")
     mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on.", "answer letter only")
     seed: int = hp(0, "Seed for the batch order.", "")
 
@@ -110,6 +115,8 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
     nf = len(fb)
     last = lm.n_layers - 1
     prior_proj = dict(prior.projections) if prior is not None else {}
+    offsets: dict[int, torch.Tensor] = dict(prior.offsets) if prior is not None else {}
+    spare = hparams.spare_first or bool(prior is not None and prior.spare_first)
 
     def full_q(rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Prior (frozen) rows plus this request's rows, orthonormalised per site."""
@@ -125,13 +132,15 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
     for s in sites:
         if s >= last:
             raise UserError("an MRP site must be below the last block")
-        base = RoutingPlan(deltas=prior_deltas, projections=full_q(new_rows))
+        base = RoutingPlan(deltas=prior_deltas, projections=full_q(new_rows), offsets=dict(offsets), spare_first=spare)
         probe = WindowEngine(lm, s + 1, s + 1, fb + rb, prior=base, keep_frozen=False)
         prior_q = prior_proj.get(s)
         f_acts = _site_stats(probe.inputs[:nf], fb, prior_q)
         r_acts = _site_stats(probe.inputs[nf:], rb, prior_q)
         if len(f_acts) < 2 or len(r_acts) < 2:
             raise UserError("MRP needs at least two forget and two retain tokens")
+        if hparams.centered and s not in offsets:
+            offsets[s] = r_acts.mean(0)
         q, vals = generalized_top(f_acts, r_acts, hparams.k, hparams.ridge)
         if prior_q is not None:
             q = orthonormal_rows(q - (q @ prior_q.T) @ prior_q)
@@ -149,11 +158,11 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         weights = {s: torch.nn.Parameter(new_rows[s].clone()) for s in sites}
         opt = torch.optim.Adam(list(weights.values()), lr=hparams.lr)
         with torch.no_grad():
-            init_plan = RoutingPlan(projections=dict(prior_proj))
+            init_plan = RoutingPlan(projections=dict(prior_proj), offsets=dict(offsets), spare_first=spare)
             ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
         ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
         for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
-            plan = RoutingPlan(projections=full_q(weights))
+            plan = RoutingPlan(projections=full_q(weights), offsets=dict(offsets), spare_first=spare)
             lp_f, n_f = _seq_logprob(lm, engine.output(fi, plan), fb[fi])
             if hparams.objective == "npo":
                 ratio = lp_f - ref[fi]
@@ -178,5 +187,6 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         projections[s] = q.detach()
     meta = {"steps": hparams.steps, "losses": history, "init_s": init_s,
             "train_s": time.perf_counter() - t0 - init_s, "eigenvalues": eigvals,
-            "rank": {s: int(q.shape[0]) for s, q in projections.items()}}
-    return Edit(method="mrp", hparams=asdict(hparams), projections=projections, meta=meta)
+            "rank": {s: int(q.shape[0]) for s, q in projections.items()}, "spare_first": spare}
+    own_offsets = {s: offsets[s] for s in projections if s in offsets}
+    return Edit(method="mrp", hparams=asdict(hparams), projections=projections, offsets=own_offsets, meta=meta)

@@ -20,7 +20,7 @@ from unlearnviz.methods.misdirection import prepare, train_misdirection
 
 @dataclass
 class RMUParams:
-    layer: int = hp(7, "Block whose residual output the loss reads (L).", "7 of 32 (Zephyr-7B)", min=0)
+    layer: int = hp(-1, "Block whose residual output the loss reads (L); -1 = auto, about a quarter of the depth (7 of 30 on the default model).", "7 of 32 (Zephyr-7B)", min=-1)
     window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (layers 5,6,7)", min=1, max=8)
     steering_coeff: float = hp(1.0, "Target norm c; with coeff_relative, a multiple of the mean residual norm at L.",
                                "6.5 absolute (Zephyr)", min=0.0, max=1e4)

@@ -46,7 +46,7 @@ def selectivity(i_norm: torch.Tensor, top: float = 0.1) -> float:
 
 @dataclass
 class SRMUParams:
-    layer: int = hp(7, "Block whose residual output the loss reads (L).", "RMU's layer 7", min=0)
+    layer: int = hp(-1, "Block whose residual output the loss reads (L); -1 = auto, about a quarter of the depth (7 of 30 on the default model).", "RMU's layer 7", min=-1)
     window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (our reading, §2.4.3)", min=1, max=8)
     variant: str = hp("ratio", "Importance map φ: ratio log(1+v_f/v_r), difference ReLU(v_f−λv_r), product.",
                       "ratio (Pareto-best)", choices=("ratio", "difference", "product"))

@@ -36,7 +36,11 @@ class RoutingPlan:
 
     - ``deltas[layer]``: an [out, in] tensor added to that block's MLP output projection.
     - ``projections[layer]``: Q with orthonormal rows [r, d]; the block output h becomes
-      h − h QᵀQ.
+      h − h QᵀQ, or with ``offsets[layer]`` = μ the affine (centred) projection
+      h − (h − μ)QᵀQ, which removes the variation along Q but keeps the mean there. With
+      ``spare_first``, position 0 of a multi-token forward is left alone: in many models it is an
+      attention sink whose residual norm is hundreds of times the others (FINDINGS), and
+      projecting it wrecks the model while carrying no content of its own.
     - ``rows``: a bool/float mask over the batch rows the edit applies to (None = all rows).
     - ``capture``: layer → callback(hidden) receiving each block's (edited) output.
     - ``stop_after``: raise StopForward after this block's output has been captured.
@@ -48,6 +52,8 @@ class RoutingPlan:
 
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
     projections: dict[int, torch.Tensor] = field(default_factory=dict)
+    offsets: dict[int, torch.Tensor] = field(default_factory=dict)
+    spare_first: bool = False  # leave sequence position 0 (the attention sink) unprojected
     rows: torch.Tensor | None = None
     capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
     stop_after: int | None = None
@@ -61,7 +67,8 @@ class RoutingPlan:
         projections = dict(self.projections)
         for k, v in other.projections.items():
             projections[k] = orthonormal_rows(torch.cat([projections[k], v])) if k in projections else v
-        return RoutingPlan(deltas=deltas, projections=projections, rows=self.rows,
+        return RoutingPlan(deltas=deltas, projections=projections, offsets={**other.offsets, **self.offsets},
+                           spare_first=self.spare_first or other.spare_first, rows=self.rows,
                            capture={**self.capture, **other.capture},
                            stop_after=other.stop_after if other.stop_after is not None else self.stop_after,
                            block_input_hook={**self.block_input_hook, **other.block_input_hook})
@@ -191,7 +198,12 @@ class Router:
             if layer in plan.projections:
                 h = block_output_tensor(output)
                 q = plan.projections[layer].to(device=h.device, dtype=torch.float32)
-                removed = (h.float() @ q.T) @ q
+                centred = h.float()
+                if layer in plan.offsets:
+                    centred = centred - plan.offsets[layer].to(device=h.device, dtype=torch.float32)
+                removed = (centred @ q.T) @ q
+                if plan.spare_first and removed.dim() == 3 and removed.shape[1] > 1:
+                    removed = torch.cat([torch.zeros_like(removed[:, :1]), removed[:, 1:]], dim=1)
                 mask = _row_mask(plan.rows, removed)
                 h_new = (h.float() - (removed if mask is None else removed * mask)).to(h.dtype)
                 changed = replace_block_output(output, h_new)
