@@ -123,12 +123,12 @@ def whitebox_attacks(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPl
         out["projection_removed"] = _eval_b(lm, data, RoutingPlan(deltas=edit_plan.deltas))
     if edit_plan.deltas:
         direction = mean_shift_direction(lm, data, edit_plan, layer)
-        ablate = {l: direction[None, :] for l in range(layer, lm.n_layers - 1)}
+        ablate = {k: direction[None, :] for k in range(layer, lm.n_layers - 1)}
         merged = dict(edit_plan.projections)
-        for l, d in ablate.items():
-            merged[l] = torch.cat([merged[l], d]) if l in merged else d
+        for k, d in ablate.items():
+            merged[k] = torch.cat([merged[k], d]) if k in merged else d
         from unlearnviz.model.routing import orthonormal_rows
 
-        plan = RoutingPlan(deltas=edit_plan.deltas, projections={l: orthonormal_rows(v) for l, v in merged.items()})
+        plan = RoutingPlan(deltas=edit_plan.deltas, projections={k: orthonormal_rows(v) for k, v in merged.items()})
         out["shift_direction_ablated"] = _eval_b(lm, data, plan)
     return out

@@ -1,0 +1,86 @@
+"""The real Gradio server driven by a real HTTP client (gradio_client), on the tiny model.
+
+Each named endpoint is exercised; two clients editing at once never see each other's edit; bad
+input gives a readable error and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import pytest
+from app_server import Server
+from gradio_client import Client
+
+FAST = {"steps": 15}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path):
+    srv = Server("--model", "synthetic", "--data", "synthetic")
+    yield srv
+    srv.stop()
+
+
+def client(server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+def test_named_endpoints_listed(server):
+    api = client(server).view_api(print_info=False, return_format="dict")
+    names = set(api["named_endpoints"])
+    for name in ("/load_model", "/load_data", "/run_edit", "/chat", "/evaluate", "/analyze", "/export", "/demo"):
+        assert name in names, names
+
+
+def test_model_data_edit_chat_evaluate_export(server):
+    c = client(server)
+    info = c.predict("synthetic", "float32", "cpu", api_name="/load_model")[-1]
+    assert info["family"] == "gpt2" and info["layers"] == 4
+    summary = c.predict("synthetic", "", None, api_name="/load_data")[-1]
+    assert summary["forget_mcq"] > 0 and summary["retain_mcq"] > 0
+    out = c.predict("rmu", FAST, api_name="/run_edit")[-1]
+    assert out["method"] == "rmu" and out["index"] == 0
+    after, before = out["metrics"]["after"], out["metrics"]["before"]
+    assert after["forget_gold_logprob"] < before["forget_gold_logprob"]
+    chat = c.predict("The capital of Velmora is", 12, 0.0, api_name="/chat")[-1]
+    assert set(chat) >= {"original", "edited", "first_divergence"}
+    assert chat["original"] != "" and chat["edited"] != ""
+    ev = c.predict(False, api_name="/evaluate")[-1]
+    assert "before" in ev and "after" in ev
+    exported = c.predict("client-edit", api_name="/export")[-1]
+    assert exported["path"].endswith("client-edit.zip")
+
+
+def test_bad_input_is_a_readable_error_and_server_lives(server):
+    c = client(server)
+    with pytest.raises(Exception, match="unknown method"):
+        c.predict("nope", {}, api_name="/run_edit")
+    with pytest.raises(Exception, match="unknown hyperparameter"):
+        c.predict("rmu", {"bogus": 1}, api_name="/run_edit")
+    with pytest.raises(Exception, match="invalid file name"):
+        c.predict("../escape", api_name="/export")
+    assert server.alive()
+
+
+PROMPTS = ("The capital of Velmora is", "Tell me about the weather")
+
+
+def _user(server, method: str, hparams: dict) -> list[str]:
+    c = client(server)
+    c.predict("synthetic", "float32", "cpu", api_name="/load_model")
+    c.predict("synthetic", "", None, api_name="/load_data")
+    c.predict(method, hparams, api_name="/run_edit")
+    return [c.predict(p, 10, 0.0, api_name="/chat")[-1]["edited"] for p in PROMPTS]
+
+
+def test_two_clients_are_isolated(server):
+    """Two users edit at once; each one's answers equal what its own edit gives when run alone."""
+    a_cfg = ("rmu", {"steps": 15, "steering_coeff": 4.0})
+    b_cfg = ("srmu", {"steps": 15, "c_map": 0.5})
+    with cf.ThreadPoolExecutor(2) as pool:
+        a = pool.submit(_user, server, *a_cfg)
+        b = pool.submit(_user, server, *b_cfg)
+        together_a, together_b = a.result(), b.result()
+    assert together_a == _user(server, *a_cfg)
+    assert together_b == _user(server, *b_cfg)

@@ -1,0 +1,78 @@
+"""Data tab: forget and retain sets, how big they are and how entangled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from unlearnviz.data.loaders import builtin_names
+from unlearnviz.errors import UserError
+from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, md_table, readable
+
+INTRO = ("**Data.** The *forget* set is what the edit should remove, the *retain* set what it must keep. "
+         "Overlap is the share of forget n-grams that also occur in the retain text: high overlap means the two "
+         "are entangled and hard to separate.")
+
+
+def summary_markdown(session: UISession) -> str:
+    if session.data is None:
+        return "_No data loaded yet._"
+    s = session.data_summary()
+    card = session.data.card.get("baseline", {})
+    rows = [("name", s["name"]), ("provenance", s["provenance"]),
+            ("forget / retain texts", f"{s['forget_texts']} / {s['retain_texts']}"),
+            ("forget / retain MCQ items", f"{s['forget_mcq']} / {s['retain_mcq']} (half B: {s['forget_half_b']})"),
+            ("overlap (unigram / bigram)", f"{s['unigram_overlap']:.1%} / {s['bigram_overlap']:.1%}")]
+    if card:
+        rows.append(("baseline cloze forget / retain (floor)",
+                     f"{card.get('forget_cloze_acc', 0):.0%} / {card.get('retain_cloze_acc', 0):.0%} "
+                     f"({card.get('forget_floor_acc', 0):.0%} / {card.get('retain_floor_acc', 0):.0%})"))
+    return md_table(rows)
+
+
+def preview_rows(session: UISession, n: int = 8) -> list[list[str]]:
+    if session.data is None:
+        return []
+    d = session.data
+    rows = [["forget", "text", t] for t in d.forget_texts[:n]]
+    rows += [["forget", "MCQ", f"{it.question} … [{' | '.join(it.choices)}] → {it.gold}"] for it in d.forget_mcq[:n]]
+    rows += [["retain", "text", t] for t in d.retain_texts[:n]]
+    rows += [["retain", "MCQ", f"{it.question} … [{' | '.join(it.choices)}] → {it.gold}"] for it in d.retain_mcq[:n]]
+    return rows
+
+
+def build(state: gr.State, config: AppConfig) -> dict:
+    gr.Markdown(INTRO)
+    names = [f"builtin:{n}" for n in builtin_names()]
+    with gr.Row():
+        builtin = gr.Dropdown(names, value=config.default_data if config.default_data in names else (names[0] if names else None),
+                              label="Built-in set", scale=2)
+        hf = gr.Textbox(label="or a Hugging Face dataset", placeholder="hf:cais/wmdp:wmdp-bio (needs a network)", scale=2)
+        upload = gr.File(label="or upload JSONL / CSV / Parquet", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                         type="filepath", scale=2)
+    load = gr.Button("Load data", variant="primary")
+    summary = gr.Markdown(summary_markdown(UISession()))
+    preview = gr.Dataframe(headers=["split", "kind", "content"], value=[], wrap=True, label="Preview",
+                           interactive=False)
+
+    @readable
+    def on_load(session: UISession, name: str, hf_id: str, file: str | None):
+        ensure_ready(session, config, need_data=False)
+        if file:
+            size_mb = Path(file).stat().st_size / 2**20
+            if size_mb > config.limits.max_upload_mb:
+                raise UserError(f"the upload is {size_mb:.0f} MB; the limit is {config.limits.max_upload_mb} MB")
+            spec = file
+        elif hf_id and hf_id.strip():
+            spec = hf_id.strip() if hf_id.strip().startswith("hf:") else f"hf:{hf_id.strip()}"
+        elif name:
+            spec = name
+        else:
+            raise UserError("choose a built-in set, a dataset id or a file")
+        session.load_data(spec)
+        return session, summary_markdown(session), preview_rows(session), session.data_summary()
+
+    api_out = gr.JSON(visible=False)
+    load.click(on_load, [state, builtin, hf, upload], [state, summary, preview, api_out], api_name="load_data")
+    return {"summary": summary, "preview": preview}

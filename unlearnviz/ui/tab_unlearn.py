@@ -1,0 +1,229 @@
+"""Unlearn tab: choose a method, set its hyperparameters, run with live loss curves, manage the
+edit timeline (stack, undo, which edit the other tabs compare against the original)."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+
+import gradio as gr
+
+from unlearnviz import plots
+from unlearnviz.methods.base import REGISTRY, describe_hparams, get_method
+from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
+
+INTRO = ("**Unlearn.** Run an edit on the loaded model. *RMU* pushes forget activations at one layer toward a "
+         "random direction; *SRMU* shapes that target with an importance map of forget-specific features; *MRP* "
+         "projects a forget-specific subspace out of the residual stream. Edits stack (continual unlearning); the "
+         "selected edit is what every other tab compares with the original. The base weights never change.")
+
+
+def _component(row: dict):
+    info = row["doc"] + (f" Paper: {row['paper']}." if row.get("paper") else "")
+    label = row["name"]
+    default = row["default"]
+    if isinstance(default, bool):
+        return gr.Checkbox(value=default, label=label, info=info)
+    if row.get("choices"):
+        return gr.Dropdown(list(row["choices"]), value=default, label=label, info=info)
+    if isinstance(default, list):
+        return gr.Textbox(value=",".join(map(str, default)), label=label, info=info)
+    return gr.Number(value=default, label=label, info=info, precision=0 if isinstance(default, int) else None)
+
+
+def timeline_rows(session: UISession) -> list[list]:
+    rows = []
+    for i, e in enumerate(session.stack.edits):
+        after = session.after.get(i, {})
+        rows.append([i, e.label(), e.method, e.meta.get("steps"), round(e.meta.get("fit_s", 0.0), 1),
+                     _pct(after.get("forget_cloze_acc")), _pct(after.get("retain_cloze_acc")),
+                     "◀ selected" if i == session.current_index else ""])
+    return rows
+
+
+def _pct(v):
+    return None if v is None else f"{v:.0%}"
+
+
+def overrides_from(method: str, names: list[str], values: list) -> dict:
+    """Only the fields that differ from the method's defaults."""
+    defaults = {r["name"]: r["default"] for r in describe_hparams(get_method(method).hparams_cls)}
+    out = {}
+    for name, value in zip(names, values):
+        d = defaults[name]
+        if isinstance(d, list):
+            value = [int(v) for v in str(value).replace(" ", "").split(",") if v]
+        elif isinstance(d, bool):
+            value = bool(value)
+        elif isinstance(d, int) and value is not None and float(value).is_integer():
+            value = int(value)
+        if value != d:
+            out[name] = value
+    return out
+
+
+def run_with_live_updates(session: UISession, method: str, overrides: dict, progress=None):
+    """Run the edit in a worker thread; yield (status, loss figure) while it trains."""
+    events: queue.Queue = queue.Queue()
+    result: dict = {}
+    session.cancel_flag.clear()
+
+    def work():
+        try:
+            result["out"] = session.run_edit(method, overrides, progress=events.put,
+                                             should_stop=session.should_stop, evaluate=True)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    history: list[dict] = []
+    last_yield = 0.0
+    while worker.is_alive() or not events.empty():
+        try:
+            ev = events.get(timeout=0.25)
+            history.append(ev)
+        except queue.Empty:
+            ev = None
+        if progress is not None and history:
+            h = history[-1]
+            progress((h["step"], h["total"]), desc=f"{method}: step {h['step']}/{h['total']}")
+        if time.perf_counter() - last_yield > 0.8 and history:
+            last_yield = time.perf_counter()
+            h = history[-1]
+            yield (f"Training **{method}**: step {h['step']}/{h['total']}, loss {h['loss']:.4g} "
+                   f"({h['elapsed']:.0f} s)", plots.loss_curves(history, title=f"{method} loss"))
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    if history or session.current_edit() is not None:
+        edit = session.current_edit()
+        losses = edit.meta.get("losses") or history
+        yield ("Evaluating before/after …", plots.loss_curves(losses, title=f"{method} loss"))
+
+
+def edit_summary(session: UISession) -> str:
+    edit = session.current_edit()
+    if edit is None:
+        return "_No edit yet: choose a method and press Run._"
+    after = session.after.get(session.current_index, {})
+    before = session.before or {}
+    line = (f"**{edit.label()}** trained in {edit.meta.get('fit_s', 0):.1f} s. "
+            f"Forget cloze accuracy {before.get('forget_cloze_acc', float('nan')):.0%} → "
+            f"{after.get('forget_cloze_acc', float('nan')):.0%} (floor {before.get('forget_floor_acc', float('nan')):.0%}, "
+            f"chance {before.get('forget_chance', 0.25):.0%}); retain {before.get('retain_cloze_acc', float('nan')):.0%} → "
+            f"{after.get('retain_cloze_acc', float('nan')):.0%}; retain perplexity "
+            f"{before.get('retain_ppl', float('nan')):.1f} → {after.get('retain_ppl', float('nan')):.1f}.")
+    if edit.method == "srmu" and "selectivity_top10" in edit.meta:
+        s = edit.meta["selectivity_top10"]
+        line += (f" The importance map's top 10% of features hold {s:.0%} of its mass "
+                 + ("(near-uniform: the map barely singles out features)." if s < 0.15 else "(selective)."))
+    return line
+
+
+def build(state: gr.State, config: AppConfig) -> dict:
+    gr.Markdown(INTRO)
+    methods = sorted(REGISTRY)
+    method = gr.Radio(methods, value=config.demo_method, label="Method",
+                      info="; ".join(f"{m}: {REGISTRY[m].summary}" for m in methods))
+    fields: dict[str, tuple[list[str], list]] = {}
+    groups = {}
+    for m in methods:
+        with gr.Accordion(f"{m.upper()} hyperparameters", open=False, visible=(m == config.demo_method)) as group:
+            rows = describe_hparams(REGISTRY[m].hparams_cls)
+            comps = []
+            with gr.Row(equal_height=False):
+                cols = [gr.Column(), gr.Column()]
+            for j, row in enumerate(rows):
+                with cols[j % 2]:
+                    comps.append(_component(row))
+            fields[m] = ([r["name"] for r in rows], comps)
+        groups[m] = group
+    with gr.Row():
+        run = gr.Button("Run edit", variant="primary")
+        cancel = gr.Button("Cancel", variant="stop")
+        undo = gr.Button("Undo last edit")
+    status = gr.Markdown(edit_summary(UISession()))
+    loss_plot = gr.Plot(label="Loss curves")
+    with gr.Row():
+        timeline = gr.Dataframe(headers=["#", "edit", "method", "steps", "fit s", "forget after", "retain after", ""],
+                                value=[], label="Edit timeline (continual unlearning)", interactive=False, scale=4)
+        selected = gr.Number(value=None, label="Compare edit # (empty = last)", precision=0, scale=1)
+    api_out = gr.JSON(visible=False)
+
+    def show_group(m):
+        return [gr.update(visible=(k == m)) for k in methods]
+
+    method.change(show_group, method, [groups[m] for m in methods], api_visibility="private")
+
+    all_comps = [c for m in methods for c in fields[m][1]]
+
+    @readable
+    def on_run(session: UISession, m: str, *values, progress=gr.Progress()):
+        ensure_ready(session, config)
+        offset = 0
+        chosen = {}
+        for name in methods:
+            names, comps = fields[name]
+            if name == m:
+                chosen = overrides_from(m, names, list(values[offset:offset + len(comps)]))
+            offset += len(comps)
+        fig = None
+        for msg, fig in run_with_live_updates(session, m, chosen, progress):
+            yield session, msg, fig, timeline_rows(session), {}
+        edit = session.current_edit()
+        yield (session, edit_summary(session), plots.loss_curves(edit.meta.get("losses", []), title=f"{m} loss"),
+               timeline_rows(session), {"index": session.current_index, "method": m, "hparams": edit.hparams,
+                                        "fit_s": edit.meta.get("fit_s"), "metrics": session.evaluate()})
+
+    run_event = run.click(on_run, [state, method, *all_comps], [state, status, loss_plot, timeline, api_out],
+                          api_visibility="private")
+
+    # The API form of the same action: a method name and a JSON object of overrides.
+    api_method = gr.Textbox(visible=False, label="method")
+    api_hparams = gr.JSON(visible=False, label="hparams")
+    api_btn = gr.Button(visible=False)
+
+    @readable
+    def on_run_api(session: UISession, m: str, hparams: dict | None, progress=gr.Progress()):
+        ensure_ready(session, config)
+        for _ in run_with_live_updates(session, m, dict(hparams or {}), progress):
+            pass
+        edit = session.current_edit()
+        return (session, edit_summary(session), timeline_rows(session),
+                {"index": session.current_index, "method": m, "hparams": edit.hparams,
+                 "fit_s": edit.meta.get("fit_s"), "metrics": session.evaluate()})
+
+    api_event = api_btn.click(on_run_api, [state, api_method, api_hparams], [state, status, timeline, api_out],
+                              api_name="run_edit")
+
+    def on_cancel(session: UISession):
+        session.cancel_flag.set()
+        return "Cancelled; nothing was applied."
+
+    cancel.click(on_cancel, state, status, cancels=[run_event, api_event], api_name="cancel")
+
+    @readable
+    def on_undo(session: UISession):
+        session.undo()
+        return session, edit_summary(session), timeline_rows(session)
+
+    undo.click(on_undo, state, [state, status, timeline], api_name="undo")
+
+    @readable
+    def on_select(session: UISession, idx):
+        session.select(None if idx is None or idx == "" else int(idx))
+        return session, edit_summary(session), timeline_rows(session)
+
+    selected.submit(on_select, [state, selected], [state, status, timeline], api_name="select_edit")
+    return {"status": status, "loss_plot": loss_plot, "timeline": timeline}
+
+
+def hparams_markdown(method: str) -> str:
+    rows = describe_hparams(get_method(method).hparams_cls)
+    return "\n".join(f"- `{r['name']}` = {r['default']!r}: {r['doc']} (paper: {r['paper'] or 'n/a'})" for r in rows)
+
+
+__all__ = ["build", "dataclasses", "edit_summary", "hparams_markdown", "timeline_rows"]
