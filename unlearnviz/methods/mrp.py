@@ -35,15 +35,15 @@ from unlearnviz.model.routing import RoutingPlan, orthonormal_rows
 
 @dataclass
 class MRPParams:
-    layers: list = hp([5], "Sites: blocks whose residual output is projected.", "2 random layers of 32", min=0)
-    k: int = hp(16, "New directions per site for this request.", "2", min=1, max=4096)
+    layers: list = hp([-1], "Sites: blocks whose residual output is projected; -1 = auto, two thirds of the depth (20 of 30 on the default model: at a quarter of the depth the forget-specific directions removed almost nothing).", "2 random layers of 32", min=-1)
+    k: int = hp(32, "New directions per site for this request.", "2", min=1, max=4096)
     ridge: float = hp(0.05, "δ = ridge × mean eigenvalue of Σ_r, regularising Σ_r + δI.", "n/a", min=0.0, max=100.0)
-    steps: int = hp(60, "Training steps after the init (0 = init only).", "2 epochs of 5000 rows", min=0, max=5000)
+    steps: int = hp(100, "Training steps after the init (0 = init only).", "2 epochs of 5000 rows", min=0, max=5000)
     objective: str = hp("npo", "Forget term: 'npo' (bounded) or 'ga' (gradient ascent, capped).", "ga", choices=("npo", "ga"))
     beta: float = hp(0.1, "NPO β.", "n/a (NPO: 0.1)", min=1e-4, max=10.0)
     ga_cap: float = hp(15.0, "GA: forget CE above this (nats/token) gives no more gradient.", "uncapped", min=0.0, max=100.0)
     retain_weight: float = hp(1.2, "Weight of the retain NLL.", "1.2", min=0.0, max=1e4)
-    lr: float = hp(3e-3, "Adam learning rate on the direction rows W.", "2e-4 (SGD)", min=1e-7, max=1.0)
+    lr: float = hp(1e-2, "Adam learning rate on the direction rows W.", "2e-4 (SGD)", min=1e-7, max=1.0)
     batch_size: int = hp(8, "Texts per forget and per retain batch.", "5", min=1, max=256)
     max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "160", min=4, max=4096)
     centered: bool = hp(True, "NON-PAPER: affine projection h − (h − μ)QᵀQ with μ the retain mean at the site: removes "
@@ -101,7 +101,8 @@ def _seq_logprob(lm, hidden: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torc
 @register("mrp", MRPParams, "Metamorphosis Representation Projection")
 def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
-    sites = sorted({int(x) for x in hparams.layers})
+    sites = sorted({int(x) if int(x) != -1 else max(1, round(2 * lm.n_layers / 3)) for x in hparams.layers})
+    hparams.layers = sites
     if not sites:
         raise UserError("MRP needs at least one site layer")
     for s in sites:

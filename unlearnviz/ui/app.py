@@ -29,10 +29,15 @@ HEADER = ("# unlearnviz\nSee what representation-level unlearning (RMU, SRMU, MR
           "models answer.")
 
 
+def new_session() -> UISession:
+    """Called by Gradio once per browser session: every user gets their own state."""
+    return UISession()
+
+
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     config = config or AppConfig()
     with gr.Blocks(title="unlearnviz") as demo:
-        state = gr.State(UISession)
+        state = gr.State(new_session)
         with gr.Row():
             gr.Markdown(HEADER, elem_id="uv-header")
         with gr.Row():
@@ -79,7 +84,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             updates.update({unlearn_ui["status"]: tab_unlearn.edit_summary(session),
                             unlearn_ui["timeline"]: tab_unlearn.timeline_rows(session),
                             eval_ui["table"]: tab_evaluate.metrics_rows(result),
-                            eval_ui["bars"]: plots.before_after_bars(result["before"], result.get("after"))})
+                            eval_ui["bars"]: plots.before_after_bars(result["before"], result.get("after") or {})})
             yield [session, "Analysing activations …", *[updates.get(c, gr.update()) for c in outputs[2:]]]
             analysis_values = tab_analysis.refresh_all(session, config)
             for comp, value in zip(analysis_ui["outputs"], analysis_values):

@@ -38,6 +38,17 @@ class UISession(Session):
     def should_stop(self) -> bool:
         return self.cancel_flag.is_set()
 
+    def __deepcopy__(self, memo):
+        """Gradio deep-copies a state's initial value: share the (read-only) model, copy the rest."""
+        import copy
+
+        clone = UISession()
+        for name, value in vars(self).items():
+            if name not in ("cancel_flag", "lm"):
+                setattr(clone, name, copy.deepcopy(value, memo))
+        clone.lm = self.lm
+        return clone
+
 
 def readable(fn):
     """Turn UserError into a readable message in the page; keep the app alive on bugs too."""

@@ -58,7 +58,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         result = session.evaluate(letter=with_letter,
                                   progress=lambda d, t, _: progress((d, t), desc="scoring"),
                                   should_stop=session.should_stop)
-        return session, metrics_rows(result), plots.before_after_bars(result.get("before", {}), result.get("after")), result
+        return session, metrics_rows(result), plots.before_after_bars(result.get("before", {}), result.get("after") or {}), result
 
     run_eval.click(on_eval, [state, letter], [state, table, bars, api_out], api_name="evaluate")
 
@@ -79,7 +79,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         layer = max(plan.deltas or plan.projections)
         wb = whitebox_attacks(session.lm, session.data, plan, layer)
         session.relearn[session.current_index] = {"edited": edited, "original": original, "whitebox": wb}
-        return session, plots.relearn_curve(edited, original), wb
+        return session, plots.relearning_curve(edited, original), wb
 
     relearn.click(on_relearn, [state, steps, lr], [state, relearn_plot, whitebox], api_name="relearn")
     return {"table": table, "bars": bars, "relearn_plot": relearn_plot}

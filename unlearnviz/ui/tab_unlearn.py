@@ -94,14 +94,14 @@ def run_with_live_updates(session: UISession, method: str, overrides: dict, prog
             last_yield = time.perf_counter()
             h = history[-1]
             yield (f"Training **{method}**: step {h['step']}/{h['total']}, loss {h['loss']:.4g} "
-                   f"({h['elapsed']:.0f} s)", plots.loss_curves(history, title=f"{method} loss"))
+                   f"({h['elapsed']:.0f} s)", plots.loss_curves(history))
     worker.join()
     if "error" in result:
         raise result["error"]
     if history or session.current_edit() is not None:
         edit = session.current_edit()
         losses = edit.meta.get("losses") or history
-        yield ("Evaluating before/after …", plots.loss_curves(losses, title=f"{method} loss"))
+        yield ("Evaluating before/after …", plots.loss_curves(losses))
 
 
 def edit_summary(session: UISession) -> str:
@@ -174,7 +174,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         for msg, fig in run_with_live_updates(session, m, chosen, progress):
             yield session, msg, fig, timeline_rows(session), {}
         edit = session.current_edit()
-        yield (session, edit_summary(session), plots.loss_curves(edit.meta.get("losses", []), title=f"{m} loss"),
+        yield (session, edit_summary(session), plots.loss_curves(edit.meta.get("losses", [])),
                timeline_rows(session), {"index": session.current_index, "method": m, "hparams": edit.hparams,
                                         "fit_s": edit.meta.get("fit_s"), "metrics": session.evaluate()})
 

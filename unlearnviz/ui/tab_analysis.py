@@ -1,0 +1,168 @@
+"""The three insight tabs: Importance, Geometry, Residual knowledge.
+
+All numbers come from ``unlearnviz.analysis`` (cached by model, edit, data and layers), all
+figures from ``unlearnviz.plots``; this module only wires them to the page.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from unlearnviz import plots
+from unlearnviz.analysis.activations import capture_pair
+from unlearnviz.analysis.geometry import layer_metrics, pca_views, umap_view
+from unlearnviz.analysis.importance import VARIANTS, edit_footprint, token_layer_map
+from unlearnviz.analysis.importance import importance as importance_of
+from unlearnviz.analysis.probes import logit_lens, residual_knowledge
+from unlearnviz.errors import UserError
+from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
+
+IMPORTANCE_INTRO = (
+    "**Importance.** SRMU's activation-importance map: for every layer and feature, how much more the forget "
+    "data activates it than the retain data (I_norm, 1 = most forget-specific). The histogram and the top-10% "
+    "share say whether the map singles out features at all (10% = uniform). The footprint is how much the "
+    "selected edit moved each feature; the token map shows which tokens of a prompt carry the forget signature.")
+GEOMETRY_INTRO = (
+    "**Geometry.** Every forget and retain text as a point (mean of its token activations), projected on axes "
+    "fitted to the *original* model; the edited model's points are projected on the same axes, so before and "
+    "after are comparable. Drag the slider through the layers. The line chart gives, per layer, how linearly "
+    "separable forget and retain are, how far apart their centroids are, and how similar the edited activations "
+    "are to the original ones (CKA, 1 = unchanged).")
+RESIDUAL_INTRO = (
+    "**Residual knowledge.** Is the knowledge erased or only hidden? The logit lens decodes each layer's residual "
+    "stream for one prompt: the gold answer's probability per layer, original vs edited. The probes try to read "
+    "the right answer from each layer's activations: if the edited model's output has forgotten but a probe still "
+    "reads the answer mid-model, the knowledge is *hidden, not erased*.")
+
+MAX_GEOMETRY_TEXTS = 160
+
+
+def _plan(session: UISession):
+    return session.plan()
+
+
+def importance_figures(session: UISession, variant: str = "ratio", prompt: str | None = None):
+    lm, data = session.lm, session.data
+    edit = session.current_edit()
+    imp = importance_of(lm, data, variant=variant, max_texts=120)
+    fp = edit_footprint(lm, data, session.plan(), imp=imp, max_texts=120) if edit is not None else None
+    layer = edit.hparams.get("layer", imp.layers[len(imp.layers) // 4]) if edit is not None else imp.layers[len(imp.layers) // 4]
+    layer = layer if layer in imp.layers else imp.layers[len(imp.layers) // 4]
+    sel = imp.selectivity[imp.layers.index(layer)]
+    prompt = prompt or (data.forget_texts[0] if data.forget_texts else "")
+    tm = token_layer_map(lm, prompt, imp, plan=session.plan())
+    text = f"**Layer {layer}:** {sel.verdict}. I_norm ranges {sel.i_min:.2f}–{sel.i_max:.2f} (median {sel.i_median:.2f})."
+    if fp is not None:
+        text += f"\n\n**Footprint:** {fp.summary}."
+    return (plots.importance_heatmap(imp, fp), plots.selectivity_histogram(sel), text,
+            plots.token_layer_heatmap(tm), plots.footprint_lines(fp) if fp is not None else None)
+
+
+def geometry_figures(session: UISession, method: str = "PCA", layer: int | None = None):
+    lm, data = session.lm, session.data
+    half = MAX_GEOMETRY_TEXTS // 2
+    texts = data.forget_texts[:half] + data.retain_texts[:half]
+    groups = ["forget"] * len(data.forget_texts[:half]) + ["retain"] * len(data.retain_texts[:half])
+    pair = capture_pair(lm, texts, session.plan())
+    edited = pair.edited if session.plan() is not None else None
+    rows = layer_metrics(pair.original, edited, [g == "forget" for g in groups])
+    if method == "UMAP":
+        layer = int(layer if layer is not None else lm.n_layers // 4)
+        if layer not in pair.original:
+            raise UserError(f"layer {layer} is out of range 0..{lm.n_layers - 1}")
+        view = umap_view(pair.original[layer], None if edited is None else edited[layer], groups, texts, layer)
+        scatter = plots.geometry_scatter(view)
+    else:
+        views = pca_views(pair.original, edited, groups, texts)
+        scatter = plots.geometry_slider(views)
+    return scatter, plots.layer_metric_lines(rows)
+
+
+def residual_figures(session: UISession, prompt: str | None = None, answer: str | None = None):
+    lm, data = session.lm, session.data
+    if not prompt:
+        item = data.forget_mcq[0]
+        prompt, answer = item.question, item.gold
+    ll = logit_lens(lm, prompt, answer or None, plan=session.plan())
+    pr = residual_knowledge(lm, data, plan=session.plan(), max_items=48)
+    return plots.logit_lens_heatmap(ll), plots.probe_accuracy_lines(pr), f"**Verdict:** {pr.verdict}", prompt, answer
+
+
+def build(state: gr.State, config: AppConfig) -> dict:
+    with gr.Tab("Importance", id="importance"):
+        gr.Markdown(IMPORTANCE_INTRO)
+        with gr.Row():
+            variant = gr.Dropdown(list(VARIANTS), value="ratio", label="map variant")
+            token_prompt = gr.Textbox(label="prompt for the token map (empty = first forget text)", scale=3)
+            imp_btn = gr.Button("Compute", variant="primary")
+        imp_text = gr.Markdown()
+        imp_plot = gr.Plot(label="Importance map (layer × feature)")
+        with gr.Row():
+            sel_plot = gr.Plot(label="Selectivity")
+            fp_plot = gr.Plot(label="Edit footprint per layer")
+        tok_plot = gr.Plot(label="Token × layer forget signature")
+    with gr.Tab("Geometry", id="geometry"):
+        gr.Markdown(GEOMETRY_INTRO)
+        with gr.Row():
+            method = gr.Radio(["PCA", "UMAP"], value="PCA", label="projection",
+                              info="PCA: every layer at once with a slider; UMAP: one layer (slower)")
+            layer = gr.Number(value=None, label="UMAP layer", precision=0)
+            geo_btn = gr.Button("Compute", variant="primary")
+        geo_plot = gr.Plot(label="Forget vs retain, original vs edited, shared basis")
+        metric_plot = gr.Plot(label="Per-layer separability, distance, CKA")
+    with gr.Tab("Residual knowledge", id="residual"):
+        gr.Markdown(RESIDUAL_INTRO)
+        with gr.Row():
+            lens_prompt = gr.Textbox(label="prompt (empty = first forget item)", scale=3)
+            lens_answer = gr.Textbox(label="gold answer", scale=1)
+            res_btn = gr.Button("Compute", variant="primary")
+        verdict = gr.Markdown()
+        lens_plot = gr.Plot(label="Logit lens: p(gold answer) per layer")
+        probe_plot = gr.Plot(label="Linear probes per layer")
+        api_out = gr.JSON(visible=False)
+        hidden_btn = gr.Button(visible=False)
+
+    @readable
+    def on_importance(session: UISession, v: str, prompt: str):
+        ensure_ready(session, config)
+        return (session, *importance_figures(session, v, prompt or None))
+
+    imp_btn.click(on_importance, [state, variant, token_prompt],
+                  [state, imp_plot, sel_plot, imp_text, tok_plot, fp_plot], api_visibility="private")
+
+    @readable
+    def on_geometry(session: UISession, m: str, lay):
+        ensure_ready(session, config)
+        return (session, *geometry_figures(session, m, None if lay in (None, "") else int(lay)))
+
+    geo_btn.click(on_geometry, [state, method, layer], [state, geo_plot, metric_plot], api_visibility="private")
+
+    @readable
+    def on_residual(session: UISession, prompt: str, answer: str):
+        ensure_ready(session, config)
+        lens, probe, text, _, _ = residual_figures(session, prompt or None, answer or None)
+        return session, lens, probe, text
+
+    res_btn.click(on_residual, [state, lens_prompt, lens_answer], [state, lens_plot, probe_plot, verdict],
+                  api_visibility="private")
+
+    @readable
+    def on_analyze(session: UISession):
+        """API: the numbers behind the three tabs for the selected edit."""
+        ensure_ready(session, config)
+        imp = importance_of(session.lm, session.data, max_texts=120)
+        pr = residual_knowledge(session.lm, session.data, plan=session.plan(), max_items=48)
+        return session, {"importance": imp.to_json(k=5), "residual_knowledge": pr.to_json()}
+
+    hidden_btn.click(on_analyze, state, [state, api_out], api_name="analyze")
+    outputs = [imp_plot, sel_plot, imp_text, tok_plot, fp_plot, geo_plot, metric_plot, lens_plot, probe_plot, verdict,
+               lens_prompt, lens_answer]
+    return {"outputs": outputs}
+
+
+def refresh_all(session: UISession, config: AppConfig) -> list:
+    """Values for every analysis output (the demo fills all three tabs at once)."""
+    imp = importance_figures(session)
+    geo = geometry_figures(session)
+    lens, probe, text, prompt, answer = residual_figures(session)
+    return [*imp, *geo, lens, probe, text, prompt, answer]
