@@ -6,7 +6,7 @@ One row per record, in JSONL, CSV or Parquet (schema in the README):
 - a multiple-choice item: ``split``, ``question`` (a cloze stem or a question), ``choices`` (a
   list; in CSV a JSON list or ``|``-separated), ``answer`` (0-based index), optional
   ``blind_question`` (the stem with the subject removed, for the floor), ``subject``,
-  ``relation`` and ``half``.
+  ``relation`` and ``half``. Other columns are allowed and ignored.
 
 Every bad row is reported with its line number and what is wrong, all at once.
 """
@@ -22,6 +22,7 @@ from unlearnviz.errors import UserError
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 MAX_FILE_BYTES = 20 * 2**20
+LOW_ENTANGLEMENT_SET = "geo_europe_vs_science_books"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -120,7 +121,7 @@ def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
                 text = str(row["text"])
                 if split == "forget":
                     forget_texts.append(text)
-                    text_half.append(half or "A")
+                    text_half.append(half)
                 else:
                     retain_texts.append(text)
             else:
@@ -133,13 +134,15 @@ def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
                         + (f"; and {len(errors) - 10} more bad rows" if len(errors) > 10 else ""))
     if not forget_texts and not forget_mcq:
         raise UserError(f"{name}: the forget set is empty (no rows with split=forget)")
-    if not forget_texts:  # corpora default to the MCQ facts stated as sentences
-        forget_texts = [f"{it.question} {it.gold}." for it in forget_mcq]
-        text_half = [h or "A" for h in forget_half]
-    if not retain_texts and retain_mcq:
-        retain_texts = [f"{it.question} {it.gold}." for it in retain_mcq]
     if any(h == "" for h in forget_half):
         forget_half = [h or ("A" if i % 2 == 0 else "B") for i, h in enumerate(forget_half)]
+    if not forget_texts:  # corpora default to the MCQ facts stated as sentences
+        forget_texts = [f"{it.question} {it.gold}." for it in forget_mcq]
+        text_half = list(forget_half)
+    # Texts without a half alternate A/B, so relearning on A never trains on every forget text.
+    text_half = [h or ("A" if i % 2 == 0 else "B") for i, h in enumerate(text_half)]
+    if not retain_texts and retain_mcq:
+        retain_texts = [f"{it.question} {it.gold}." for it in retain_mcq]
     return UnlearningData(name=name, forget_texts=forget_texts, retain_texts=retain_texts,
                           forget_mcq=forget_mcq, retain_mcq=retain_mcq, forget_half=forget_half,
                           forget_text_half=text_half, provenance=provenance, card=card or {})
@@ -197,7 +200,7 @@ def load_hf(spec: str) -> UnlearningData:
     data = rows_to_data(rows, name=f"hf:{spec}", provenance=f"Hugging Face dataset {spec} ({split_name})",
                         default_split="forget")
     if not data.retain_mcq:
-        fallback = load_builtin(builtin_names()[0])
+        fallback = load_builtin(LOW_ENTANGLEMENT_SET)
         data.retain_mcq, data.retain_texts = fallback.retain_mcq, fallback.retain_texts
         data.provenance += f"; retain from {fallback.name}"
     return data
