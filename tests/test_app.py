@@ -49,7 +49,7 @@ def test_model_data_edit_chat_evaluate_export(server):
     ev = c.predict(False, api_name="/evaluate")[-1]
     assert "before" in ev and "after" in ev
     exported = c.predict("client-edit", api_name="/export")[-1]
-    assert exported["path"].endswith("client-edit.zip")
+    assert exported["saved"].endswith("client-edit.zip")
 
 
 def test_bad_input_is_a_readable_error_and_server_lives(server):

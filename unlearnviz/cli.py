@@ -40,9 +40,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
+    from unlearnviz.data.synthetic import resolve_model_source
     from unlearnviz.model import LoadOptions, load_model
 
-    return load_model(args.model, LoadOptions(
+    return load_model(resolve_model_source(args.model), LoadOptions(
         dtype=args.dtype, device=args.device, device_map=args.device_map,
         quantization=args.quantization, trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle))
@@ -119,6 +120,7 @@ _EXTRA_COMMANDS: list = []
 
 def main(argv: list[str] | None = None) -> int:
     import unlearnviz.cli_edit  # noqa: F401  (registers run/relearn/export)
+    import unlearnviz.cli_analyze  # noqa: F401
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -44,10 +44,13 @@ def preview_rows(session: UISession, n: int = 8) -> list[list[str]]:
 
 def build(state: gr.State, config: AppConfig) -> dict:
     gr.Markdown(INTRO)
-    names = [f"builtin:{n}" for n in builtin_names()]
+    names = [f"builtin:{n}" for n in builtin_names()] + [f"synthetic:{e}" for e in ("0.0", "0.1", "0.2", "0.3")]
+    if config.default_data not in names:
+        names.insert(0, config.default_data)
     with gr.Row():
         builtin = gr.Dropdown(names, value=config.default_data if config.default_data in names else (names[0] if names else None),
-                              label="Built-in set", scale=2)
+                              label="Built-in set", scale=2, allow_custom_value=True,
+                              info="real facts the default model knows, or the synthetic lab world (tiny model)")
         hf = gr.Textbox(label="or a Hugging Face dataset", placeholder="hf:cais/wmdp:wmdp-bio (needs a network)", scale=2)
         upload = gr.File(label="or upload JSONL / CSV / Parquet", file_types=[".jsonl", ".json", ".csv", ".parquet"],
                          type="filepath", scale=2)

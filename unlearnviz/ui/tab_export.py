@@ -83,7 +83,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
             path = safe_child(root, f"{label}.yaml")
             atomic_write_text(path, yaml.safe_dump(session_config(session), sort_keys=False))
             msg = f"Saved `{path.name}`: run `python -m unlearnviz run --config {path.name} --out DIR`."
-        return str(path), msg, {"path": str(path), "kind": kind}
+        return str(path), msg, {"saved": str(path), "kind": kind}  # not "path": clients read that as a file
 
     for btn, kind in ((edit_btn, "edit"), (ckpt_btn, "checkpoint"), (cfg_btn, "config")):
         btn.click(lambda s, n, k=kind: on_export(s, n, k), [state, name], [files, message, api_out],

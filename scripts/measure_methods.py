@@ -1,0 +1,117 @@
+"""Measure every method on every built-in real-fact set with default hyperparameters, the
+SRMU-vs-RMU comparison on the high-entanglement set, and relearning/white-box attacks.
+
+Writes docs/methods_results.json and docs/methods_results.md. Usage:
+``python scripts/measure_methods.py [--quick] [--only runs,compare,relearn]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from unlearnviz.data import load_data  # noqa: E402
+from unlearnviz.evaluation.mcq import evaluate  # noqa: E402
+from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, whitebox_attacks  # noqa: E402
+from unlearnviz.methods import get_method, make_hparams  # noqa: E402
+from unlearnviz.model import load_model  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+SETS = ["geo_europe_vs_world", "geo_europe_vs_science_books"]
+KEYS = ["forget_cloze_acc", "forget_floor_acc", "forget_b_cloze_acc", "retain_cloze_acc", "retain_floor_acc",
+        "forget_gold_logprob", "retain_gold_logprob", "retain_ppl", "forget_mcq_acc", "retain_mcq_acc"]
+
+
+def short(m: dict) -> dict:
+    return {k: round(m[k], 4) for k in KEYS if k in m}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--only", default="runs,compare,relearn")
+    p.add_argument("--relearn-steps", type=int, default=30)
+    args = p.parse_args()
+    parts = set(args.only.split(","))
+    torch.manual_seed(0)
+    lm = load_model("default")
+    fp = lm.fingerprint()
+    out_path = DOCS / "methods_results.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    DOCS.mkdir(exist_ok=True)
+
+    def save():
+        out_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+    edits = {}
+    if "runs" in parts:
+        results["runs"] = []
+        for name in SETS:
+            data = load_data(f"builtin:{name}")
+            t0 = time.perf_counter()
+            before = evaluate(lm, data, letter=True)
+            eval_s = time.perf_counter() - t0
+            for method in ("rmu", "srmu", "mrp"):
+                spec = get_method(method)
+                hp = make_hparams(spec.hparams_cls, {})
+                t0 = time.perf_counter()
+                edit = spec.fit(lm, data, hp)
+                fit_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                after = evaluate(lm, data, plan=edit.plan(), letter=True)
+                after_s = time.perf_counter() - t0
+                edits[(name, method)] = edit
+                row = {"set": name, "method": method, "hparams": edit.hparams, "fit_s": fit_s,
+                       "eval_s": after_s, "before": short(before), "after": short(after),
+                       "meets": {"forget_within_10pt_of_chance": after["forget_cloze_acc"] <= before["chance"] + 0.10,
+                                 "retain_drop_le_3pt": before["retain_cloze_acc"] - after["retain_cloze_acc"] <= 0.03,
+                                 "ppl_rise_le_10pct": after["retain_ppl"] <= 1.10 * before["retain_ppl"]}}
+                results["runs"].append(row)
+                print(json.dumps({k: row[k] for k in ("set", "method", "fit_s")}), short(after), row["meets"], flush=True)
+                save()
+            results.setdefault("baseline_eval_s", {})[name] = eval_s
+    if "compare" in parts:
+        data = load_data("builtin:geo_europe_vs_world")
+        rows = []
+        for method, key, values in (("rmu", "steering_coeff", [0.25, 0.5, 1.0, 2.0]),
+                                    ("srmu", "c_map", [0.25, 0.5, 1.0, 2.0])):
+            for v in values:
+                spec = get_method(method)
+                edit = spec.fit(lm, data, make_hparams(spec.hparams_cls, {key: v}))
+                m = evaluate(lm, data, plan=edit.plan(), letter=False, ppl=True)
+                rows.append({"method": method, key: v, **short(m)})
+                print(rows[-1], flush=True)
+                results["compare"] = rows
+                save()
+    if "relearn" in parts:
+        data = load_data("builtin:geo_europe_vs_world")
+        s = RelearnSettings(steps=args.relearn_steps, eval_every=max(1, args.relearn_steps // 5))
+        original = finetune_attack(lm, data, None, s)
+        rel = {"settings": vars(s), "original": original, "methods": {}}
+        for method in ("rmu", "srmu", "mrp"):
+            edit = edits.get(("geo_europe_vs_world", method))
+            if edit is None:
+                spec = get_method(method)
+                edit = spec.fit(lm, data, make_hparams(spec.hparams_cls, {}))
+            plan = edit.plan()
+            layer = max(plan.deltas or plan.projections)
+            curve = finetune_attack(lm, data, plan, s)
+            wb = whitebox_attacks(lm, data, plan, layer)
+            rel["methods"][method] = {"curve": curve, "whitebox": wb}
+            print(method, curve, wb, flush=True)
+            results["relearn"] = rel
+            save()
+    assert lm.fingerprint() == fp, "base weights changed"
+    results["fingerprint_unchanged"] = True
+    save()
+
+
+if __name__ == "__main__":
+    main()

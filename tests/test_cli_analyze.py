@@ -1,0 +1,148 @@
+"""`python -m unlearnviz analyze`: JSON + self-contained HTML, clear errors, a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from unlearnviz.cli import main
+
+FAST = ["--no-umap", "--max-texts", "30", "--max-items", "12"]
+EDIT = ["--method", "rmu", "--set", "layer=2", "--set", "window=2", "--set", "steps=8"]
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analysis")
+    rc = main(["analyze", "--model", str(tiny_model_path), "--data", "synthetic", "--device", "cpu", "--out",
+               str(out), *EDIT, *FAST, "--probe-prompt", "Tell me about the capital"])
+    assert rc == 0
+    return out
+
+
+def test_writes_json_with_every_per_layer_number(report, tiny_lm):
+    res = json.loads((report / "analysis.json").read_text())
+    assert res["layers"] == list(range(tiny_lm.n_layers)) and res["geometry_layer"] == 2
+    assert res["edit"]["method"] == "rmu" and res["edit"]["layers"] == [1, 2]
+    rows = res["per_layer"]
+    assert [r["layer"] for r in rows] == res["layers"]
+    for key in ("separability_original", "separability_edited", "centroid_distance_original",
+                "centroid_distance_edited", "cka", "probe_forget_original", "probe_forget_edited",
+                "forget_mean_abs_delta", "importance_share_top10", "verdict"):
+        assert all(key in r for r in rows), key
+    assert rows[0]["cka"] == 1.0 and rows[2]["cka"] < 1.0  # the edit acts from layer 1 on
+    assert 0.0 <= rows[3]["separability_edited"] <= 1.0
+    top = res["importance"]["top_features"]
+    assert set(top) == {"0", "1", "2", "3"} and len(top["2"]) == 10
+    assert res["selectivity"]["verdict"].startswith("near-uniform")
+    assert res["logit_lens"]["gold_token"] and len(res["logit_lens"]["gold_prob_edited"]) == tiny_lm.n_layers
+    assert res["probes"]["verdict"] == res["verdict"] and res["probes"]["n_items"] == {"forget": 12, "retain": 12}
+    assert res["token_signature"]["tokens"] and res["footprint"]["summary"]
+
+
+def test_html_is_self_contained(report):
+    page = (report / "analysis.html").read_text()
+    assert page.count("Plotly.newPlot") >= 10
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1  # the library, inlined once
+    assert not re.search(r"<script[^>]+src=", page)  # nothing fetched from the network
+    for section in ("Importance map", "Selectivity", "Footprint", "Token signature", "Logit lens",
+                    "Residual knowledge", "PCA, all layers"):
+        assert f"<h2>{section}</h2>" in page
+    assert "Tell me about the capital" in page  # the probe prompt is a hover text in the geometry views
+
+
+def test_uses_a_saved_edit(tiny_lm, tiny_data, tiny_model_path, tmp_path):
+    from unlearnviz.methods import get_method, make_hparams, save_edit
+
+    spec = get_method("srmu")
+    edit = spec.fit(tiny_lm, tiny_data, make_hparams(spec.hparams_cls, {"layer": 1, "window": 1, "steps": 3}))
+    save_edit(edit, tmp_path / "edit", tiny_lm)
+    out = tmp_path / "out"
+    rc = main(["analyze", "--model", str(tiny_model_path), "--data", "synthetic", "--device", "cpu",
+               "--edit", str(tmp_path / "edit"), "--out", str(out), "--layers", "0-2", "--no-probes", *FAST])
+    assert rc == 0
+    res = json.loads((out / "analysis.json").read_text())
+    assert res["edit"]["method"] == "srmu" and res["layers"] == [0, 1, 2] and res["probes"] is None
+    assert res["per_layer"][0]["cka"] == 1.0 and res["per_layer"][1]["cka"] < 1.0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--layers", "0,9"], "layer 9 is out of range"),
+    (["--layer", "7"], "layer 7 is out of range"),
+    (["--layers", "one"], "--layers"),
+    (["--prompt", "word " * 400], "too long"),
+    (["--edit", "/nonexistent/edit"], "not an edit folder"),
+    (["--edit", "x", "--set", "steps=3"], "--set"),
+])
+def test_bad_input_is_one_clear_line(tiny_model_path, tmp_path, capsys, args, message):
+    base = ["analyze", "--model", str(tiny_model_path), "--data", "synthetic", "--device", "cpu", "--out",
+            str(tmp_path / "o"), *FAST]
+    if "--edit" not in args:
+        base += EDIT
+    rc = main(base + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and message in err[-1], err
+
+
+def test_empty_data_is_refused(tiny_model_path, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    rc = main(["analyze", "--model", str(tiny_model_path), "--data", str(empty), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_analyze_default_model_with_srmu(tmp_path):
+    from unlearnviz.data import builtin_names
+
+    names = builtin_names()
+    data = f"builtin:{'geo_europe_vs_world' if 'geo_europe_vs_world' in names else names[0]}" if names else "synthetic"
+    out = tmp_path / "default"
+    rc = main(["analyze", "--model", "default", "--data", data, "--device", "cpu", "--out", str(out),
+               "--set", "steps=30", "--max-texts", "80", "--max-items", "32"])
+    assert rc == 0
+    res = json.loads((out / "analysis.json").read_text())
+    assert len(res["per_layer"]) == 30 and res["geometry_layer"] == 7
+    assert res["per_layer"][3]["cka"] == 1.0 and res["per_layer"][7]["cka"] < 1.0
+    assert res["geometry"]["umap_layer"] == 7 and res["verdict"]
+    assert (out / "analysis.html").stat().st_size > 1_000_000
+
+
+@pytest.mark.browser
+def test_html_opens_offline_in_chromium(report):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing in CI: `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    requests = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+
+            def block(route):
+                if not route.request.url.startswith("file://"):
+                    requests.append(route.request.url)
+                    return route.abort()
+                return route.continue_()
+
+            page.route("**/*", block)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((report / "analysis.html").as_uri(), wait_until="load")
+            page.wait_for_selector(".main-svg", timeout=60_000)
+            n_plots = page.locator(".js-plotly-plot").count()
+            n_svgs = page.locator(".main-svg").count()
+            sections = page.locator("section").count()
+        finally:
+            browser.close()
+    assert requests == [] and errors == []
+    assert n_plots == sections >= 10 and n_svgs >= n_plots

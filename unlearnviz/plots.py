@@ -1,0 +1,434 @@
+"""Pure functions from analysis results to plotly figures (no model, no I/O).
+
+One colour scheme for everything (:data:`COLORS`, Okabe–Ito, safe for colour-blind viewers):
+forget is vermillion and retain blue wherever they appear; the original model is drawn with
+filled circles / solid lines and the edited one with crosses / dashed lines; chance and floor
+are grey and orange dotted lines. Fonts are sized for a projector.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLORS = {
+    "forget": "#D55E00",
+    "retain": "#0072B2",
+    "probe": "#009E73",
+    "original": "#444444",
+    "edited": "#CC79A7",
+    "chance": "#7F7F7F",
+    "floor": "#E69F00",
+    "footprint": "#FFFFFF",
+    "loss": "#000000",
+}
+MARKERS = {"original": "circle", "edited": "x"}
+DASHES = {"original": "solid", "edited": "dash"}
+FONT = {"size": 16, "family": "Arial, Helvetica, sans-serif"}
+TITLE_SIZE = 20
+HEATMAP = "Viridis"
+DIVERGING = [[0.0, COLORS["retain"]], [0.5, "#F7F7F7"], [1.0, COLORS["forget"]]]
+
+
+def _wrap(text: str, width: int = 90) -> str:
+    return "<br>".join(textwrap.wrap(text, width)) if text else ""
+
+
+def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = None,
+           subtitle: str = "", height: int | None = None) -> go.Figure:
+    lines = textwrap.wrap(subtitle, 110) if subtitle else []
+    full = f"{title}<br><sup>{'<br>'.join(lines)}</sup>" if lines else title
+    fig.update_layout(title={"text": full, "font": {"size": TITLE_SIZE}, "x": 0.01, "xanchor": "left",
+                             "yref": "container", "y": 0.985, "yanchor": "top"},
+                      font=FONT, template="plotly_white", legend={"font": {"size": 14}},
+                      margin={"t": 75 + 24 * len(lines), "l": 70, "r": 30, "b": 60},
+                      hoverlabel={"font": {"size": 14}})
+    if height:
+        fig.update_layout(height=height)
+    if x is not None:
+        fig.update_xaxes(title_text=x)
+    if y is not None:
+        fig.update_yaxes(title_text=y)
+    return fig
+
+
+def _layer_axis(fig: go.Figure, layers: Sequence[int], **kw) -> None:
+    """Integer ticks for a layer axis (every layer up to 40 layers)."""
+    if layers and len(layers) <= 40:
+        fig.update_xaxes(tickmode="linear", dtick=1 if len(layers) <= 20 else 2, **kw)
+
+
+def _edit_band(fig: go.Figure, edit_layers: Sequence[int] | None, **kw) -> None:
+    """Shade the layers an edit acts on."""
+    if edit_layers:
+        fig.add_vrect(x0=min(edit_layers) - 0.5, x1=max(edit_layers) + 0.5, fillcolor=COLORS["edited"],
+                      opacity=0.12, line_width=0, annotation_text="edited layers", annotation_position="bottom left",
+                      **kw)
+
+
+def _hline(fig: go.Figure, y: float | None, name: str, color: str, **kw) -> None:
+    if y is not None and math.isfinite(y):
+        fig.add_hline(y=y, line={"color": color, "dash": "dot", "width": 2},
+                      annotation_text=f"{name} {y:.0%}", annotation_position="bottom right", **kw)
+
+
+# ------------------------------------------------------------------------------------------
+# Importance
+# ------------------------------------------------------------------------------------------
+
+
+def importance_heatmap(imp, footprint=None, top_n: int = 5) -> go.Figure:
+    """I_norm per layer × feature; with a footprint, crosses mark the ``top_n`` features the
+    edit moved most on forget tokens at each layer (do they sit on the bright cells?)."""
+    z = imp.i_norm.detach().float().numpy()
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(z.shape[1])), y=imp.layers, colorscale=HEATMAP, zmin=0, zmax=1,
+                               colorbar={"title": "I_norm"}, name="importance",
+                               hovertemplate="layer %{y}<br>feature %{x}<br>I_norm %{z:.3f}<extra></extra>"))
+    subtitle = f"SRMU {imp.variant} map; "
+    if imp.selectivity:
+        best = max(imp.selectivity, key=lambda s: s.share_top10)
+        subtitle += f"most selective layer {best.layer}: {best.verdict}"
+    if footprint is not None:
+        xs, ys, text = [], [], []
+        f = footprint.forget.detach().float()
+        r = footprint.retain.detach().float()
+        for i, layer in enumerate(footprint.layers):
+            if layer not in imp.layers or float(f[i].max()) == 0.0:
+                continue
+            idx = f[i].topk(min(top_n, f.shape[1])).indices.tolist()
+            row = imp.row(layer)
+            for j in idx:
+                xs.append(j)
+                ys.append(layer)
+                text.append(f"layer {layer}, feature {j}<br>forget |Δh| {float(f[i, j]):.3g}, retain |Δh| "
+                            f"{float(r[i, j]):.3g}<br>I_norm {float(row[j]):.3f}")
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"top {top_n} moved features (forget)",
+                                 marker={"symbol": "x", "size": 12, "color": COLORS["footprint"],
+                                         "line": {"color": "#000000", "width": 1}},
+                                 text=text, hovertemplate="%{text}<extra></extra>"))
+        subtitle += " — crosses: where the edit moved forget activations most"
+    fig.update_yaxes(autorange="reversed", dtick=1 if len(imp.layers) <= 40 else None)
+    fig.update_layout(legend={"orientation": "h", "y": -0.2})
+    return _style(fig, "Where the forget data lives: importance per layer × feature", "feature", "layer", subtitle)
+
+
+def footprint_lines(fp) -> go.Figure:
+    """Per layer: mean |Δh| on forget vs retain tokens, and the footprint's rank correlation
+    with the importance map (right axis)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    f = fp.forget.detach().float().mean(1).tolist()
+    r = fp.retain.detach().float().mean(1).tolist()
+    for name, vals in (("forget", f), ("retain", r)):
+        fig.add_trace(go.Scatter(x=fp.layers, y=vals, mode="lines+markers", name=f"{name}: mean |Δh|",
+                                 line={"color": COLORS[name], "width": 3}), secondary_y=False)
+    corr = [np.nan if v is None else v for v in fp.corr_forget]
+    fig.add_trace(go.Scatter(x=fp.layers, y=corr, mode="lines+markers", name="rank corr. with importance",
+                             line={"color": COLORS["probe"], "dash": "dot", "width": 2}), secondary_y=True)
+    fig.update_yaxes(title_text="mean |Δh| per feature", secondary_y=False)
+    fig.update_yaxes(title_text="Spearman ρ", range=[-1.05, 1.05], tickvals=[-1, -0.5, 0, 0.5, 1],
+                     showgrid=False, secondary_y=True)
+    _layer_axis(fig, fp.layers)
+    return _style(fig, "The edit's footprint: how far it moves forget and retain activations", "layer",
+                  subtitle=fp.summary)
+
+
+def selectivity_histogram(sel) -> go.Figure:
+    """Histogram of I_norm at one layer, with the top-10% share and the verdict."""
+    edges = np.asarray(sel.bin_edges)
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centers, y=sel.counts, width=np.diff(edges) * 0.95, name="features",
+                           marker={"color": COLORS["forget"]},
+                           hovertemplate="I_norm %{x:.2f}<br>%{y} features<extra></extra>"))
+    fig.add_annotation(text=f"top 10% of features hold <b>{sel.share_top10:.0%}</b> of the importance "
+                            f"(uniform: 10%)", xref="paper", yref="paper", x=0.01, y=0.98, showarrow=False,
+                       align="left", font={"size": 16})
+    fig.update_xaxes(range=[0, 1])
+    return _style(fig, f"How selective is the importance map? (layer {sel.layer})", "I_norm", "number of features",
+                  sel.verdict)
+
+
+def token_layer_heatmap(tm) -> go.Figure:
+    """Per token × layer forget signature (+1 like forget, −1 like retain), original and edited."""
+    labels = [f"{i}:{t}" for i, t in enumerate(tm.tokens)]
+    panels = [("original", tm.scores)] + ([("edited", tm.edited_scores)] if tm.edited_scores is not None else [])
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    for c, (name, scores) in enumerate(panels, start=1):
+        z = scores.detach().float().numpy().T  # [L, T]
+        fig.add_trace(go.Heatmap(z=z, x=labels, y=tm.layers, colorscale=DIVERGING, zmid=0, zmin=-2, zmax=2,
+                                 name=name, showscale=c == len(panels), colorbar={"title": "signature"},
+                                 hovertemplate="token %{x}<br>layer %{y}<br>signature %{z:.2f}<extra>" + name
+                                 + "</extra>"), row=1, col=c)
+    fig.update_yaxes(autorange="reversed", title_text="layer", col=1)
+    fig.update_xaxes(tickangle=-45)
+    return _style(fig, f"Forget signature per token and layer: {tm.prompt!r}", None, None,
+                  "red = like forget text, blue = like retain text (importance-weighted forget−retain direction); "
+                  "position 0 (attention sink) is not scored")
+
+
+# ------------------------------------------------------------------------------------------
+# Geometry
+# ------------------------------------------------------------------------------------------
+
+
+def _short(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _geometry_traces(view, visible: bool = True) -> list:
+    groups = np.asarray(view.groups)
+    texts = np.asarray([_short(t) for t in view.texts], dtype=object)
+    traces = []
+    sides = [("original", view.original)] + ([("edited", view.edited)] if view.edited is not None else [])
+    for side, pts in sides:
+        for g in [x for x in ("forget", "retain", "probe") if (groups == x).any()]:
+            m = groups == g
+            p = pts[m]
+            marker = {"color": COLORS[g], "symbol": MARKERS[side], "size": 7 if side == "original" else 6,
+                      "opacity": 0.55 if side == "original" else 0.9}
+            common = {"name": f"{g} · {side}", "text": texts[m], "visible": visible, "legendgroup": f"{g}{side}",
+                      "hovertemplate": "%{text}<extra>" + f"{g} · {side}" + "</extra>"}
+            if view.dims == 3:
+                if marker["symbol"] == "x":
+                    marker["symbol"] = "cross"
+                traces.append(go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers",
+                                           marker={**marker, "size": 4}, **common))
+            else:
+                traces.append(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", marker=marker, **common))
+    return traces
+
+
+def _axis_names(view) -> tuple[str, str]:
+    if view.method == "pca":
+        ex = view.explained + [0.0] * 3
+        return f"PC1 ({ex[0]:.0%} of variance)", f"PC2 ({ex[1]:.0%})"
+    return "UMAP 1", "UMAP 2"
+
+
+def geometry_scatter(view) -> go.Figure:
+    """Forget/retain (and probe) points before and after the edit, on one basis fitted on the
+    original activations; hover shows each point's text."""
+    fig = go.Figure(_geometry_traces(view))
+    xname, yname = _axis_names(view)
+    subtitle = ("basis fitted on the original model's activations; edited activations of the same texts are "
+                "projected into it (circles: original, crosses: edited)")
+    if view.dims == 3:
+        fig.update_layout(scene={"xaxis_title": xname, "yaxis_title": yname, "zaxis_title": "3"})
+        return _style(fig, f"Hidden-state geometry at layer {view.layer} ({view.method.upper()}, 3-D)",
+                      subtitle=subtitle, height=650)
+    return _style(fig, f"Hidden-state geometry at layer {view.layer} ({view.method.upper()})", xname, yname,
+                  subtitle, height=600)
+
+
+def geometry_slider(views: dict) -> go.Figure:
+    """All layers' views in one figure with a layer slider (each layer its own fitted basis)."""
+    layers = sorted(views)
+    if not layers:
+        raise ValueError("no geometry views to plot")
+    fig = go.Figure()
+    counts = []
+    for k, layer in enumerate(layers):
+        traces = _geometry_traces(views[layer], visible=k == 0)
+        for t in traces:
+            t.showlegend = k == 0
+            fig.add_trace(t)
+        counts.append(len(traces))
+    steps = []
+    start = 0
+    total = sum(counts)
+    for layer, n in zip(layers, counts):
+        vis = [False] * total
+        vis[start:start + n] = [True] * n
+        xname, yname = _axis_names(views[layer])
+        steps.append({"method": "update", "label": str(layer),
+                      "args": [{"visible": vis}, {"xaxis.title.text": xname, "yaxis.title.text": yname}]})
+        start += n
+    fig.update_layout(sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "layer "},
+                                "pad": {"t": 50}}])
+    first = views[layers[0]]
+    xname, yname = _axis_names(first)
+    return _style(fig, f"Hidden-state geometry per layer ({first.method.upper()}; slide through the layers)",
+                  xname, yname, "each layer's basis is fitted on the original activations; the edited activations "
+                  "of the same texts are projected into it (circles: original, crosses: edited)", height=650)
+
+
+METRIC_LABELS = {
+    "separability": "forget vs retain separability (CV logistic accuracy)",
+    "centroid_distance": "centroid distance",
+    "centroid_distance_rel": "centroid distance / mean norm",
+    "mean_norm": "mean activation norm",
+    "cka": "CKA(original, edited)",
+}
+
+
+def layer_metric_lines(rows: Sequence[dict], metrics: Sequence[str] = ("separability", "centroid_distance_rel",
+                                                                         "mean_norm", "cka"),
+                       edit_layers: Sequence[int] | None = None) -> go.Figure:
+    """One panel per metric over layers: original solid, edited dashed (CKA: one line)."""
+    metrics = list(metrics)
+    layers = [r["layer"] for r in rows]
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[METRIC_LABELS.get(m, m) for m in metrics])
+    for i, m in enumerate(metrics, start=1):
+        if m == "cka":
+            ys = [r.get("cka", np.nan) for r in rows]
+            fig.add_trace(go.Scatter(x=layers, y=ys, mode="lines+markers", name="CKA", showlegend=True,
+                                     line={"color": COLORS["edited"], "width": 3}), row=i, col=1)
+            fig.update_yaxes(range=[0, 1.05], row=i, col=1)
+            continue
+        for side in ("original", "edited"):
+            key = f"{m}_{side}"
+            if not any(key in r for r in rows):
+                continue
+            fig.add_trace(go.Scatter(x=layers, y=[r.get(key, np.nan) for r in rows], mode="lines+markers",
+                                     name=side, legendgroup=side, showlegend=i == 1,
+                                     line={"color": COLORS[side], "dash": DASHES[side], "width": 3},
+                                     marker={"symbol": MARKERS[side], "size": 8}), row=i, col=1)
+        if m == "separability":
+            fig.update_yaxes(range=[0.4, 1.02], row=i, col=1)
+    if edit_layers:
+        for i in range(1, len(metrics) + 1):
+            fig.add_vrect(x0=min(edit_layers) - 0.5, x1=max(edit_layers) + 0.5, fillcolor=COLORS["edited"],
+                          opacity=0.12, line_width=0, row=i, col=1)
+    fig.update_xaxes(title_text="layer", row=len(metrics), col=1)
+    _layer_axis(fig, layers)
+    return _style(fig, "Forget vs retain per layer, before and after the edit", subtitle=(
+        "shaded: the layers the edit acts on" if edit_layers else ""), height=250 * len(metrics) + 120)
+
+
+# ------------------------------------------------------------------------------------------
+# Residual knowledge
+# ------------------------------------------------------------------------------------------
+
+
+def logit_lens_heatmap(ll) -> go.Figure:
+    """p(gold first token) per layer through the final norm + unembedding, original vs edited;
+    cells show the top-1 token, hover the top-k."""
+    rows = [("original", ll.top_original, ll.gold_prob_original)]
+    if ll.top_edited is not None:
+        rows.append(("edited", ll.top_edited, ll.gold_prob_edited))
+    z, text, hover = [], [], []
+    for _, tops, probs in rows:
+        z.append(probs if probs is not None else [t[0][1] for t in tops])
+        text.append([repr(t[0][0]) for t in tops])
+        hover.append(["<br>".join(f"{tok!r}: {p:.3f}" for tok, p in t) for t in tops])
+    metric = f"p({ll.gold_token!r})" if ll.gold_prob_original is not None else "p(top-1)"
+    fig = go.Figure(go.Heatmap(z=z, x=ll.layers, y=[r[0] for r in rows], text=text, texttemplate="%{text}",
+                               textfont={"size": 13}, customdata=hover, colorscale="Blues", zmin=0, zmax=1,
+                               colorbar={"title": metric},
+                               hovertemplate="layer %{x} (%{y})<br>" + metric + " = %{z:.3f}<br>top tokens:<br>"
+                               "%{customdata}<extra></extra>"))
+    _layer_axis(fig, ll.layers)
+    sub = f"prompt {ll.prompt!r}" + (f", answer {ll.answer!r}" if ll.answer else "") + \
+        "; each layer's residual read through the final norm and unembedding; cells: top-1 token"
+    return _style(fig, f"Logit lens: {metric} per layer", "layer", None, sub, height=330)
+
+
+def probe_accuracy_lines(pr) -> go.Figure:
+    """Per-layer readout accuracy on forget items, original (solid) vs edited (dashed): the trained
+    probe (circles) and the untrained lens readout (diamonds); retain items' best readout (thin
+    blue); chance, the subject-blind floor, the output accuracy (stars) and the verdict."""
+    fig = go.Figure()
+    sides = [s for s in ("original", "edited") if s in pr.probe]
+    for side in sides:
+        fig.add_trace(go.Scatter(x=pr.layers, y=pr.probe[side]["forget"], mode="lines+markers",
+                                 name=f"probe · forget · {side}",
+                                 line={"color": COLORS["forget"], "dash": DASHES[side], "width": 3},
+                                 marker={"symbol": MARKERS[side], "size": 9}))
+    for side in sides:
+        if side in pr.lens:
+            fig.add_trace(go.Scatter(x=pr.layers, y=pr.lens[side]["forget"], mode="lines+markers",
+                                     name=f"lens · forget · {side}", opacity=0.75,
+                                     line={"color": COLORS["forget"], "dash": DASHES[side], "width": 2},
+                                     marker={"symbol": "diamond" if side == "original" else "diamond-open",
+                                             "size": 9}))
+    for side in sides:
+        fig.add_trace(go.Scatter(x=pr.layers, y=pr.readout(side, "retain"), mode="lines+markers",
+                                 name=f"best readout · retain · {side}", opacity=0.6,
+                                 line={"color": COLORS["retain"], "dash": DASHES[side], "width": 2},
+                                 marker={"symbol": MARKERS[side], "size": 7}))
+    floor = pr.floor()
+    if floor is not None:
+        fig.add_trace(go.Scatter(x=pr.layers, y=floor, mode="lines", name="floor (subject-blind stems)",
+                                 line={"color": COLORS["floor"], "dash": "dot", "width": 2}))
+    _hline(fig, pr.chance, "chance", COLORS["chance"])
+    out = pr.output
+    for side in out:
+        fig.add_trace(go.Scatter(x=[pr.layers[-1] + 0.6], y=[out[side]["forget"]], mode="markers+text",
+                                 name=f"output · forget · {side}", text=[f"output {out[side]['forget']:.0%}"],
+                                 textposition="middle right",
+                                 marker={"symbol": "star" if side == "original" else "star-open", "size": 16,
+                                         "color": COLORS["forget"]}))
+    _edit_band(fig, pr.edit_layers)
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+    _layer_axis(fig, pr.layers)
+    fig.update_xaxes(range=[pr.layers[0] - 0.5, pr.layers[-1] + 2.5])
+    return _style(fig, "Residual knowledge: can a linear readout still find the forget answers?", "layer",
+                  "item accuracy", pr.verdict, height=580)
+
+
+# ------------------------------------------------------------------------------------------
+# Behaviour and training
+# ------------------------------------------------------------------------------------------
+
+
+def relearning_curve(edited: Sequence[dict], original: Sequence[dict] | None = None, chance: float | None = None,
+                     floor: float | None = None, key: str = "acc") -> go.Figure:
+    """Forget accuracy while fine-tuning on forget data: the edited model vs the original."""
+    fig = go.Figure()
+    for side, curve in (("edited", edited), ("original", original)):
+        if not curve:
+            continue
+        fig.add_trace(go.Scatter(x=[p["step"] for p in curve], y=[p[key] for p in curve], mode="lines+markers",
+                                 name=side, line={"color": COLORS[side], "dash": DASHES[side], "width": 3},
+                                 marker={"symbol": MARKERS[side], "size": 9}))
+    _hline(fig, chance, "chance", COLORS["chance"])
+    _hline(fig, floor, "floor", COLORS["floor"])
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+    return _style(fig, "Relearning attack: how fast does the forgotten knowledge come back?", "fine-tuning step",
+                  "forget accuracy (held-out half)")
+
+
+def loss_curves(losses: Sequence[dict], log_y: bool = False) -> go.Figure:
+    """Training losses per step (total, forget term, retain term: whichever are present)."""
+    fig = go.Figure()
+    steps = [r.get("step", i + 1) for i, r in enumerate(losses)]
+    styles = {"loss": (COLORS["loss"], "solid"), "forget_loss": (COLORS["forget"], "solid"),
+              "retain_loss": (COLORS["retain"], "solid")}
+    for key, (color, dash) in styles.items():
+        if any(key in r for r in losses):
+            fig.add_trace(go.Scatter(x=steps, y=[r.get(key, np.nan) for r in losses], mode="lines",
+                                     name=key.replace("_", " "), line={"color": color, "dash": dash, "width": 3}))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return _style(fig, "Training losses", "step", "loss")
+
+
+def before_after_bars(before: dict, after: dict, metric: str = "cloze_acc", splits: Sequence[str] = ("forget", "retain"),
+                      chance: float | None = None, floor: float | None = None) -> go.Figure:
+    """``{split}_{metric}`` before and after the edit (forget/retain colours; after hatched),
+    with the chance level and the subject-blind floor."""
+    splits = [s for s in splits if f"{s}_{metric}" in before or f"{s}_{metric}" in after]
+    fig = go.Figure()
+    for side, values in (("before", before), ("after", after)):
+        ys = [values.get(f"{s}_{metric}", np.nan) for s in splits]
+        fig.add_trace(go.Bar(x=splits, y=ys, name=f"{side} the edit", text=[f"{v:.0%}" for v in ys],
+                             textposition="outside",
+                             marker={"color": [COLORS.get(s.split("_")[0], COLORS["original"]) for s in splits],
+                                     "pattern": {"shape": "" if side == "before" else "/"},
+                                     "line": {"color": "#000000", "width": 1}}))
+    if chance is None:
+        chance = before.get("chance")
+    if floor is None:
+        floor = before.get("forget_floor_acc")
+    _hline(fig, chance, "chance", COLORS["chance"])
+    _hline(fig, floor, "forget floor", COLORS["floor"])
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
+    return _style(fig, f"Before and after the edit: {metric.replace('_', ' ')}", None, "accuracy",
+                  "solid: before, hatched: after; the floor is what option popularity alone scores")
