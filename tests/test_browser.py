@@ -44,7 +44,8 @@ def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
     server = Server("--model", model, "--data", data)
     page = browser_page
     try:
-        page.goto(server.url, wait_until="networkidle")
+        page.goto(server.url, wait_until="load", timeout=120_000)
+        page.get_by_role("button", name="One-click demo").first.wait_for(timeout=120_000)
         page.get_by_role("button", name="One-click demo").first.click()
         page.get_by_text("Demo complete").first.wait_for(timeout=300_000)
         page.screenshot(path=str(shots / "00-demo.png"), full_page=False)

@@ -96,11 +96,11 @@ def build(state: gr.State, config: AppConfig) -> dict:
             token_prompt = gr.Textbox(label="prompt for the token map (empty = first forget text)", scale=3)
             imp_btn = gr.Button("Compute", variant="primary")
         imp_text = gr.Markdown()
-        imp_plot = gr.Plot(label="Importance map (layer × feature)")
+        imp_plot = gr.Plot(label="Importance map (layer × feature)", show_label=False)
         with gr.Row():
-            sel_plot = gr.Plot(label="Selectivity")
-            fp_plot = gr.Plot(label="Edit footprint per layer")
-        tok_plot = gr.Plot(label="Token × layer forget signature")
+            sel_plot = gr.Plot(label="Selectivity", show_label=False)
+            fp_plot = gr.Plot(label="Edit footprint per layer", show_label=False)
+        tok_plot = gr.Plot(label="Token × layer forget signature", show_label=False)
     with gr.Tab("Geometry", id="geometry"):
         gr.Markdown(GEOMETRY_INTRO)
         with gr.Row():
@@ -108,8 +108,8 @@ def build(state: gr.State, config: AppConfig) -> dict:
                               info="PCA: every layer at once with a slider; UMAP: one layer (slower)")
             layer = gr.Number(value=None, label="UMAP layer", precision=0)
             geo_btn = gr.Button("Compute", variant="primary")
-        geo_plot = gr.Plot(label="Forget vs retain, original vs edited, shared basis")
-        metric_plot = gr.Plot(label="Per-layer separability, distance, CKA")
+        geo_plot = gr.Plot(label="Forget vs retain, original vs edited, shared basis", show_label=False)
+        metric_plot = gr.Plot(label="Per-layer separability, distance, CKA", show_label=False)
     with gr.Tab("Residual knowledge", id="residual"):
         gr.Markdown(RESIDUAL_INTRO)
         with gr.Row():
@@ -117,8 +117,8 @@ def build(state: gr.State, config: AppConfig) -> dict:
             lens_answer = gr.Textbox(label="gold answer", scale=1)
             res_btn = gr.Button("Compute", variant="primary")
         verdict = gr.Markdown()
-        lens_plot = gr.Plot(label="Logit lens: p(gold answer) per layer")
-        probe_plot = gr.Plot(label="Linear probes per layer")
+        lens_plot = gr.Plot(label="Logit lens: p(gold answer, show_label=False) per layer")
+        probe_plot = gr.Plot(label="Linear probes per layer", show_label=False)
         api_out = gr.JSON(visible=False)
         hidden_btn = gr.Button(visible=False)
 

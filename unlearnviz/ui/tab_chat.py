@@ -17,14 +17,18 @@ def example_prompts(session: UISession, n: int = 3) -> list[str]:
     if session.data is None:
         return ["What is the capital of France?", "What is the chemical symbol for gold?"]
     d = session.data
-    forget = [_as_question(it) for it in d.forget_mcq[:n]]
-    retain = [_as_question(it) for it in d.retain_mcq[:n]]
+    chat = session.lm is not None and session.lm.is_chat
+    forget = [_as_prompt(it, chat) for it in d.forget_mcq[:n]]
+    retain = [_as_prompt(it, chat) for it in d.retain_mcq[:n]]
     return forget + retain
 
 
-def _as_question(item) -> str:
+def _as_prompt(item, chat: bool) -> str:
+    """Instruct models get a request; base models continue the cloze stem itself."""
     stem = item.question.strip()
-    return f"Complete the sentence: {stem} ..." if not stem.endswith("?") else stem
+    if not chat or stem.endswith("?"):
+        return stem
+    return f"Complete the sentence: {stem} ..."
 
 
 def highlighted(lm, state) -> list[tuple[str, str | None]]:

@@ -40,13 +40,13 @@ def build(state: gr.State, config: AppConfig) -> dict:
         run_eval = gr.Button("Evaluate before / after", variant="primary")
         letter = gr.Checkbox(value=False, label="also lettered A–D scoring (slower)")
     table = gr.Dataframe(headers=["metric", "original", "edited", "change"], value=[], interactive=False)
-    bars = gr.Plot(label="Forget and retain accuracy")
+    bars = gr.Plot(label="Forget and retain accuracy", show_label=False)
     gr.Markdown("### Relearning attack")
     with gr.Row():
         steps = gr.Slider(5, 200, value=30, step=5, label="fine-tuning steps on forget half A")
         lr = gr.Number(value=1e-3, label="learning rate")
         relearn = gr.Button("Run relearning attack")
-    relearn_plot = gr.Plot(label="Half-B accuracy while relearning")
+    relearn_plot = gr.Plot(label="Half-B accuracy while relearning", show_label=False)
     whitebox = gr.JSON(label="White-box attacks (half-B cloze accuracy)")
     api_out = gr.JSON(visible=False)
 

@@ -146,7 +146,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         cancel = gr.Button("Cancel", variant="stop")
         undo = gr.Button("Undo last edit")
     status = gr.Markdown(edit_summary(UISession()))
-    loss_plot = gr.Plot(label="Loss curves")
+    loss_plot = gr.Plot(label="Loss curves", show_label=False)
     with gr.Row():
         timeline = gr.Dataframe(headers=["#", "edit", "method", "steps", "fit s", "forget after", "retain after", ""],
                                 value=[], label="Edit timeline (continual unlearning)", interactive=False, scale=4)
