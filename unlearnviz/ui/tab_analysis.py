@@ -34,7 +34,7 @@ RESIDUAL_INTRO = (
     "the right answer from each layer's activations: if the edited model's output has forgotten but a probe still "
     "reads the answer mid-model, the knowledge is *hidden, not erased*.")
 
-MAX_GEOMETRY_TEXTS = 160
+MAX_GEOMETRY_TEXTS = 120
 
 
 def _plan(session: UISession):
@@ -44,8 +44,8 @@ def _plan(session: UISession):
 def importance_figures(session: UISession, variant: str = "ratio", prompt: str | None = None):
     lm, data = session.lm, session.data
     edit = session.current_edit()
-    imp = importance_of(lm, data, variant=variant, max_texts=120)
-    fp = edit_footprint(lm, data, session.plan(), imp=imp, max_texts=120) if edit is not None else None
+    imp = importance_of(lm, data, variant=variant, max_texts=80)
+    fp = edit_footprint(lm, data, session.plan(), imp=imp, max_texts=80) if edit is not None else None
     layer = edit.hparams.get("layer", imp.layers[len(imp.layers) // 4]) if edit is not None else imp.layers[len(imp.layers) // 4]
     layer = layer if layer in imp.layers else imp.layers[len(imp.layers) // 4]
     sel = imp.selectivity[imp.layers.index(layer)]
@@ -84,7 +84,7 @@ def residual_figures(session: UISession, prompt: str | None = None, answer: str 
         item = data.forget_mcq[0]
         prompt, answer = item.question, item.gold
     ll = logit_lens(lm, prompt, answer or None, plan=session.plan())
-    pr = residual_knowledge(lm, data, plan=session.plan(), max_items=48)
+    pr = residual_knowledge(lm, data, plan=session.plan(), max_items=32)
     return plots.logit_lens_heatmap(ll), plots.probe_accuracy_lines(pr), f"**Verdict:** {pr.verdict}", prompt, answer
 
 
@@ -117,7 +117,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
             lens_answer = gr.Textbox(label="gold answer", scale=1)
             res_btn = gr.Button("Compute", variant="primary")
         verdict = gr.Markdown()
-        lens_plot = gr.Plot(label="Logit lens: p(gold answer, show_label=False) per layer")
+        lens_plot = gr.Plot(label="Logit lens: p(gold answer) per layer", show_label=False)
         probe_plot = gr.Plot(label="Linear probes per layer", show_label=False)
         api_out = gr.JSON(visible=False)
         hidden_btn = gr.Button(visible=False)
