@@ -63,10 +63,11 @@ def test_uses_a_saved_edit(tiny_lm, tiny_data, tiny_model_path, tmp_path):
     save_edit(edit, tmp_path / "edit", tiny_lm)
     out = tmp_path / "out"
     rc = main(["analyze", "--model", str(tiny_model_path), "--data", "synthetic", "--device", "cpu",
-               "--edit", str(tmp_path / "edit"), "--out", str(out), "--layers", "0-2", "--no-probes", *FAST])
+               "--edit", str(tmp_path / "edit"), "--out", str(out), "--layers", "0-2", "--lens-only", *FAST])
     assert rc == 0
     res = json.loads((out / "analysis.json").read_text())
-    assert res["edit"]["method"] == "srmu" and res["layers"] == [0, 1, 2] and res["probes"] is None
+    assert res["edit"]["method"] == "srmu" and res["layers"] == [0, 1, 2]
+    assert {r["probe_forget_original"] for r in res["per_layer"]} == {0.25} and "lens_forget_edited" in res["per_layer"][0]
     assert res["per_layer"][0]["cka"] == 1.0 and res["per_layer"][1]["cka"] < 1.0
 
 

@@ -64,7 +64,7 @@ def test_window_engine_matches_naive_loop(tiny_lm, tiny_data, method):
 @pytest.mark.parametrize("method", ["rmu", "srmu", "mrp"])
 def test_edit_forgets_more_than_it_costs_and_leaves_weights(tiny_lm, tiny_data, method):
     fp = tiny_lm.fingerprint()
-    over = {"rmu": {"steps": 60}, "srmu": {"steps": 60, "c_map": 8.0}, "mrp": {"steps": 30, "k": 16}}[method]
+    over = {"rmu": {"steps": 60}, "srmu": {"steps": 60, "c_map": 8.0}, "mrp": {"steps": 30, "k": 16, "retain_weight": 5.0}}[method]
     edit = get_method(method).fit(tiny_lm, tiny_data, small(tiny_lm, method, **over))
     assert tiny_lm.fingerprint() == fp
     before_f = summarise(score_items(tiny_lm, tiny_data.forget_mcq, letter=False, floor=False))

@@ -35,7 +35,8 @@ def passes():
 
 
 def titles(fig: go.Figure) -> str:
-    return fig.layout.title.text
+    """Title and subtitle text."""
+    return f"{fig.layout.title.text} {fig.layout.title.subtitle.text or ''}"
 
 
 def test_importance_heatmap_with_footprint(passes):

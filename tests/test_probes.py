@@ -68,6 +68,8 @@ def test_one_pass_output_accuracy_equals_the_evaluator(tiny_lm, tiny_data):
 def test_probe_reads_what_the_model_knows(tiny_lm, tiny_data):
     res = residual_knowledge(tiny_lm, tiny_data, layers=[2, 3], max_items=None, floor=False)
     assert res.output["original"]["forget"] > 0.9
+    fast = residual_knowledge(tiny_lm, tiny_data, layers=[3], max_items=16, floor=False, train_probe=False)
+    assert fast.probe["original"]["forget"] == [0.25] and fast.lens["original"]["forget"][0] > 0.8
     # a tuned-lens probe on the stem reads the held-out facts well above chance (measured ~0.89)
     assert res.probe["original"]["forget"][-1] > 0.6
     # and the untrained lens restricted to the choices does too (it is what the output reads at the last layer)
@@ -95,6 +97,9 @@ def test_verdicts():
     judge(erased)
     assert erased.verdict.startswith("erased") and erased.readable_layers == []
     assert erased.layer_verdicts[1] == "inside the edit window: still readable" and "layers 1" in erased.verdict
+    partly = _result(0.95, 0.55, [0.9] * 4, [0.9, 0.9, 0.5, 0.55])
+    judge(partly)  # the inside shows what the output shows, no more
+    assert partly.verdict.startswith("partly erased, not hidden") and partly.layer_verdicts[3] == "weakened"
     kept = _result(0.95, 0.9, [0.9] * 4, [0.9] * 4)
     judge(kept)
     assert kept.verdict.startswith("not forgotten")

@@ -107,7 +107,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     res = run_analysis(lm, data, edit, layers=layers, geometry_layer=args.layer, prompt=args.prompt,
                        answer=args.answer, probe_prompts=args.probe_prompt, max_texts=args.max_texts,
                        max_items=args.max_items, variant=args.variant, use_umap=not args.no_umap,
-                       probes=not args.no_probes, batch_size=args.batch_size,
+                       probes=not args.no_probes, train_probe=not args.lens_only, batch_size=args.batch_size,
                        log=lambda m: print(m, file=sys.stderr))
     res.timings["edit"] = fit_s
     report = res.to_json(args.top_k)
@@ -149,6 +149,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-umap", action="store_true", help="skip UMAP (its first run compiles for ~20-40 s)")
     p.add_argument("--no-probes", action="store_true", help="skip the residual-knowledge probes")
+    p.add_argument("--lens-only", action="store_true", help="residual knowledge from the untrained lens readout only "
+                                                            "(skips the ridge probes: much faster on large models)")
     p.set_defaults(fn=cmd_analyze)
 
 

@@ -41,12 +41,13 @@ def _wrap(text: str, width: int = 90) -> str:
 
 def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = None,
            subtitle: str = "", height: int | None = None) -> go.Figure:
-    lines = textwrap.wrap(subtitle, 110) if subtitle else []
-    full = f"{title}<br><sup>{'<br>'.join(lines)}</sup>" if lines else title
-    fig.update_layout(title={"text": full, "font": {"size": TITLE_SIZE}, "x": 0.01, "xanchor": "left",
-                             "yref": "container", "y": 0.985, "yanchor": "top"},
-                      font=FONT, template="plotly_white", legend={"font": {"size": 14}},
-                      margin={"t": 75 + 24 * len(lines), "l": 70, "r": 30, "b": 60},
+    lines = textwrap.wrap(subtitle, 120) if subtitle else []
+    heading = {"text": title, "font": {"size": TITLE_SIZE}, "x": 0.01, "xanchor": "left",
+               "yref": "container", "y": 0.99, "yanchor": "top", "pad": {"t": 8}}
+    if lines:
+        heading["subtitle"] = {"text": "<br>".join(lines), "font": {"size": 14}}
+    fig.update_layout(title=heading, font=FONT, template="plotly_white", legend={"font": {"size": 14}},
+                      margin={"t": 70 + 19 * len(lines), "l": 70, "r": 30, "b": 60},
                       hoverlabel={"font": {"size": 14}})
     if height:
         fig.update_layout(height=height)
@@ -58,7 +59,7 @@ def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = Non
 
 
 def _layer_axis(fig: go.Figure, layers: Sequence[int], **kw) -> None:
-    """Integer ticks for a layer axis (every layer up to 40 layers)."""
+    """Integer ticks for a layer axis (every layer up to 20 layers, every other up to 40)."""
     if layers and len(layers) <= 40:
         fig.update_xaxes(tickmode="linear", dtick=1 if len(layers) <= 20 else 2, **kw)
 
@@ -112,9 +113,10 @@ def importance_heatmap(imp, footprint=None, top_n: int = 5) -> go.Figure:
                                          "line": {"color": "#000000", "width": 1}},
                                  text=text, hovertemplate="%{text}<extra></extra>"))
         subtitle += " — crosses: where the edit moved forget activations most"
-    fig.update_yaxes(autorange="reversed", dtick=1 if len(imp.layers) <= 40 else None)
+    fig.update_yaxes(autorange="reversed", dtick=1 if len(imp.layers) <= 16 else 2 if len(imp.layers) <= 40 else None)
     fig.update_layout(legend={"orientation": "h", "y": -0.2})
-    return _style(fig, "Where the forget data lives: importance per layer × feature", "feature", "layer", subtitle)
+    return _style(fig, "Where the forget data lives: importance per layer × feature", "feature", "layer", subtitle,
+                  height=max(450, 260 + 16 * len(imp.layers)))
 
 
 def footprint_lines(fp) -> go.Figure:

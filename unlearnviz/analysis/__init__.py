@@ -169,7 +169,7 @@ def run_analysis(lm: LoadedModel, data: UnlearningData, edit=None, layers: Seque
                  geometry_layer: int | None = None, prompt: str | None = None, answer: str | None = None,
                  probe_prompts: Sequence[str] = (), max_texts: int | None = 150, max_items: int | None = 64,
                  variant: str = "ratio", use_umap: bool = True, umap_epochs: int = 200, probes: bool = True,
-                 batch_size: int = 32, log: Callable[[str], None] | None = None) -> Analysis:
+                 train_probe: bool = True, batch_size: int = 32, log: Callable[[str], None] | None = None) -> Analysis:
     """Run every analysis view for ``edit`` (an Edit, EditStack, RoutingPlan or None)."""
     log = log or (lambda _msg: None)
     timings: dict[str, float] = {}
@@ -255,7 +255,8 @@ def run_analysis(lm: LoadedModel, data: UnlearningData, edit=None, layers: Seque
         else:
             t = time.perf_counter()
             log("residual-knowledge probes")
-            pr = residual_knowledge(lm, data, plan, layers, max_items=max_items, batch_size=batch_size)
+            pr = residual_knowledge(lm, data, plan, layers, max_items=max_items, batch_size=batch_size,
+                                    train_probe=train_probe)
             timings["probes"] = time.perf_counter() - t
     if imp.selectivity:
         sel = {s.layer: s for s in imp.selectivity}[geometry_layer]

@@ -44,10 +44,13 @@ output goes through the final norm and unembedding for the cloze log-likelihood 
 bytes, as :mod:`unlearnviz.evaluation.mcq` scores it. The stem features are read from the same
 statements (in a causal model the stem's last position does not see the choice).
 
-**Verdict.** Knowledge gone from the output (edited cloze accuracy at least halfway down to its
-floor) but still linearly readable (probe accuracy at least halfway between the probe floor and
-its original level, and ≥ 10 points above the floor) at some layer from the first edited layer
-on is "hidden, not erased"; if no such layer exists it is "erased".
+**Verdict.** The output has forgotten when the edited cloze accuracy fell at least halfway to
+its floor. A layer is *still readable* when the better readout keeps at least half of its
+original margin over the better floor (and ≥ 10 points); *weakened* when it keeps less but is
+still ≥ 10 points above; *erased* otherwise. Overall, from the edit's deepest layer on: "hidden,
+not erased" if some layer is still readable; "erased" if every readout and the output are
+within 10 points of their floors; "partly erased, not hidden" in between (the inside shows no
+more than the output does).
 """
 
 from __future__ import annotations
@@ -375,9 +378,13 @@ def _sample_items(items: list[MCQItem], max_items: int | None, seed: int) -> lis
 
 
 def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=None, max_items: int | None = 64,
-                       folds: int = 2, floor: bool = True, seed: int = 0, batch_size: int = 32) -> ProbeResult:
-    """Per-layer pairwise probes on forget and retain MCQ items, original vs edited, with the
-    output cloze accuracy of both and a verdict ("hidden, not erased" / "erased")."""
+                       folds: int = 2, floor: bool = True, seed: int = 0, batch_size: int = 32,
+                       train_probe: bool = True) -> ProbeResult:
+    """Per-layer readouts (trained tuned-lens probe and untrained lens) on forget and retain MCQ
+    items, original vs edited, with the output cloze accuracy of both and a verdict.
+
+    ``train_probe=False`` skips the ridge probes (the slow part on large models: ~1 s per layer
+    and side on SmolLM2) and keeps the lens readout; ``probe`` then holds chance everywhere."""
     layers = resolve_layers(lm, layers)
     plan = as_plan(plan)
     if plan is not None and plan_hash(plan) == "none":
@@ -395,6 +402,7 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
     fold_of = _item_folds(splits, folds, seed)
     chance = float(np.mean([1 / len(it.choices) for it in items]))
 
+    chance_acc = np.asarray([1 / len(it.choices) for it in items])
     red, firsts = _statement_pass(lm, items, False, layers, plan, batch_size)
     emb = lm.adapter.unembed.weight.detach().float().cpu()
     sides = ["original"] + (["edited"] if plan is not None else [])
@@ -406,12 +414,13 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
         output[side] = {"forget": float(ok[is_f].mean()), "retain": float(ok[~is_f].mean())}
     for layer in layers:
         xo = torch.stack(red.features["original"][layer])
-        acc_o = probe_item_accuracy(xo, items, firsts, emb, fold_of, folds)
+        acc_o = probe_item_accuracy(xo, items, firsts, emb, fold_of, folds) if train_probe else chance_acc
         results = {"original": acc_o}
         if plan is not None:
             xe = torch.stack(red.features["edited"][layer])
             same = float((xo - xe).abs().max()) <= 1e-6 * max(float(xo.abs().max()), 1e-12)
-            results["edited"] = acc_o if same else probe_item_accuracy(xe, items, firsts, emb, fold_of, folds)
+            results["edited"] = acc_o if same or not train_probe else \
+                probe_item_accuracy(xe, items, firsts, emb, fold_of, folds)
         for side, acc in results.items():
             probe[side]["forget"].append(float(acc[is_f].mean()))
             probe[side]["retain"].append(float(acc[~is_f].mean()))
@@ -426,7 +435,9 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
         probe_floor, lens_floor = [], []
         for layer in layers:
             xb = torch.stack(blind.features["original"][layer])
-            probe_floor.append(float(probe_item_accuracy(xb, items, bfirsts, emb, fold_of, folds)[is_f].mean()))
+            acc_b = probe_item_accuracy(xb, items, bfirsts, emb, fold_of, folds) if train_probe else \
+                chance_acc
+            probe_floor.append(float(acc_b[is_f].mean()))
             lens_floor.append(float(lens_item_accuracy(lm, xb, items, bfirsts)[is_f].mean()))
         output_floor = float(_cloze_correct(blind.logprob["original"], items)[is_f].mean())
 
@@ -467,6 +478,8 @@ def judge(res: ProbeResult) -> None:
             v = "still readable"
             if target is None or layer >= target:
                 readable.append(layer)
+        elif gap_e >= MARGIN:
+            v = "weakened"
         else:
             v = "erased"
         verdicts.append(v if target is None or layer >= target else f"inside the edit window: {v}")
@@ -492,18 +505,28 @@ def judge(res: ProbeResult) -> None:
         i = max((res.layers.index(x) for x in readable), key=lambda j: read_e[j])
         res.verdict = (f"hidden, not erased: the output falls from {pct(out_o)} to {pct(out_e)} (floor "
                        f"{pct(out_base)}), but a linear readout still finds the forget answers at layers "
-                       f"{_ranges(readable)} (best {pct(read_e[i])} at layer {res.layers[i]}; chance "
-                       f"{pct(res.chance)})")
-    else:
-        best = f" (best {pct(read_e[best_i])} at layer {res.layers[best_i]}, chance " \
-               f"{pct(res.chance)})" if best_i is not None else ""
-        early = [layer for layer, v in zip(res.layers, verdicts) if v.endswith("still readable")
-                 and (target is None or layer < target)]
-        note = f"; layers {_ranges(early)}, before it, still carry them, as they do for any edit made there" \
-            if early else ""
+                       f"{_ranges(readable)} (best {pct(read_e[i])} at layer {res.layers[i]}, "
+                       f"{pct(read_o[i])} before the edit; chance {pct(res.chance)})")
+        return
+    early = [layer for layer, v in zip(res.layers, verdicts) if v.endswith("still readable")
+             and (target is None or layer < target)]
+    note = f"; layers {_ranges(early)}, before it, still carry them, as they do for any edit made there" \
+        if early else ""
+    if best_i is None:
+        res.verdict = f"erased at the output: {pct(out_o)} → {pct(out_e)} (floor {pct(out_base)}){note}"
+        return
+    base_b = max(res.chance, floor[best_i]) if floor is not None else res.chance
+    best = (f"best {pct(read_e[best_i])} at layer {res.layers[best_i]}, {pct(read_o[best_i])} before the edit; "
+            f"floor {pct(base_b)}")
+    if read_e[best_i] - base_b < MARGIN and out_e - out_base < MARGIN:
         res.verdict = (f"erased: the output falls from {pct(out_o)} to {pct(out_e)} (floor {pct(out_base)}) and "
-                       f"no layer {where} lets a linear readout find the forget answers well above its floor"
-                       f"{best}{note}")
+                       f"no layer {where} lets a linear readout find the forget answers above its floor "
+                       f"({best}){note}")
+    else:
+        res.verdict = (f"partly erased, not hidden: the output falls from {pct(out_o)} to {pct(out_e)} (floor "
+                       f"{pct(out_base)}); no layer {where} keeps even half of a linear readout's original margin "
+                       f"over its floor ({best}), so nothing is readable inside that the output does not show"
+                       f"{note}")
 
 
 def _ranges(layers: list[int]) -> str:

@@ -84,7 +84,8 @@ def residual_figures(session: UISession, prompt: str | None = None, answer: str 
         item = data.forget_mcq[0]
         prompt, answer = item.question, item.gold
     ll = logit_lens(lm, prompt, answer or None, plan=session.plan())
-    pr = residual_knowledge(lm, data, plan=session.plan(), max_items=32)
+    # The untrained lens readout per layer: the trained probe costs minutes on the default model.
+    pr = residual_knowledge(lm, data, plan=session.plan(), max_items=32, train_probe=False)
     return plots.logit_lens_heatmap(ll), plots.probe_accuracy_lines(pr), f"**Verdict:** {pr.verdict}", prompt, answer
 
 
