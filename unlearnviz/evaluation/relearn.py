@@ -21,7 +21,7 @@ from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.mcq import score_items, summarise
 from unlearnviz.methods.base import Ticker
-from unlearnviz.methods.engine import make_batches, tokenize_texts
+from unlearnviz.methods.engine import make_batches, tokenize_texts, zero_delta
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
 
@@ -58,11 +58,7 @@ def finetune_attack(
     pad = lm.tokenizer.pad_token_id or 0
     batches = make_batches(tokenize_texts(lm, texts, s.max_tokens), s.batch_size, pad)
     base = edit_plan or RoutingPlan()
-    deltas = {}
-    for layer in layers:
-        w = lm.adapter.mlp_out(layer).weight
-        shape = (w.shape[1], w.shape[0]) if type(lm.adapter.mlp_out(layer)).__name__ == "Conv1D" else tuple(w.shape)
-        deltas[layer] = torch.zeros(shape, device=w.device, requires_grad=True)
+    deltas = {layer: zero_delta(lm, layer) for layer in layers}
     opt = torch.optim.Adam(list(deltas.values()), lr=s.lr)
     g = torch.Generator().manual_seed(s.seed)
     curve = [{"step": 0, "acc": _eval_b(lm, data, edit_plan), "loss": None}]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_bytes, atomic_write_text
+from unlearnviz.model.adapter import is_conv1d
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan, orthonormal_rows
 
@@ -185,7 +186,7 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
         if key not in state:
             raise UserError(f"cannot find {key} in the model's state dict")
         d = delta.detach().to(state[key].dtype).to(state[key].device)
-        state[key] = state[key] + (d.T if type(module).__name__ == "Conv1D" else d)
+        state[key] = state[key] + (d.T if is_conv1d(module) else d)
         merged.append(key)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

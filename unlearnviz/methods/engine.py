@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from unlearnviz.data.schema import UnlearningData
+from unlearnviz.model.adapter import linear_weight
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan, StopForward, run_block_window
 
@@ -162,6 +163,24 @@ class WindowEngine:
             with torch.no_grad():
                 return self._naive_output(i, self.prior)
         return self.frozen[i]
+
+
+def zero_delta(lm: LoadedModel, layer: int) -> torch.Tensor:
+    """A trainable zero delta for block ``layer``'s MLP output projection, [out, in] (nn.Linear
+    convention, whatever the module stores: GPT-2's Conv1D keeps [in, out])."""
+    w = linear_weight(lm.adapter.mlp_out(layer))
+    return torch.zeros(tuple(w.shape), device=w.device, dtype=torch.float32, requires_grad=True)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, forget_loss: torch.Tensor,
+                   retain_loss: torch.Tensor, history: list[dict], ticker, step: int) -> None:
+    """One update, its loss terms recorded and reported (and cancellation checked)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    row = {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
+    history.append(row)
+    ticker.tick(step, **row)
 
 
 def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

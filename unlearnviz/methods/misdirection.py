@@ -22,9 +22,11 @@ from unlearnviz.methods.engine import (
     WindowEngine,
     make_batches,
     masked_mse,
+    optimizer_step,
     step_order,
     subject_spans,
     tokenize_texts,
+    zero_delta,
 )
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
@@ -77,11 +79,7 @@ def train_misdirection(
     t0 = time.perf_counter()
     start, stop = engine.start, engine.stop
     torch.manual_seed(hp.seed)
-    deltas = {}
-    for layer in range(start, stop + 1):
-        w = lm.adapter.mlp_out(layer).weight
-        shape = (w.shape[1], w.shape[0]) if type(lm.adapter.mlp_out(layer)).__name__ == "Conv1D" else tuple(w.shape)
-        deltas[layer] = torch.zeros(shape, device=w.device, dtype=torch.float32, requires_grad=True)
+    deltas = {layer: zero_delta(lm, layer) for layer in range(start, stop + 1)}
     opt = torch.optim.AdamW(list(deltas.values()), lr=hp.lr, weight_decay=0.0)
     nf = len(fb)
     ticker = Ticker(hp.steps, progress, should_stop, method)
@@ -94,12 +92,7 @@ def train_misdirection(
         hr = engine.output(nf + ri, plan)
         retain_loss = masked_mse(hr, engine.reference(nf + ri), rb[ri].loss_mask)
         loss = forget_loss + hp.alpha * retain_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        row = {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
-        history.append(row)
-        ticker.tick(step, **row)
+        optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
     meta = {"steps": hp.steps, "train_s": time.perf_counter() - t0, "losses": history,
             "window": [start, stop], **(extra_meta or {})}
     return Edit(method=method, hparams=asdict(hp),

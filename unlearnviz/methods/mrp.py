@@ -26,6 +26,7 @@ from unlearnviz.methods.engine import (
     Batch,
     WindowEngine,
     make_batches,
+    optimizer_step,
     step_order,
     subject_spans,
     tokenize_texts,
@@ -174,12 +175,7 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
             lp_r, n_r = _seq_logprob(lm, engine.output(nf + ri, plan), rb[ri])
             retain_loss = -(lp_r.sum() / n_r.sum().clamp(min=1))
             loss = forget_loss + hparams.retain_weight * retain_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            row = {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
-            history.append(row)
-            ticker.tick(step, **row)
+            optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
         new_rows = {s: orthonormal_rows(w.detach()) for s, w in weights.items()}
     projections = {}
     for s, q in new_rows.items():
