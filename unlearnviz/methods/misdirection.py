@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
-from unlearnviz.methods.base import ProgressFn, StopFn, Ticker
+from unlearnviz.methods.base import ProgressFn, StopFn, Ticker, hp
 from unlearnviz.methods.edit import Edit
 from unlearnviz.methods.engine import (
     WindowEngine,
@@ -30,6 +30,25 @@ from unlearnviz.methods.engine import (
 )
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
+
+
+@dataclass
+class MisdirectionParams:
+    """The hyperparameters RMU and SRMU share (each method adds its target's own)."""
+
+    layer: int = hp(-1, "Block whose residual output the loss reads (L); -1 = auto, about a quarter of the depth "
+                    "(7 of 30 on the default model).", "7 of 32 (Zephyr-7B)", min=-1)
+    window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (layers 5,6,7)",
+                     min=1, max=8)
+    alpha: float = hp(100.0, "Weight of the retain term α·||h − h_frozen||².", "1200 (Zephyr)", min=0.0, max=1e6)
+    lr: float = hp(1e-2, "AdamW learning rate on the deltas.", "5e-5", min=1e-7, max=1.0)
+    steps: int = hp(200, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
+    batch_size: int = hp(8, "Texts per forget batch and per retain batch.", "4", min=1, max=256)
+    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512 (768 cyber)", min=4, max=4096)
+    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on (never position 0).",
+                                 "no (all tokens)")
+    seed: int = hp(0, "Seed for the target's random vector and the batch order.", "")
+
 
 # target_fn(batch index, frozen forget output, loss mask) -> (target, per-feature weight or None)
 TargetFn = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]

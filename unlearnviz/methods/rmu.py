@@ -15,24 +15,15 @@ import torch
 
 from unlearnviz.methods.base import hp, register
 from unlearnviz.methods.engine import mean_token_norm
-from unlearnviz.methods.misdirection import prepare, train_misdirection
+from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection
 
 
 @dataclass
-class RMUParams:
-    layer: int = hp(-1, "Block whose residual output the loss reads (L); -1 = auto, about a quarter of the depth (7 of 30 on the default model).", "7 of 32 (Zephyr-7B)", min=-1)
-    window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (layers 5,6,7)", min=1, max=8)
+class RMUParams(MisdirectionParams):
     steering_coeff: float = hp(1.0, "Target norm c; with coeff_relative, a multiple of the mean residual norm at L.",
                                "6.5 absolute (Zephyr)", min=0.0, max=1e4)
     coeff_relative: bool = hp(True, "Read steering_coeff as a multiple of the mean forget-token norm at L.", "no")
     adaptive: bool = hp(False, "Adaptive RMU: per-token target norm = steering_coeff × ||h_frozen(x)||.", "Dang et al. 2025")
-    alpha: float = hp(100.0, "Weight of the retain term α·||h − h_frozen||².", "1200 (Zephyr)", min=0.0, max=1e6)
-    lr: float = hp(1e-2, "AdamW learning rate on the deltas.", "5e-5", min=1e-7, max=1.0)
-    steps: int = hp(200, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
-    batch_size: int = hp(8, "Texts per forget batch and per retain batch.", "4", min=1, max=256)
-    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512", min=4, max=4096)
-    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on (never position 0).", "no (all tokens)")
-    seed: int = hp(0, "Seed for u, batch order.", "")
 
 
 @register("rmu", RMUParams, "Representation Misdirection for Unlearning (baseline)")

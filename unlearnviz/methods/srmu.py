@@ -19,7 +19,7 @@ import torch
 
 from unlearnviz.methods.base import hp, register
 from unlearnviz.methods.engine import mean_abs_features, mean_token_norm
-from unlearnviz.methods.misdirection import prepare, train_misdirection
+from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection
 
 
 def importance_map(v_f: torch.Tensor, v_r: torch.Tensor, variant: str = "ratio", lam: float = 1.0,
@@ -45,9 +45,7 @@ def selectivity(i_norm: torch.Tensor, top: float = 0.1) -> float:
 
 
 @dataclass
-class SRMUParams:
-    layer: int = hp(-1, "Block whose residual output the loss reads (L); -1 = auto, about a quarter of the depth (7 of 30 on the default model).", "RMU's layer 7", min=-1)
-    window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (our reading, §2.4.3)", min=1, max=8)
+class SRMUParams(MisdirectionParams):
     variant: str = hp("ratio", "Importance map φ: ratio log(1+v_f/v_r), difference ReLU(v_f−λv_r), product.",
                       "ratio (Pareto-best)", choices=("ratio", "difference", "product"))
     lam: float = hp(1.0, "λ of the difference variant.", "not given", min=0.0, max=100.0)
@@ -58,13 +56,6 @@ class SRMUParams:
     coeff_relative: bool = hp(True, "Read c_map relative to the mean forget-token norm (else T = c_map·V⊙I_norm).", "no")
     loss_mask_by_importance: bool = hp(False, "NON-PAPER: weight the forget loss per feature by I_norm.", "no")
     residual_target: bool = hp(False, "NON-PAPER: target h_frozen + c·V⊙I_norm instead of the absolute T.", "no")
-    alpha: float = hp(100.0, "Weight of the retain term.", "1200 (Zephyr)", min=0.0, max=1e6)
-    lr: float = hp(1e-2, "AdamW learning rate on the deltas.", "5e-5", min=1e-7, max=1.0)
-    steps: int = hp(200, "Training steps.", "150", min=1, max=5000)
-    batch_size: int = hp(8, "Texts per forget and per retain batch.", "4", min=1, max=256)
-    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512/768", min=4, max=4096)
-    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on.", "no")
-    seed: int = hp(0, "Seed for V and the batch order.", "")
 
 
 @register("srmu", SRMUParams, "Feature-Selective Representation Misdirection")
