@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import functools
 import statistics
-import subprocess
 import sys
 import time
-import tracemalloc
 
 import torch
 
-from bench.common import Result, device_name, paired, timed
+from bench.common import Result, device_name, paired
 
 
 @functools.lru_cache(maxsize=1)
@@ -167,4 +165,3 @@ def b7_cold_start(quick: bool = False) -> dict:
 BENCHMARKS = [("B1", b1_misdirection_step), ("B2", b2_mrp_fit), ("B3", b3_side_by_side), ("B5", b5_mcq),
               ("B7", b7_cold_start)]
 
-__all__ = ["BENCHMARKS", "subprocess", "timed", "tracemalloc"]

@@ -66,7 +66,6 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
         @readable
         def run_demo(session: UISession, progress=gr.Progress()):
-            n_analysis = len(analysis_ui["outputs"])
             keep = [gr.update()] * (len(outputs) - 2)
             yield [session, "Loading the default model and data …", *keep]
             ensure_ready(session, config)
@@ -98,7 +97,6 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             updates.update({chat_ui["prompt"]: question, chat_ui["original"]: a,
                             chat_ui["edited"]: tab_chat.highlighted(session.lm, final),
                             chat_ui["details"]: tab_chat.detail_rows(session.lm, final)})
-            del n_analysis
             yield [session, "**Demo complete.** Every tab now shows this edit; open them left to right.",
                    *[updates.get(c, gr.update()) for c in outputs[2:]]]
 

@@ -3,7 +3,6 @@ edit timeline (stack, undo, which edit the other tabs compare against the origin
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 import time
@@ -219,11 +218,3 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
     selected.submit(on_select, [state, selected], [state, status, timeline], api_name="select_edit")
     return {"status": status, "loss_plot": loss_plot, "timeline": timeline}
-
-
-def hparams_markdown(method: str) -> str:
-    rows = describe_hparams(get_method(method).hparams_cls)
-    return "\n".join(f"- `{r['name']}` = {r['default']!r}: {r['doc']} (paper: {r['paper'] or 'n/a'})" for r in rows)
-
-
-__all__ = ["build", "dataclasses", "edit_summary", "hparams_markdown", "timeline_rows"]
