@@ -87,8 +87,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     data = load_data(args.data)  # before torch is imported: a bad data argument fails at once
     from unlearnviz.evaluation.mcq import evaluate
+    from unlearnviz.session import check_fits_context
 
     lm = load_model_from_args(args)
+    check_fits_context(lm, data, letter=not args.no_letter)
     res = evaluate(lm, data, letter=not args.no_letter)
     res.update({"model": lm.name, "data": data.name})
     write_json(args.json, res)

@@ -24,7 +24,8 @@ def parse_sets(pairs: list[str]) -> dict:
 def _tqdm_progress(total_hint: int = 0):
     from tqdm import tqdm
 
-    bar = tqdm(total=total_hint or None, desc="training", leave=False)
+    # disable=None: no bar when stderr is not a terminal, so logs and errors stay one clean line each
+    bar = tqdm(total=total_hint or None, desc="training", leave=False, disable=None)
 
     def progress(event: dict) -> None:
         if bar.total != event.get("total"):
@@ -39,7 +40,7 @@ def _tqdm_progress(total_hint: int = 0):
 def cmd_run(args: argparse.Namespace) -> None:
     from unlearnviz.data import load_data
     from unlearnviz.evaluation.mcq import evaluate
-    from unlearnviz.methods import EditStack, get_method, load_edit, make_hparams, save_edit
+    from unlearnviz.methods import EditStack, get_method, make_hparams, save_edit
 
     overrides = {}
     if args.config:
@@ -49,6 +50,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             cfg = yaml.safe_load(Path(args.config).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise UserError(f"cannot read config {args.config}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("hparams", {}), dict):
+            raise UserError(f"config {args.config}: expected a mapping with method, model, data and hparams")
         overrides.update(cfg.get("hparams", {}))
         args.method = cfg.get("method", args.method)
         args.model = cfg.get("model", args.model)
@@ -58,22 +61,29 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UserError("run needs --method and --data (or a --config that names them)")
     spec = get_method(args.method)
     hparams = make_hparams(spec.hparams_cls, overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
     data = load_data(args.data)
+    from unlearnviz.session import check_fits_context
+
     lm = load_model_from_args(args)
+    check_fits_context(lm, data, letter=not args.no_letter)
+    if getattr(hparams, "max_tokens", 0) > lm.max_length:
+        raise UserError(f"max_tokens={hparams.max_tokens} is over this model's context of {lm.max_length} tokens")
     fp = lm.fingerprint(refresh=False)
-    stack = EditStack()
-    if args.stack_on:
-        stack.push(load_edit(Path(args.stack_on), lm))
+    stack = _load_stack(lm, Path(args.stack_on)) if args.stack_on else EditStack()
     t0 = time.perf_counter()
     before = evaluate(lm, data, plan=stack.plan(), letter=not args.no_letter)
     progress, bar = _tqdm_progress(getattr(hparams, "steps", 0))
-    edit = spec.fit(lm, data, hparams, progress=progress, prior=stack.plan())
-    bar.close()
+    try:
+        edit = spec.fit(lm, data, hparams, progress=progress, prior=stack.plan())
+    finally:
+        bar.close()  # before any error line is printed
     stack.push(edit)
     after = evaluate(lm, data, plan=stack.plan(), letter=not args.no_letter)
     if lm.fingerprint() != fp:
         raise AssertionError("base weights changed")
-    out = Path(args.out)
     metrics = {"method": args.method, "hparams": edit.hparams, "model": lm.name, "data": data.name,
                "before": before, "after": after, "steps": edit.meta.get("steps"),
                "fit_s": edit.meta.get("train_s", 0) + edit.meta.get("precompute_s", 0) + edit.meta.get("init_s", 0),
@@ -81,10 +91,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     edit.meta["metrics"] = {"before": before, "after": after}
     edit.meta["data"] = data.name
     edit.meta["data_hash"] = data.content_hash()
+    from unlearnviz.io import atomic_write_text
+
     save_edit(edit, out, lm, stack_index=len(stack) - 1)
     if args.stack_on:
-        (out / "stacked_on.txt").write_text(str(Path(args.stack_on).resolve()) + "\n")
-    from unlearnviz.io import atomic_write_text
+        atomic_write_text(out / "stacked_on.txt", str(Path(args.stack_on).resolve()) + "\n")
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
     keys = ["forget_cloze_acc", "forget_floor_acc", "retain_cloze_acc", "forget_b_cloze_acc", "retain_ppl"]
@@ -93,24 +104,48 @@ def cmd_run(args: argparse.Namespace) -> None:
                          for k in keys}}, indent=2))
 
 
-def _load_stack(lm, folder: Path):
-    from unlearnviz.methods import EditStack, load_edit
+def _read_edit(folder: Path, lm):
+    """load_edit, with any structural damage it does not itself check reported as one line."""
+    from unlearnviz.methods import load_edit
 
-    chain = []
+    try:
+        return load_edit(folder, lm)
+    except (UserError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a manifest of the wrong shape, a tensor under a bad name, ...
+        raise UserError(f"{folder}: damaged or tampered edit ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _load_stack(lm, folder: Path):
+    from unlearnviz.methods import EditStack
+
+    chain, seen = [], set()
     current = folder
     while True:
-        chain.append(load_edit(current, lm))
+        if current.resolve() in seen:
+            raise UserError(f"{folder}: stacked_on.txt chain loops back to {current} (damaged or tampered edit)")
+        seen.add(current.resolve())
+        chain.append(_read_edit(current, lm))
         prev = current / "stacked_on.txt"
         if not prev.exists():
             break
-        current = Path(prev.read_text().strip())
+        try:
+            current = Path(prev.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            raise UserError(f"{prev}: unreadable (damaged or tampered edit)") from None
     return EditStack(list(reversed(chain)))
 
 
 def cmd_relearn(args: argparse.Namespace) -> None:
+    import math
+
     from unlearnviz.data import load_data
     from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, steps_to_recovery, whitebox_attacks
 
+    if args.steps < 1 or args.eval_every < 1:
+        raise UserError("--steps and --eval-every must be at least 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a positive finite number, got {args.lr}")
     data = load_data(args.data)
     lm = load_model_from_args(args)
     stack = _load_stack(lm, Path(args.edit))
@@ -128,8 +163,12 @@ def cmd_relearn(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from unlearnviz.methods.edit import export_checkpoint
 
+    out = Path(args.out)
+    if out.exists() and not (out / "unlearnviz_export.json").exists():
+        # export_checkpoint replaces its target folder: never one that holds something else
+        raise UserError(f"--out {out} exists and is not an earlier unlearnviz export; choose a new folder")
     lm = load_model_from_args(args)
-    info = export_checkpoint(lm, _load_stack(lm, Path(args.edit)), Path(args.out))
+    info = export_checkpoint(lm, _load_stack(lm, Path(args.edit)), out)
     print(json.dumps(info, indent=2, default=float))
 
 

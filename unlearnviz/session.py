@@ -25,11 +25,44 @@ from unlearnviz.model.routing import RoutingPlan
 class Limits:
     """Operator-configurable caps on what one request may cost."""
 
-    max_prompt_chars: int = 4000
-    max_new_tokens: int = 256
-    max_steps: int = 1000
-    max_points: int = 4000
-    max_upload_mb: int = 20
+    max_prompt_chars: int = 4000  # chat prompt, in characters
+    max_new_tokens: int = 256  # chat answer length
+    max_steps: int = 1000  # training steps of one edit or one relearning attack
+    max_points: int = 120  # texts (points) in the Geometry tab's PCA/UMAP views
+    max_upload_mb: int = 20  # one uploaded data file
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"limit {name} must be a positive integer, got {value!r}")
+
+
+def check_fits_context(lm: LoadedModel, data: UnlearningData, letter: bool = True) -> None:
+    """Refuse, naming the item, data whose scored sequences are longer than the model's context.
+
+    A token covers at least a quarter of a character's UTF-8 bytes' worth of text, so only items
+    whose text could come near the limit are tokenised.
+    """
+    from unlearnviz.evaluation.mcq import letter_prompt
+
+    tok, limit = lm.tokenizer, lm.max_length
+    for split, items in (("forget", data.forget_mcq), ("retain", data.retain_mcq)):
+        for i, it in enumerate(items):
+            longest = max(it.choices, key=len)
+            texts = [f"{it.question} {longest}", f"{it.blind_question} {longest}"]
+            if letter:
+                texts.append(letter_prompt(it) + " A")
+            for text in texts:
+                if len(text.encode("utf-8")) < limit:
+                    continue  # byte-level tokenizers give at most one token per byte (plus specials)
+                n = len(tok(text).input_ids)
+                if n > limit:
+                    raise UserError(f"{data.name}: {split} item {i + 1} is {n} tokens long; this model's context "
+                                    f"is {limit} tokens: shorten its question or choices")
+    if limit < 256:  # perplexity reads up to 256 tokens of each retain text
+        for i, text in enumerate(data.retain_texts):
+            if len(text.encode("utf-8")) >= limit and len(tok(text).input_ids) > limit:
+                raise UserError(f"{data.name}: retain text {i + 1} is longer than this model's context of {limit} tokens")
 
 
 class ModelStore:
@@ -78,7 +111,10 @@ class Session:
         return lm.info()
 
     def load_data(self, spec: str) -> dict:
-        self.data = load_data(spec.strip())
+        data = load_data(spec.strip())
+        if self.lm is not None:
+            check_fits_context(self.lm, data, letter=False)
+        self.data = data
         self.before, self.after, self.relearn = None, {}, {}
         self.history.append({"action": "load_data", "data": spec})
         return self.data_summary()
@@ -101,10 +137,15 @@ class Session:
     def run_edit(self, method: str, overrides: dict | None = None, progress=None, should_stop=None,
                  evaluate: bool = True) -> dict:
         lm, data = self.require_model(), self.require_data()
-        spec = get_method(method)
+        spec = get_method(str(method or "").strip())
+        if overrides is not None and not isinstance(overrides, dict):
+            raise UserError(f"hyperparameters must be a JSON object of name: value, got {type(overrides).__name__}")
         hparams = make_hparams(spec.hparams_cls, overrides or {})
+        if getattr(hparams, "max_tokens", 0) > lm.max_length:
+            raise UserError(f"max_tokens={hparams.max_tokens} is over this model's context of {lm.max_length} tokens")
         if getattr(hparams, "steps", 0) > self.limits.max_steps:
             raise UserError(f"steps={hparams.steps} is over this server's limit of {self.limits.max_steps}")
+        check_fits_context(lm, data, letter=False)
         fp = lm.fingerprint(refresh=False)
         prior = self.stack.plan()
         t0 = time.perf_counter()
@@ -155,6 +196,7 @@ class Session:
         from unlearnviz.evaluation.mcq import evaluate
 
         lm, data = self.require_model(), self.require_data()
+        check_fits_context(lm, data, letter)
         if self.before is None:
             self.before = evaluate(lm, data, letter=letter, progress=progress, should_stop=should_stop)
         result = {"before": self.before}

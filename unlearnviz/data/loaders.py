@@ -92,6 +92,9 @@ def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
     forget_half, text_half, errors = [], [], []
     for n, row in rows:
         try:
+            if "split" not in row and not default_split:
+                raise ValueError("no 'split' column (forget | retain); columns found: "
+                                 f"{', '.join(sorted(map(str, row))) or 'none'}")
             split = str(row.get("split") or default_split or "").strip().lower()
             if split not in ("forget", "retain"):
                 raise ValueError("'split' must be 'forget' or 'retain'")

@@ -7,6 +7,7 @@ import inspect
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 
@@ -26,6 +27,73 @@ class AppConfig:
     demo_method: str = "srmu"
     demo_overrides: dict = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    model_dirs: tuple[Path, ...] = ()  # folders whose models a visitor may load by path
+    data_dirs: tuple[Path, ...] = ()  # folders whose data files a visitor may load by path
+
+
+_NAMED_MODELS = ("default", "smollm2-135m-instruct", "synthetic")
+
+
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    p = path.expanduser().resolve()
+    return any(p == r.resolve() or r.resolve() in p.parents for r in roots)
+
+
+def _local_candidate(text: str, roots: tuple[Path, ...]) -> Path | None:
+    """The local path a browser-typed name means, if it names one (absolute, ./, ~, or under a root)."""
+    if text.startswith(("/", ".", "~", "\\")) or text.endswith(".gguf") or ".." in text.split("/"):
+        return Path(text).expanduser()
+    for root in roots:
+        if (root / text).exists():
+            return root / text
+    if Path(text).exists():  # a path relative to the server's working folder
+        return Path(text)
+    return None
+
+
+def confine_model_source(source: str, config: AppConfig) -> str:
+    """What a visitor may load: the operator's model, a named model, a hub id, or a folder/GGUF
+    inside one of the operator's ``--model-dir`` folders. Nothing else on the server's disk."""
+    text = (source or "").strip() or "default"
+    if text == config.default_model or text in _NAMED_MODELS or text.startswith("synthetic:"):
+        return text
+    local = _local_candidate(text, config.model_dirs)
+    if local is None:
+        return text  # a hub id: needs a network, and the hub's own safety rules
+    if not config.model_dirs or not _inside(local, config.model_dirs):
+        allowed = ", ".join(str(d) for d in config.model_dirs) or "none (the operator passed no --model-dir)"
+        raise UserError(f"model path {text!r} is outside the folders this server allows; allowed: {allowed}")
+    return str(local.resolve())
+
+
+def confine_data_spec(spec: str, config: AppConfig) -> str:
+    """Built-in, synthetic and hf: sets, the operator's default, or a file inside ``--data-dir``."""
+    text = (spec or "").strip()
+    if not text:
+        raise UserError("choose a built-in set, a dataset id or a file")
+    if text == config.default_data or text.startswith(("builtin:", "hf:", "synthetic:")) or text == "synthetic":
+        return text
+    local = _local_candidate(text, config.data_dirs) or Path(text)
+    if not config.data_dirs or not _inside(local, config.data_dirs):
+        allowed = ", ".join(str(d) for d in config.data_dirs) or "none (the operator passed no --data-dir)"
+        raise UserError(f"data path {text!r} is outside the folders this server allows; upload the file "
+                        f"instead, or use builtin:NAME; allowed folders: {allowed}")
+    return str(local.resolve())
+
+
+def check_upload(path: str, config: AppConfig) -> str:
+    """An uploaded file: it must be in Gradio's upload folder and within the size limit."""
+    from gradio.utils import get_upload_folder
+
+    p = Path(path)
+    if not _inside(p, (Path(get_upload_folder()),)):
+        raise UserError("the uploaded file is not in the server's upload folder")
+    if not p.is_file():
+        raise UserError("the uploaded file is gone; upload it again")
+    size_mb = p.stat().st_size / 2**20
+    if size_mb > config.limits.max_upload_mb:
+        raise UserError(f"the upload is {size_mb:.1f} MB; this server's limit is {config.limits.max_upload_mb} MB")
+    return str(p)
 
 
 class UISession(Session):

@@ -19,6 +19,20 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _dirs_from_env(name: str) -> list[str]:
+    return [d for d in os.environ.get(name, "").split(os.pathsep) if d]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="unlearnviz dashboard")
     p.add_argument("--model", default="default", help="model loaded on first use")
@@ -28,29 +42,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth-file", default=os.environ.get("UNLEARNVIZ_AUTH_FILE"),
                    help="file of 'user:password' lines; or set UNLEARNVIZ_AUTH=user:password")
     p.add_argument("--share", action="store_true", help="create a public share link (off by default)")
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-upload-mb", type=int, default=20)
-    p.add_argument("--concurrency", type=int, default=4, help="events run at once (per event type)")
+    p.add_argument("--model-dir", action="append", default=_dirs_from_env("UNLEARNVIZ_MODEL_DIRS"),
+                   help="a folder whose models visitors may load by path (repeatable; env UNLEARNVIZ_MODEL_DIRS, "
+                        "os.pathsep-separated); without it, visitors load only the named and hub models")
+    p.add_argument("--data-dir", action="append", default=_dirs_from_env("UNLEARNVIZ_DATA_DIRS"),
+                   help="a folder whose data files visitors may load by path (repeatable; env UNLEARNVIZ_DATA_DIRS)")
+    p.add_argument("--max-steps", type=_positive_int, default=1000, help="training steps per edit or attack")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="chat answer length")
+    p.add_argument("--max-prompt-chars", type=_positive_int, default=4000, help="chat prompt length")
+    p.add_argument("--max-points", type=_positive_int, default=120, help="texts shown in the Geometry views")
+    p.add_argument("--max-upload-mb", type=_positive_int, default=20, help="size of one uploaded data file")
+    p.add_argument("--concurrency", type=_positive_int, default=4, help="events run at once (per event type)")
+    p.add_argument("--queue-size", type=_positive_int, default=64, help="requests waiting before new ones are refused")
     p.add_argument("--preload", action="store_true", help="load the model before serving")
     return p.parse_args(argv)
 
 
+def _pair(line: str, where: str) -> tuple[str, str]:
+    user, sep, password = line.strip().partition(":")
+    if not sep or not user.strip() or not password:
+        raise SystemExit(f"error: {where}: each login must be user:password with both parts non-empty")
+    return user.strip(), password
+
+
 def read_auth(path: str | None) -> list[tuple[str, str]] | None:
+    """Logins from ``UNLEARNVIZ_AUTH=user:password`` and/or a file of such lines (``#`` comments)."""
     pairs = []
     if os.environ.get("UNLEARNVIZ_AUTH"):
-        pairs.append(tuple(os.environ["UNLEARNVIZ_AUTH"].split(":", 1)))
+        pairs.append(_pair(os.environ["UNLEARNVIZ_AUTH"], "UNLEARNVIZ_AUTH"))
     if path:
-        for line in Path(path).read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                if ":" not in line:
-                    raise SystemExit(f"error: {path}: each line must be user:password")
-                pairs.append(tuple(line.strip().split(":", 1)))
+        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                pairs.append(_pair(line, f"{path} line {n}"))
+        if not pairs:
+            raise SystemExit(f"error: {path}: no user:password lines (an empty auth file would leave the app open)")
     return pairs or None
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from unlearnviz.errors import UserError
     from unlearnviz.session import STORE, Limits
     from unlearnviz.ui.app import build_app
     from unlearnviz.ui.common import AppConfig
@@ -58,18 +89,35 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         auth = read_auth(args.auth_file)
-    except OSError as exc:
-        print(f"error: cannot read the auth file: {exc.strerror}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read the auth file: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    limits = Limits(max_steps=args.max_steps, max_new_tokens=args.max_new_tokens, max_upload_mb=args.max_upload_mb)
-    config = AppConfig(default_model=args.model, default_data=args.data, limits=limits)
+    for folder in [*args.model_dir, *args.data_dir]:
+        if not Path(folder).is_dir():
+            print(f"error: {folder} is not a folder", file=sys.stderr)
+            raise SystemExit(2)
+    try:
+        limits = Limits(max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
+                        max_prompt_chars=args.max_prompt_chars, max_points=args.max_points,
+                        max_upload_mb=args.max_upload_mb)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    config = AppConfig(default_model=args.model, default_data=args.data, limits=limits,
+                       model_dirs=tuple(Path(d).resolve() for d in args.model_dir),
+                       data_dirs=tuple(Path(d).resolve() for d in args.data_dir))
     if args.preload:
+        from unlearnviz.data.synthetic import resolve_model_source
         from unlearnviz.model.loading import LoadOptions
 
-        STORE.get(args.model, LoadOptions())
+        STORE.get(resolve_model_source(args.model), LoadOptions())
     demo = build_app(config)
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
-    print(f"unlearnviz: serving on http://{args.host}:{args.port}", flush=True)
+    # Each event type (load, edit, chat, ...) runs at most --concurrency calls at once; the rest wait
+    # in one queue of at most --queue-size. Sessions never share edits (routing is per call), so
+    # concurrency only trades latency for memory and CPU.
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    print(f"unlearnviz: serving on http://{args.host}:{args.port}"
+          + (" (login required)" if auth else "") + (" with a public share link" if args.share else ""), flush=True)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, show_error=True,
                 max_file_size=f"{args.max_upload_mb}mb", allowed_paths=[str(export_root())],
                 theme=demo.unlearnviz_theme, css=demo.unlearnviz_css, footer_links=["api"])

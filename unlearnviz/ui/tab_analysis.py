@@ -34,7 +34,7 @@ RESIDUAL_INTRO = (
     "the right answer from each layer's activations: if the edited model's output has forgotten but a probe still "
     "reads the answer mid-model, the knowledge is *hidden, not erased*.")
 
-MAX_GEOMETRY_TEXTS = 120
+MAX_GEOMETRY_TEXTS = 4000  # the view's own ceiling; Limits.max_points (default 120) is the operator's
 
 
 def _plan(session: UISession):
@@ -60,7 +60,7 @@ def importance_figures(session: UISession, variant: str = "ratio", prompt: str |
 
 def geometry_figures(session: UISession, method: str = "PCA", layer: int | None = None):
     lm, data = session.lm, session.data
-    half = MAX_GEOMETRY_TEXTS // 2
+    half = max(2, min(MAX_GEOMETRY_TEXTS, session.limits.max_points)) // 2  # the operator's --max-points caps it
     texts = data.forget_texts[:half] + data.retain_texts[:half]
     groups = ["forget"] * len(data.forget_texts[:half]) + ["retain"] * len(data.retain_texts[:half])
     pair = capture_pair(lm, texts, session.plan())

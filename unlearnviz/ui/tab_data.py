@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from unlearnviz.data.loaders import builtin_names
 from unlearnviz.errors import UserError
-from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, md_table, readable
+from unlearnviz.ui.common import (
+    AppConfig,
+    UISession,
+    check_upload,
+    confine_data_spec,
+    ensure_ready,
+    md_table,
+    readable,
+)
 
 INTRO = ("**Data.** The *forget* set is what the edit should remove, the *retain* set what it must keep. "
          "Overlap is the share of forget n-grams that also occur in the retain text: high overlap means the two "
@@ -63,14 +69,11 @@ def build(state: gr.State, config: AppConfig) -> dict:
     def on_load(session: UISession, name: str, hf_id: str, file: str | None):
         ensure_ready(session, config, need_data=False)
         if file:
-            size_mb = Path(file).stat().st_size / 2**20
-            if size_mb > config.limits.max_upload_mb:
-                raise UserError(f"the upload is {size_mb:.0f} MB; the limit is {config.limits.max_upload_mb} MB")
-            spec = file
+            spec = check_upload(file, config)
         elif hf_id and hf_id.strip():
             spec = hf_id.strip() if hf_id.strip().startswith("hf:") else f"hf:{hf_id.strip()}"
         elif name:
-            spec = name
+            spec = confine_data_spec(name, config)
         else:
             raise UserError("choose a built-in set, a dataset id or a file")
         session.load_data(spec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 
 from unlearnviz import plots
@@ -67,11 +69,13 @@ def build(state: gr.State, config: AppConfig) -> dict:
         from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, whitebox_attacks
 
         ensure_ready(session, config)
+        if n_steps is None or not 1 <= n_steps <= config.limits.max_steps:
+            raise UserError(f"steps must be 1..{config.limits.max_steps} (this server's limit)")
+        if rate is None or not (math.isfinite(rate) and 0 < rate <= 1):
+            raise UserError(f"the learning rate must be a number in (0, 1], got {rate}")
         plan = session.plan()
         if plan is None:
             raise UserError("run an edit first (Unlearn tab): the attack compares edited with original")
-        if not 1 <= n_steps <= config.limits.max_steps:
-            raise UserError(f"steps must be 1..{config.limits.max_steps}")
         settings = RelearnSettings(steps=int(n_steps), lr=float(rate), eval_every=max(1, int(n_steps) // 5))
         tick = (lambda ev: progress((ev["step"], ev["total"]), desc="relearning"))
         edited = finetune_attack(session.lm, session.data, plan, settings, progress=tick, should_stop=session.should_stop)

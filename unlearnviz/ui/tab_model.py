@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from unlearnviz.ui.common import AppConfig, UISession, md_table, readable
+from unlearnviz.ui.common import AppConfig, UISession, confine_model_source, ensure_ready, md_table, readable
 
 INTRO = ("**Model.** Load the built-in default (SmolLM2-135M-Instruct, offline), a local Hugging Face "
          "folder or a hub id. The table shows the architecture unlearnviz found; the fingerprint proves the "
@@ -35,9 +35,19 @@ def build(state: gr.State, config: AppConfig) -> dict:
     @readable
     def on_load(session: UISession, src: str, dt: str, dev: str):
         session.limits = config.limits
-        session.load_model(src, dt, dev)
+        session.load_model(confine_model_source(src, config), dt, dev)
         return session, info_markdown(session), session.lm.info()
 
     api_out = gr.JSON(visible=False)
     load.click(on_load, [state, source, dtype, device], [state, info, api_out], api_name="load_model")
+
+    @readable
+    def on_fingerprint(session: UISession):
+        """API: the loaded model's weights hashed afresh (not the cached value), to prove them unchanged."""
+        ensure_ready(session, config, need_data=False)
+        return {"name": session.lm.name, "fingerprint": session.lm.fingerprint(refresh=True),
+                "loaded_fingerprint": session.lm.info()["fingerprint"]}
+
+    fp_btn = gr.Button(visible=False)
+    fp_btn.click(on_fingerprint, state, api_out, api_name="fingerprint")
     return {"info": info}

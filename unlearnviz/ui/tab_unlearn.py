@@ -188,7 +188,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
     @readable
     def on_run_api(session: UISession, m: str, hparams: dict | None, progress=gr.Progress()):
         ensure_ready(session, config)
-        for _ in run_with_live_updates(session, m, dict(hparams or {}), progress):
+        for _ in run_with_live_updates(session, m, {} if hparams is None else hparams, progress):
             pass
         edit = session.current_edit()
         return (session, edit_summary(session), timeline_rows(session),
