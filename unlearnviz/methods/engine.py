@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.model.adapter import linear_weight
@@ -88,27 +89,51 @@ def step_order(n_forget: int, n_retain: int, steps: int, seed: int) -> list[tupl
     return [(next(fs), next(rs)) for _ in range(steps)]
 
 
+# Cache the first trained block's MLP input only while it stays this small (bytes).
+LINEAR_FIRST_BUDGET = 2 * 1024**3
+
+
 class WindowEngine:
-    """Cached inputs and frozen references for a block window [start, stop]."""
+    """Cached inputs and frozen references for a block window [start, stop].
+
+    With ``linear_first`` (RMU/SRMU: trainable deltas on MLP output projections only), the first
+    block of the window is not run at all: its input is frozen, so its output is the cached
+    frozen output plus delta·x with x the cached input of its MLP output projection (exact where
+    the MLP output is added straight to the residual; the adapter says where). A window of
+    three blocks then runs two.
+    """
 
     def __init__(self, lm: LoadedModel, start: int, stop: int, batches: list[Batch],
-                 prior: RoutingPlan | None = None, naive: bool = False, keep_frozen: bool = True):
+                 prior: RoutingPlan | None = None, naive: bool = False, keep_frozen: bool = True,
+                 linear_first: bool = False):
         self.lm, self.start, self.stop, self.naive = lm, start, stop, naive
         self.batches = batches
         self.prior = prior
+        cache_bytes = sum(b.input_ids.numel() for b in batches) * _mlp_width(lm, start) * 4
+        self.linear_first = (linear_first and not naive and lm.adapter.mlp_adds_to_residual
+                             and (prior is None or start not in prior.projections)
+                             and cache_bytes <= LINEAR_FIRST_BUDGET)
         self.inputs: list[torch.Tensor] = []
         self.kwargs: list[dict[int, dict]] = []
         self.frozen: list[torch.Tensor] = []
+        self.first_out: list[torch.Tensor] = []
+        self.first_mlp_in: list[torch.Tensor] = []
         if not naive:
             for b in batches:
-                h_in, kw, out = self._capture(b)
+                h_in, kw, out, first_out, mlp_in = self._capture(b)
                 self.inputs.append(h_in)
                 self.kwargs.append(kw)
                 self.frozen.append(out if keep_frozen else None)
+                if self.linear_first:
+                    self.first_out.append(first_out)
+                    self.first_mlp_in.append(mlp_in)
 
     @torch.no_grad()
-    def _capture(self, b: Batch) -> tuple[torch.Tensor, dict[int, dict], torch.Tensor]:
+    def _capture(self, b: Batch):
         store: dict = {"kw": {}}
+
+        def keep(name: str):
+            return lambda h: store.__setitem__(name, h.detach())
 
         def grab_input(layer: int):
             def fn(args, kwargs):
@@ -122,10 +147,14 @@ class WindowEngine:
                 store["kw"][layer] = kw
             return fn
 
+        capture = {self.stop: keep("out")}
+        if self.linear_first and self.start != self.stop:
+            capture[self.start] = keep("first_out")
         plan = RoutingPlan(
             block_input_hook={layer: grab_input(layer) for layer in range(self.start, self.stop + 1)},
-            capture={self.stop: lambda h: store.__setitem__("out", h.detach())},
+            capture=capture,
             stop_after=self.stop,
+            mlp_input_capture={self.start: keep("mlp_in")} if self.linear_first else {},
         )
         if self.prior is not None:
             plan = self.prior.merged(plan)
@@ -136,7 +165,7 @@ class WindowEngine:
                               use_cache=False)
             except StopForward:
                 pass
-        return store["h"], store["kw"], store["out"]
+        return store["h"], store["kw"], store["out"], store.get("first_out", store["out"]), store.get("mlp_in")
 
     def _naive_output(self, i: int, plan: RoutingPlan | None) -> torch.Tensor:
         b = self.batches[i]
@@ -154,8 +183,18 @@ class WindowEngine:
         full = plan if self.prior is None else (self.prior if plan is None else self.prior.merged(plan))
         if self.naive:
             return self._naive_output(i, full)
+        if not self.linear_first:
+            with self.lm.router.apply(full):
+                return run_block_window(self.lm.adapter, self.start, self.stop, self.inputs[i], self.kwargs[i])
+        h = self.first_out[i]
+        own = None if plan is None else plan.deltas.get(self.start)  # the prior's is in first_out
+        if own is not None:
+            x = self.first_mlp_in[i]
+            h = h + F.linear(x.to(own.dtype), own).to(h.dtype)
+        if self.stop == self.start:
+            return h
         with self.lm.router.apply(full):
-            return run_block_window(self.lm.adapter, self.start, self.stop, self.inputs[i], self.kwargs[i])
+            return run_block_window(self.lm.adapter, self.start + 1, self.stop, h, self.kwargs[i])
 
     def reference(self, i: int) -> torch.Tensor:
         """The frozen (pre-edit) output at ``stop``: cached, or recomputed every step if naive."""
@@ -163,6 +202,12 @@ class WindowEngine:
             with torch.no_grad():
                 return self._naive_output(i, self.prior)
         return self.frozen[i]
+
+
+def _mlp_width(lm: LoadedModel, layer: int) -> int:
+    """Input width of a block's MLP output projection (the hidden MLP size)."""
+    w = linear_weight(lm.adapter.mlp_out(layer))
+    return int(w.shape[1])
 
 
 def zero_delta(lm: LoadedModel, layer: int) -> torch.Tensor:

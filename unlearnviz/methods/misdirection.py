@@ -77,7 +77,7 @@ def prepare(lm: LoadedModel, data: UnlearningData, hp, prior: RoutingPlan | None
     spans = subject_spans(data) if hp.mask_from_subject else None
     fb = make_batches(tokenize_texts(lm, data.forget_texts, hp.max_tokens, spans), hp.batch_size, pad)
     rb = make_batches(tokenize_texts(lm, data.retain_texts, hp.max_tokens), hp.batch_size, pad)
-    engine = WindowEngine(lm, start, stop, fb + rb, prior=prior, naive=naive)
+    engine = WindowEngine(lm, start, stop, fb + rb, prior=prior, naive=naive, linear_first=True)
     if naive:  # frozen forget outputs are still needed once (targets, statistics)
         engine.frozen = [engine.reference(i) for i in range(len(fb) + len(rb))]
     return engine, fb, rb
@@ -113,6 +113,6 @@ def train_misdirection(
         loss = forget_loss + hp.alpha * retain_loss
         optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
     meta = {"steps": hp.steps, "train_s": time.perf_counter() - t0, "losses": history,
-            "window": [start, stop], **(extra_meta or {})}
+            "window": [start, stop], "linear_first": engine.linear_first, **(extra_meta or {})}
     return Edit(method=method, hparams=asdict(hp),
                 deltas={k: v.detach() for k, v in deltas.items()}, meta=meta)

@@ -126,6 +126,13 @@ class ArchitectureAdapter:
         """Full parameter-path prefix of a block's MLP output projection."""
         return f"{self.blocks_path}.{layer}.{self.mlp_out_rel}"
 
+    @property
+    def mlp_adds_to_residual(self) -> bool:
+        """True where a block's output is (its input + attention part) + the MLP output
+        projection's output, with nothing after it (no post-MLP norm, as Gemma-2/3 have): then a
+        delta on that projection changes the block output by exactly delta(x)."""
+        return not any(hasattr(self.blocks[0], name) for name in ("post_feedforward_layernorm", "post_mlp_layernorm"))
+
     def check_layer(self, layer: int, what: str = "layer") -> int:
         if not 0 <= layer < self.n_layers:
             raise UserError(f"{what} {layer} is out of range: this model has blocks 0..{self.n_layers - 1}")

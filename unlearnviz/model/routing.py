@@ -48,6 +48,8 @@ class RoutingPlan:
       uses it to cache the inputs of the first trained block). ``args`` holds only the hidden
       states; every other positional argument (GPT-2 passes its attention mask positionally) is
       passed by name in ``kwargs``, so ``kwargs`` alone reproduces the call.
+    - ``mlp_input_capture``: layer → callback(x) receiving the input of that block's MLP output
+      projection (the engine caches it for the first trained block, whose delta is then linear).
     """
 
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class RoutingPlan:
     capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
     stop_after: int | None = None
     block_input_hook: dict[int, Callable[[tuple, dict], None]] = field(default_factory=dict)
+    mlp_input_capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
 
     def merged(self, other: RoutingPlan) -> RoutingPlan:
         """This plan's edits plus another's (deltas summed, projections stacked)."""
@@ -71,7 +74,8 @@ class RoutingPlan:
                            spare_first=self.spare_first or other.spare_first, rows=self.rows,
                            capture={**self.capture, **other.capture},
                            stop_after=other.stop_after if other.stop_after is not None else self.stop_after,
-                           block_input_hook={**self.block_input_hook, **other.block_input_hook})
+                           block_input_hook={**self.block_input_hook, **other.block_input_hook},
+                           mlp_input_capture={**self.mlp_input_capture, **other.mlp_input_capture})
 
 
 def _independent_rows(directions: torch.Tensor, rel_tol: float = 1e-5) -> list[int]:
@@ -167,9 +171,13 @@ class Router:
     def _mlp_hook(key: int, layer: int, owner: weakref.ref):
         def hook(module, inputs, output):
             plan = _current_plan(key)
-            if plan is None or layer not in plan.deltas or module is not owner():
+            if plan is None or module is not owner():
                 return None
             x = inputs[0]
+            if layer in plan.mlp_input_capture:
+                plan.mlp_input_capture[layer](x)
+            if layer not in plan.deltas:
+                return None
             delta = plan.deltas[layer].to(x.device)
             add = F.linear(x.to(delta.dtype), delta).to(output.dtype)
             mask = _row_mask(plan.rows, add)
