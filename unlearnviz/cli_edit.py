@@ -65,11 +65,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     data = load_data(args.data)
-    from unlearnviz.session import check_fits_context
+    from unlearnviz.session import check_fits_context, has_learned_positions
 
     lm = load_model_from_args(args)
     check_fits_context(lm, data, letter=not args.no_letter)
-    if getattr(hparams, "max_tokens", 0) > lm.max_length:
+    if getattr(hparams, "max_tokens", 0) > lm.max_length and has_learned_positions(lm):
         raise UserError(f"max_tokens={hparams.max_tokens} is over this model's context of {lm.max_length} tokens")
     fp = lm.fingerprint(refresh=False)
     stack = _load_stack(lm, Path(args.stack_on)) if args.stack_on else EditStack()

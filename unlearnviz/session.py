@@ -37,14 +37,25 @@ class Limits:
                 raise UserError(f"limit {name} must be a positive integer, got {value!r}")
 
 
+def has_learned_positions(lm: LoadedModel) -> bool:
+    """A table of absolute position embeddings (GPT-2's wpe, OPT's embed_positions): a hard context limit."""
+    import torch
+
+    return any(isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in
+               ("wpe", "position_embeddings", "embed_positions") for name, m in lm.model.named_modules())
+
+
 def check_fits_context(lm: LoadedModel, data: UnlearningData, letter: bool = True) -> None:
-    """Refuse, naming the item, data whose scored sequences are longer than the model's context.
+    """Refuse, naming the item, data whose scored sequences are longer than the model's context
+    (for models with learned absolute positions, where a longer sequence is an indexing error).
 
     A token covers at least a quarter of a character's UTF-8 bytes' worth of text, so only items
     whose text could come near the limit are tokenised.
     """
     from unlearnviz.evaluation.mcq import letter_prompt
 
+    if not has_learned_positions(lm):
+        return  # rotary/ALiBi models read past their nominal context (worse answers, no crash)
     tok, limit = lm.tokenizer, lm.max_length
     for split, items in (("forget", data.forget_mcq), ("retain", data.retain_mcq)):
         for i, it in enumerate(items):
@@ -141,7 +152,7 @@ class Session:
         if overrides is not None and not isinstance(overrides, dict):
             raise UserError(f"hyperparameters must be a JSON object of name: value, got {type(overrides).__name__}")
         hparams = make_hparams(spec.hparams_cls, overrides or {})
-        if getattr(hparams, "max_tokens", 0) > lm.max_length:
+        if getattr(hparams, "max_tokens", 0) > lm.max_length and has_learned_positions(lm):
             raise UserError(f"max_tokens={hparams.max_tokens} is over this model's context of {lm.max_length} tokens")
         if getattr(hparams, "steps", 0) > self.limits.max_steps:
             raise UserError(f"steps={hparams.steps} is over this server's limit of {self.limits.max_steps}")
