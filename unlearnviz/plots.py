@@ -434,3 +434,35 @@ def before_after_bars(before: dict, after: dict, metric: str = "cloze_acc", spli
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
     return _style(fig, f"Before and after the edit: {metric.replace('_', ' ')}", None, "accuracy",
                   "solid: before, hatched: after; the floor is what option popularity alone scores")
+
+
+METHOD_COLORS = {"rmu": "#0072B2", "srmu": "#D55E00", "mrp": "#009E73"}
+
+
+def tradeoff_figure(rows: Sequence[dict], front: set[str] | None = None, before: dict | None = None,
+                    forget: str = "forget_cloze_acc", retain: str = "retain_cloze_acc") -> go.Figure:
+    """Forget vs retain accuracy of every sweep point, one colour per method, the Pareto front
+    ringed, the original model as a star, the settings on hover."""
+    front = front or set()
+    fig = go.Figure()
+    extra = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+    for n, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        mine = [r for r in rows if r["method"] == method]
+        color = METHOD_COLORS.get(method, extra[n % len(extra)])
+        fig.add_trace(go.Scatter(
+            x=[float(r[forget]) for r in mine], y=[float(r[retain]) for r in mine], mode="markers", name=method,
+            marker={"size": [16 if r["id"] in front else 11 for r in mine], "color": color,
+                    "line": {"width": [3 if r["id"] in front else 0 for r in mine], "color": "#000000"}},
+            text=[f"{method} {r.get('settings', '')}" for r in mine],
+            hovertemplate="%{text}<br>forget %{x:.1%}, retain %{y:.1%}<extra></extra>"))
+    if before and forget in before and retain in before:
+        fig.add_trace(go.Scatter(x=[before[forget]], y=[before[retain]], mode="markers", name="original model",
+                                 marker={"symbol": "star", "size": 18, "color": COLORS["original"]},
+                                 hovertemplate="original: forget %{x:.1%}, retain %{y:.1%}<extra></extra>"))
+    if before and "chance" in before:
+        fig.add_vline(x=before["chance"], line={"color": COLORS["chance"], "dash": "dot"},
+                      annotation_text="chance", annotation_position="top")
+    fig.update_xaxes(tickformat=".0%")
+    fig.update_yaxes(tickformat=".0%")
+    return _style(fig, "Forget vs retain: every setting of the sweep", "forget accuracy (lower is better)",
+                  "retain accuracy", "ringed: the Pareto front (nothing forgets more while keeping more)")

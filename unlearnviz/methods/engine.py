@@ -11,6 +11,7 @@ the equivalence test and the benchmark.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,16 @@ def subject_spans(data: UnlearningData) -> list[str]:
 
 
 def tokenize_texts(lm: LoadedModel, texts: list[str], max_tokens: int,
-                   mask_from: list[str] | None = None) -> list[tuple[list[int], list[bool]]]:
+                   mask_from: list[str] | None = None, include_first: bool = False,
+                   spans_only: bool = False) -> list[tuple[list[int], list[bool]]]:
     """Token ids and loss mask per text. Position 0 is never in the mask (an attention sink
     with a residual norm hundreds of times the others); with ``mask_from``, the mask starts at
     the first token of the earliest subject/answer span, since the tokens before it ("The
-    capital of") are shared with retain text and pushing them fights the retain loss."""
+    capital of") are shared with retain text and pushing them fights the retain loss. With
+    ``spans_only`` as well, the mask holds only the tokens inside those spans (every
+    occurrence): the function words between them ("is the capital of") stay out of the push.
+    ``include_first`` puts position 0 back (retain anchoring: an edit that moves the sink moves
+    every later token's attention)."""
     tok = lm.tokenizer
     out = []
     for text in texts:
@@ -48,13 +54,16 @@ def tokenize_texts(lm: LoadedModel, texts: list[str], max_tokens: int,
                   max_length=max_tokens)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         start_tok = 1
-        if mask_from:
-            positions = [text.find(s) for s in mask_from if s in text]
-            if positions:
-                first = min(positions)
-                hit = next((i for i, (_, end) in enumerate(offsets) if end > first), 1)
-                start_tok = max(1, hit)
-        mask = [i >= start_tok for i in range(len(ids))]
+        ranges = [(m.start(), m.end()) for s in (mask_from or []) for m in re.finditer(re.escape(s), text)]
+        if ranges:
+            first = min(a for a, _ in ranges)
+            hit = next((i for i, (_, end) in enumerate(offsets) if end > first), 1)
+            start_tok = max(1, hit)
+        if spans_only and ranges:
+            inside = [any(a < e and s < b for a, b in ranges) for s, e in offsets]
+            mask = [(i >= 1 and inside[i]) or (include_first and i == 0) for i in range(len(ids))]
+        else:
+            mask = [i >= start_tok or (include_first and i == 0) for i in range(len(ids))]
         out.append((ids, mask))
     return out
 

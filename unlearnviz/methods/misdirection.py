@@ -45,8 +45,12 @@ class MisdirectionParams:
     steps: int = hp(200, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
     batch_size: int = hp(8, "Texts per forget batch and per retain batch.", "4", min=1, max=256)
     max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512 (768 cyber)", min=4, max=4096)
-    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on (never position 0).",
-                                 "no (all tokens)")
+    forget_tokens: str = hp("from_subject", "Forget-loss tokens: 'from_subject' (from the first subject/answer token "
+                            "on), 'spans' (only the subject and answer tokens), 'all' (every token but position 0).",
+                            "all (pads included)", choices=("from_subject", "spans", "all"))
+    anchor_first: bool = hp(True, "NON-PAPER: the retain term also holds sequence position 0 (the attention sink) at "
+                            "its frozen value; the deltas act on every position, and a moved sink shifts every "
+                            "token's attention.", "no (pads and all tokens, sink included, in one mean)")
     seed: int = hp(0, "Seed for the target's random vector and the batch order.", "")
 
 
@@ -74,9 +78,11 @@ def prepare(lm: LoadedModel, data: UnlearningData, hp, prior: RoutingPlan | None
     """Tokenise, batch and precompute the window's cached inputs and frozen references."""
     start, stop = check_common(lm, data, hp)
     pad = lm.tokenizer.pad_token_id or 0
-    spans = subject_spans(data) if hp.mask_from_subject else None
-    fb = make_batches(tokenize_texts(lm, data.forget_texts, hp.max_tokens, spans), hp.batch_size, pad)
-    rb = make_batches(tokenize_texts(lm, data.retain_texts, hp.max_tokens), hp.batch_size, pad)
+    spans = subject_spans(data) if hp.forget_tokens != "all" else None
+    fb = make_batches(tokenize_texts(lm, data.forget_texts, hp.max_tokens, spans,
+                                     spans_only=hp.forget_tokens == "spans"), hp.batch_size, pad)
+    rb = make_batches(tokenize_texts(lm, data.retain_texts, hp.max_tokens, include_first=hp.anchor_first),
+                      hp.batch_size, pad)
     engine = WindowEngine(lm, start, stop, fb + rb, prior=prior, naive=naive, linear_first=True)
     if naive:  # frozen forget outputs are still needed once (targets, statistics)
         engine.frozen = [engine.reference(i) for i in range(len(fb) + len(rb))]

@@ -64,7 +64,7 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
     engine, fb, rb = prepare(lm, data, hparams, prior, naive)
     nf = len(fb)
     stat_f = fb if hparams.stat_tokens == "masked" else [_all_tokens(b) for b in fb]
-    stat_r = rb
+    stat_r = [_all_tokens(b, b.loss_mask) for b in rb]  # never the sink (anchor_first holds it)
     v_f = mean_abs_features(engine.frozen[:nf], stat_f)
     v_r = mean_abs_features(engine.frozen[nf:], stat_r)
     i_norm = importance_map(v_f, v_r, hparams.variant, hparams.lam).to(lm.device)
@@ -87,9 +87,10 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
     return train_misdirection(lm, engine, fb, rb, hparams, target, "srmu", progress, should_stop, meta)
 
 
-def _all_tokens(b):
+def _all_tokens(b, mask=None):
+    """The batch with every non-pad token but position 0 in its mask (or ``mask`` minus position 0)."""
     from unlearnviz.methods.engine import Batch
 
-    mask = b.attention_mask.bool().clone()
+    mask = (b.attention_mask.bool() if mask is None else mask).clone()
     mask[:, 0] = False
     return Batch(b.input_ids, b.attention_mask, mask)

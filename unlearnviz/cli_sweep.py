@@ -1,0 +1,80 @@
+"""CLI command ``sweep``: a grid of settings (and methods) on one model and data set, resumable,
+with results.csv and a self-contained trade-off page."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from unlearnviz.cli import _EXTRA_COMMANDS, add_model_args, load_model_from_args
+from unlearnviz.errors import UserError
+
+
+def read_run_config(path: str | None) -> dict:
+    """The ``run`` config shape: {method, model, data, hparams: {...}} (YAML or JSON)."""
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("hparams", {}), dict):
+        raise UserError(f"config {path}: expected a mapping with method, model, data and hparams")
+    return cfg
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from unlearnviz.cli_analyze import page
+    from unlearnviz.data import load_data
+    from unlearnviz.io import atomic_write_text
+    from unlearnviz.plots import tradeoff_figure
+    from unlearnviz.sweep import before_metrics, expand, pareto_front, parse_grid, run_sweep
+
+    cfg = read_run_config(args.config)
+    method = args.method or cfg.get("method")
+    data_spec = args.data or cfg.get("data")
+    if cfg.get("model") and args.model == "default":
+        args.model = cfg["model"]
+    if not data_spec:
+        raise UserError("sweep needs --data (or a --config that names it)")
+    grid = parse_grid(args.grid)
+    points = expand(grid, method, cfg.get("hparams", {}))
+    if len(points) > args.max_points:
+        raise UserError(f"the grid has {len(points)} points, over --max-points {args.max_points}")
+    data = load_data(data_spec)
+    lm = load_model_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    rows = run_sweep(lm, data, points, out, log=lambda m: print(m, file=sys.stderr, flush=True),
+                     letter=args.letter)
+    front = pareto_front(rows)
+    before = before_metrics(out)
+    fig = tradeoff_figure(rows, front, before)
+    header = {"model": lm.name, "data": data.name, "points": len(rows), "Pareto front": len(front)}
+    notes = ["Each point is one edit fitted with the settings on hover; lower forget accuracy and higher "
+             "retain accuracy are better, so the best trade-offs lie towards the top left.",
+             "Ringed points are the Pareto front: no other point forgets more while keeping more."]
+    atomic_write_text(out / "tradeoff.html", page("unlearnviz sweep: forget vs retain", header,
+                                                  [("Trade-off", fig)], notes))
+    print(f"{len(rows)} points in {out / 'results.csv'}; trade-off page {out / 'tradeoff.html'}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of settings (and methods); results.csv and tradeoff.html")
+    add_model_args(p)
+    p.add_argument("--data", default=None, help="builtin:NAME, a file or hf:DATASET (or from --config)")
+    p.add_argument("--method", default=None, help="rmu, srmu or mrp (or a --grid method=...)")
+    p.add_argument("--config", default=None, help="a run config (YAML/JSON): method, model, data, hparams")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a hyperparameter and its values; METHOD.KEY for one method only; repeatable")
+    p.add_argument("--out", required=True, help="folder for results.csv, before.json and tradeoff.html")
+    p.add_argument("--letter", action="store_true", help="also score lettered (lm-eval) multiple choice")
+    p.add_argument("--max-points", type=int, default=200, help="refuse larger grids")
+    p.set_defaults(fn=cmd_sweep)
+
+
+_EXTRA_COMMANDS.append(register)

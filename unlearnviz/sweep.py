@@ -1,0 +1,179 @@
+"""Hyperparameter sweeps: a grid of (method, settings) points, each fitted and evaluated, with
+results appended to a CSV as they finish so an interrupted sweep resumes where it stopped.
+
+Grid keys are hyperparameter names; ``method`` may itself be a grid key (one command compares
+methods on the same data). A key given as ``srmu.c_map`` applies to that method only; a plain
+key applies to every method that has it (and is ignored by the others, so ``steps`` can be
+shared while ``c_map`` belongs to SRMU). The forget/retain trade-off is read on cloze accuracy
+(the primary metric for small models); the Pareto front is the set of points no other point
+beats on both forget (lower) and retain (higher) accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from unlearnviz.errors import UserError
+from unlearnviz.io import atomic_write_text
+
+RESULTS_FILE = "results.csv"
+BEFORE_FILE = "before.json"
+# The measures every row carries (after the edit), beside the settings.
+METRIC_KEYS = ("forget_cloze_acc", "forget_b_cloze_acc", "retain_cloze_acc", "forget_floor_acc",
+               "forget_gold_logprob", "retain_gold_logprob", "retain_ppl")
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``key=v1,v2,...`` strings to {key: [values]}; a key given twice is an error."""
+    grid: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not vals:
+            raise UserError(f"--grid {item!r}: use key=v1,v2,...")
+        if key in grid:
+            raise UserError(f"--grid {key!r} is given twice")
+        grid[key] = vals
+    return grid
+
+
+def expand(grid: dict[str, list[str]], base_method: str | None, base: dict | None = None) -> list[tuple[str, dict]]:
+    """Every (method, overrides) point of the grid, validated up front (unknown key, bad value,
+    out of range: one line naming it) so a sweep never fails half-way on a typo."""
+    from unlearnviz.methods import get_method, make_hparams
+
+    methods = grid.get("method") or ([base_method] if base_method else [])
+    if not methods:
+        raise UserError("a sweep needs a method: --method, a config's method, or --grid method=rmu,srmu,...")
+    keys = [k for k in grid if k != "method"]
+    points = []
+    for method in methods:
+        spec = get_method(method)
+        names = {f.name for f in dataclasses.fields(spec.hparams_cls)}
+        mine = []
+        for key in keys:
+            scope, dot, name = key.rpartition(".")
+            if dot and scope not in _method_names():
+                raise UserError(f"--grid {key!r}: {scope!r} is not a method")
+            if (dot and scope != method) or name not in names:
+                if not dot and not any(name in _fields(m) for m in methods):
+                    raise UserError(f"--grid {key!r}: no method in this sweep has that hyperparameter")
+                continue
+            mine.append((name, grid[key]))
+        for combo in itertools.product(*[vals for _, vals in mine]) if mine else [()]:
+            overrides = {**(base or {}), **{name: v for (name, _), v in zip(mine, combo)}}
+            overrides = {k: v for k, v in overrides.items() if k in names}
+            make_hparams(spec.hparams_cls, dict(overrides))  # validate now
+            points.append((method, overrides))
+    return points
+
+
+def _method_names() -> set[str]:
+    from unlearnviz.methods.base import REGISTRY, get_method
+
+    get_method("rmu")  # registers the built-in methods
+    return set(REGISTRY)
+
+
+def _fields(method: str) -> set[str]:
+    from unlearnviz.methods import get_method
+
+    return {f.name for f in dataclasses.fields(get_method(method).hparams_cls)}
+
+
+def point_id(method: str, overrides: dict) -> str:
+    """A stable id of a point: the same settings always give the same id (resume key)."""
+    blob = json.dumps({"method": method, **{k: str(v) for k, v in sorted(overrides.items())}}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def read_results(folder: Path) -> list[dict]:
+    path = folder / RESULTS_FILE
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_results(folder: Path, rows: list[dict]) -> None:
+    """The whole CSV rewritten atomically after each point: an interrupted sweep leaves the
+    points that finished, never a half-written row."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(folder / RESULTS_FILE, buf.getvalue())
+
+
+def pareto_front(rows: list[dict], forget: str = "forget_cloze_acc", retain: str = "retain_cloze_acc") -> set[str]:
+    """Ids of the points that no other point beats on both axes (lower forget, higher retain)."""
+    pts = [(r["id"], float(r[forget]), float(r[retain])) for r in rows]
+    front = set()
+    for pid, f, r in pts:
+        if not any((f2 <= f and r2 >= r) and (f2 < f or r2 > r) for _, f2, r2 in pts):
+            front.add(pid)
+    return front
+
+
+def run_sweep(lm, data, points: list[tuple[str, dict]], folder: Path,
+              log: Callable[[str], None] = print, letter: bool = False) -> list[dict]:
+    """Fit and evaluate every point not already in ``folder/results.csv``; returns all rows."""
+    from unlearnviz.evaluation.mcq import evaluate
+    from unlearnviz.methods import get_method, make_hparams
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = read_results(folder)
+    done = {r["id"] for r in rows}
+    fingerprint = lm.fingerprint(refresh=False)
+    before_path = folder / BEFORE_FILE
+    before = None
+    if before_path.exists():
+        saved = json.loads(before_path.read_text())
+        if saved.get("fingerprint") == fingerprint and saved.get("data_hash") == data.content_hash():
+            before = saved["metrics"]
+    if before is None:
+        if rows:
+            raise UserError(f"{folder} holds a sweep of another model or data; use a new --out folder")
+        before = evaluate(lm, data, letter=letter)
+        atomic_write_text(before_path, json.dumps({"fingerprint": fingerprint, "data_hash": data.content_hash(),
+                                                   "data": data.name, "metrics": before}, default=float) + "\n")
+    todo = [(m, o) for m, o in points if point_id(m, o) not in done]
+    log(f"{len(points)} points, {len(points) - len(todo)} already done, {len(todo)} to run")
+    for n, (method, overrides) in enumerate(todo, 1):
+        spec = get_method(method)
+        hparams = make_hparams(spec.hparams_cls, dict(overrides))
+        t0 = time.perf_counter()
+        edit = spec.fit(lm, data, hparams)
+        fit_s = time.perf_counter() - t0
+        after = evaluate(lm, data, plan=edit.plan(), letter=letter)
+        row = {"id": point_id(method, overrides), "method": method,
+               "settings": json.dumps({k: overrides[k] for k in sorted(overrides)}),
+               **{f"hp.{k}": v for k, v in sorted(overrides.items())},
+               **{k: round(float(after[k]), 5) for k in METRIC_KEYS if k in after},
+               **{f"before.{k}": round(float(before[k]), 5) for k in ("forget_cloze_acc", "retain_cloze_acc",
+                                                                      "retain_ppl") if k in before},
+               "fit_s": round(fit_s, 2), "wall_s": round(time.perf_counter() - t0, 2)}
+        rows.append(row)
+        write_results(folder, rows)
+        log(f"[{n}/{len(todo)}] {method} {row['settings']}: forget {row['forget_cloze_acc']:.1%}, "
+            f"retain {row['retain_cloze_acc']:.1%}, ppl {row['retain_ppl']:.1f} ({row['wall_s']:.0f} s)")
+    if lm.fingerprint() != fingerprint:
+        raise AssertionError("base weights changed during the sweep")
+    return rows
+
+
+def before_metrics(folder: Path) -> dict:
+    path = folder / BEFORE_FILE
+    return json.loads(path.read_text())["metrics"] if path.exists() else {}
