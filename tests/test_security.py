@@ -316,6 +316,32 @@ def test_cancel_mid_edit_applies_nothing(tiny_lm, tiny_data):
     assert tiny_lm.fingerprint() == fp
 
 
+
+def test_cancel_mid_generation_and_mid_evaluation(tiny_lm, tiny_data):
+    """A stopped chat ends early and leaves no state behind; a cancelled evaluation stores nothing."""
+    from unlearnviz.session import Session
+
+    fp = tiny_lm.fingerprint()
+    s = Session(lm=tiny_lm, data=tiny_data)
+    s.run_edit("rmu", {"steps": 5}, evaluate=False)
+    full = s.chat(PROMPT, 12)
+    ticks = []
+
+    def stop_after_three():
+        ticks.append(1)
+        return len(ticks) > 3
+
+    states = list(s.chat_stream(PROMPT, 12, should_stop=stop_after_three))
+    assert len(states[-1].edited_ids) == 3 and states[-1].done  # stopped at once, mid-answer
+    assert s.chat(PROMPT, 12) == full  # the next chat is whole and unchanged
+    calls = []
+    with pytest.raises(InterruptedError):
+        s.evaluate(should_stop=lambda: calls.append(1) or len(calls) > 2)
+    assert s.before is None and s.after == {}  # no partial metrics kept
+    got, fresh = s.evaluate()["after"], Session(lm=tiny_lm, data=tiny_data, stack=s.stack).evaluate()["after"]
+    assert {k: v for k, v in got.items() if k != "wall_s"} == {k: v for k, v in fresh.items() if k != "wall_s"}
+    assert len(s.stack) == 1 and tiny_lm.fingerprint() == fp
+
 # ---- one served app with a login and small limits ---------------------------------------------
 
 USER, PASSWORD = "alice", "correct horse"
