@@ -342,6 +342,26 @@ def test_cancel_mid_generation_and_mid_evaluation(tiny_lm, tiny_data):
     assert {k: v for k, v in got.items() if k != "wall_s"} == {k: v for k, v in fresh.items() if k != "wall_s"}
     assert len(s.stack) == 1 and tiny_lm.fingerprint() == fp
 
+
+def test_a_closed_stream_is_a_cancel_not_an_internal_error(caplog):
+    """Gradio closes a streaming handler's generator when a visitor cancels: no error, no log entry."""
+    from unlearnviz.ui.common import readable
+
+    cleaned = []
+
+    @readable
+    def stream():
+        try:
+            yield from range(100)
+        finally:
+            cleaned.append(True)
+
+    gen = stream()
+    assert [next(gen), next(gen)] == [0, 1]
+    with caplog.at_level("ERROR", logger="unlearnviz.ui"):
+        gen.close()  # raised RuntimeError ("generator ignored GeneratorExit") before the fix
+    assert cleaned == [True] and not caplog.records
+
 # ---- one served app with a login and small limits ---------------------------------------------
 
 USER, PASSWORD = "alice", "correct horse"

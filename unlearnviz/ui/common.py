@@ -134,8 +134,8 @@ def readable(fn):
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
+            except (gr.Error, GeneratorExit, KeyboardInterrupt, SystemExit):
+                raise  # GeneratorExit: Gradio closed the stream (a cancel); not an error to report
             except BaseException as exc:  # noqa: BLE001
                 raise translate(exc) from None
         return gen_wrapper
@@ -144,7 +144,7 @@ def readable(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except (gr.Error, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001
             raise translate(exc) from None
