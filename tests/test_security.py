@@ -481,6 +481,29 @@ def test_a_server_file_passed_as_an_upload_is_refused(locked):
     assert srv.alive()
 
 
+def test_oversized_upload_refused_by_the_server_itself(locked):
+    """gradio_client checks the size before sending; a bare HTTP upload must be refused by the server."""
+    import urllib.error
+    import urllib.request
+
+    srv, _ = locked
+    boundary = "----unlearnviz-test"
+
+    def upload(n_bytes: int):
+        blob = b'{"split": "forget", "text": "' + b"z" * n_bytes + b'"}\n'
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"f.jsonl\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + blob + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(srv.url + "gradio_api/upload", body,
+                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return _opener(srv).open(req, timeout=60).read()
+
+    assert json.loads(upload(1000))[0].endswith("f.jsonl")  # the same request, small: accepted
+    with pytest.raises(urllib.error.HTTPError) as info:
+        upload(3 * 2**20)
+    assert info.value.code in (400, 413), info.value.code
+    assert srv.alive()
+
+
 def test_cancel_an_edit_through_the_api(locked):
     srv, _ = locked
     c = _client(srv)
