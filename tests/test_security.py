@@ -362,6 +362,18 @@ def test_a_closed_stream_is_a_cancel_not_an_internal_error(caplog):
         gen.close()  # raised RuntimeError ("generator ignored GeneratorExit") before the fix
     assert cleaned == [True] and not caplog.records
 
+
+def test_geometry_points_capped_by_the_operator(tiny_lm, tiny_data):
+    """--max-points caps how many texts the Geometry views embed (PCA here; UMAP uses the same texts)."""
+    from unlearnviz.session import Limits, Session
+    from unlearnviz.ui.tab_analysis import geometry_figures
+
+    s = Session(lm=tiny_lm, data=tiny_data)
+    for cap in (10, 40):
+        s.limits = Limits(max_points=cap)
+        scatter, _ = geometry_figures(s)
+        assert max(len(t.x) for t in scatter.data) == cap // 2  # per group: forget, retain
+
 # ---- one served app with a login and small limits ---------------------------------------------
 
 USER, PASSWORD = "alice", "correct horse"
