@@ -14,7 +14,7 @@ from torch import nn
 
 from unlearnviz.model import RoutingPlan, StopForward, wrap_model
 from unlearnviz.model.adapter import ArchitectureAdapter, is_conv1d, linear_weight
-from unlearnviz.model.routing import orthonormal_rows, run_block_window
+from unlearnviz.model.routing import StreamProjection, orthonormal_rows, run_block_window
 
 ATOL = 1e-5
 TEXTS = ["The capital of France is", "Hi"]  # different lengths: row 1 is padded
@@ -133,6 +133,44 @@ def test_projection_in_another_dtype_is_applied(lm):
     seen = {}
     _logits(lm, ids, mask, RoutingPlan(projections={0: q}, capture={0: lambda h: seen.__setitem__(0, h)}))
     assert (seen[0] @ q.float().T).abs().max() < 0.05 * float(seen[0].abs().max())
+
+
+def _random_stream(last: int, seed: int = 5, rank: int = 3) -> StreamProjection:
+    g = torch.Generator().manual_seed(seed)
+    return StreamProjection(q=orthonormal_rows(torch.randn(rank, HIDDEN, generator=g)),
+                            offset=torch.randn(HIDDEN, generator=g), last=last)
+
+
+def test_stream_projection_empties_the_subspace_up_to_last(lm):
+    """Every block output <= last has the constant component μQᵀ along Q (embedding and every
+    attention/MLP write projected); the first block after ``last`` writes into Q again. Only
+    the named rows are edited."""
+    if lm.adapter.stream_unsupported():
+        assert lm.adapter.family in ("gemma2", "gemma3_text")  # post-norms after the writes
+        return
+    ids, mask = _batch(lm)
+    s = _random_stream(last=1)
+    seen: dict = {}
+    plan = RoutingPlan(stream=s, capture={k: _put(seen, k) for k in range(LAYERS)})
+    base = _logits(lm, ids, mask)
+    edited = _logits(lm, ids, mask, plan)
+    keep = mask.bool()
+    for layer in (0, 1):
+        along = ((seen[layer] - s.offset) @ s.q.T)[keep]
+        assert along.abs().max() < 1e-4 * max(1.0, float(seen[layer].abs().max())), layer
+    assert ((seen[2] - s.offset) @ s.q.T)[keep].abs().max() > 1e-3
+    assert (edited - base).abs().max() > 1e-4
+    rows = _logits(lm, ids, mask, RoutingPlan(stream=s, rows=torch.tensor([0.0, 1.0])))
+    torch.testing.assert_close(rows[0], base[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(rows[1], edited[1], atol=ATOL, rtol=0)
+
+
+def test_merged_streams_take_the_union_the_deeper_last_and_the_first_offset():
+    a, b = _random_stream(last=1, seed=1, rank=2), _random_stream(last=2, seed=2, rank=2)
+    m = RoutingPlan(stream=a).merged(RoutingPlan(stream=b)).stream
+    assert m.q.shape == (4, HIDDEN) and m.last == 2 and m.offset is a.offset
+    assert RoutingPlan(stream=a).merged(RoutingPlan()).stream is a
+    assert RoutingPlan().merged(RoutingPlan(stream=b)).stream is b
 
 
 def _capture_window(lm, ids, mask, start, stop, use_cache):

@@ -126,6 +126,25 @@ class ArchitectureAdapter:
         """Full parameter-path prefix of a block's MLP output projection."""
         return f"{self.blocks_path}.{layer}.{self.mlp_out_rel}"
 
+    def attn_out_name(self, layer: int) -> str | None:
+        """Full parameter-path prefix of a block's attention output projection, or None."""
+        return f"{self.blocks_path}.{layer}.{self.attn_out_rel}" if self.attn_out_rel else None
+
+    def stream_unsupported(self) -> str | None:
+        """Why MRP's "stream" placement cannot act here, or None where it can.
+
+        It needs every write into the residual stream to be the raw output of a block's
+        attention or MLP output projection: a norm after either (Gemma-2/3's post-attention and
+        post-feedforward norms) would rescale the projected write, and then the stream is no
+        longer free of the subspace (nor can the projection be folded into a linear weight).
+        """
+        if self.attn_out_rel is None:
+            return f"no attention output projection found in {self.family!r} blocks"
+        if not self.mlp_adds_to_residual:
+            return (f"{self.family!r} normalises the attention/MLP outputs before adding them to the "
+                    "residual stream (post-norms)")
+        return None
+
     @property
     def mlp_adds_to_residual(self) -> bool:
         """True where a block's output is (its input + attention part) + the MLP output

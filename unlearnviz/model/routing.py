@@ -30,6 +30,32 @@ class StopForward(Exception):
     """Raised by a capture hook once the deepest requested layer has run (early stop)."""
 
 
+@dataclass(frozen=True)
+class StreamProjection:
+    """MRP's "stream" placement: the subspace Q is removed from every write into the residual
+    stream from the embedding up to block ``last``.
+
+    The stream entering block 0 becomes e − (e − μ)QᵀQ (μ = ``offset``, or 0 when None) and the
+    outputs of the attention and MLP output projections of blocks 0..``last`` become w − wQᵀQ.
+    The stream at every block ≤ ``last`` then has no variation along Q (its component there is
+    μQᵀ), and, unlike a projection of a block's output, which the next block reads through a
+    norm, every step is a linear map of a weight or an embedding row, so it folds exactly into a
+    standard checkpoint (``methods.edit.export_checkpoint``). Position-independent by design: no
+    ``spare_first``.
+    """
+
+    q: torch.Tensor  # [r, d], orthonormal rows
+    offset: torch.Tensor | None  # μ [d] (centred) or None (linear)
+    last: int  # deepest block whose writes are projected
+
+    def merged(self, other: StreamProjection) -> StreamProjection:
+        """One stream over the union of both bases, down to the deeper ``last``. μ: this one's
+        where set (as site offsets: the first request's mean at a site is kept), else the other's."""
+        return StreamProjection(q=orthonormal_rows(torch.cat([self.q, other.q.to(self.q.device)])),
+                                offset=self.offset if self.offset is not None else other.offset,
+                                last=max(self.last, other.last))
+
+
 @dataclass
 class RoutingPlan:
     """What the hooks do during one call.
@@ -41,6 +67,8 @@ class RoutingPlan:
       ``spare_first``, position 0 of a multi-token forward is left alone: in many models it is an
       attention sink whose residual norm is hundreds of times the others (FINDINGS), and
       projecting it wrecks the model while carrying no content of its own.
+    - ``stream``: a :class:`StreamProjection` (MRP placement "stream"): the subspace is removed
+      from the embedding and from every attention/MLP output projection of blocks 0..last.
     - ``rows``: a bool/float mask over the batch rows the edit applies to (None = all rows).
     - ``capture``: layer → callback(hidden) receiving each block's (edited) output.
     - ``stop_after``: raise StopForward after this block's output has been captured.
@@ -56,6 +84,7 @@ class RoutingPlan:
     projections: dict[int, torch.Tensor] = field(default_factory=dict)
     offsets: dict[int, torch.Tensor] = field(default_factory=dict)
     spare_first: bool = False  # leave sequence position 0 (the attention sink) unprojected
+    stream: StreamProjection | None = None
     rows: torch.Tensor | None = None
     capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
     stop_after: int | None = None
@@ -63,15 +92,17 @@ class RoutingPlan:
     mlp_input_capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
 
     def merged(self, other: RoutingPlan) -> RoutingPlan:
-        """This plan's edits plus another's (deltas summed, projections stacked)."""
+        """This plan's edits plus another's (deltas summed, projections and streams stacked)."""
         deltas = dict(self.deltas)
         for k, v in other.deltas.items():
             deltas[k] = deltas[k] + v if k in deltas else v
         projections = dict(self.projections)
         for k, v in other.projections.items():
             projections[k] = orthonormal_rows(torch.cat([projections[k], v])) if k in projections else v
+        stream = self.stream if other.stream is None else (
+            other.stream if self.stream is None else self.stream.merged(other.stream))
         return RoutingPlan(deltas=deltas, projections=projections, offsets={**other.offsets, **self.offsets},
-                           spare_first=self.spare_first or other.spare_first, rows=self.rows,
+                           spare_first=self.spare_first or other.spare_first, stream=stream, rows=self.rows,
                            capture={**self.capture, **other.capture},
                            stop_after=other.stop_after if other.stop_after is not None else self.stop_after,
                            block_input_hook={**self.block_input_hook, **other.block_input_hook},
@@ -146,6 +177,17 @@ def _row_mask(rows: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
     return rows.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
+def _project_out(x: torch.Tensor, q: torch.Tensor, offset: torch.Tensor | None,
+                 rows: torch.Tensor | None) -> torch.Tensor:
+    """x − (x − μ)QᵀQ in float32 (μ = 0 when ``offset`` is None), on the masked rows only."""
+    qf = q.to(device=x.device, dtype=torch.float32)
+    xf = x.float()
+    centred = xf if offset is None else xf - offset.to(device=x.device, dtype=torch.float32)
+    removed = (centred @ qf.T) @ qf
+    mask = _row_mask(rows, removed)
+    return (xf - (removed if mask is None else removed * mask)).to(x.dtype)
+
+
 class Router:
     """Installs the permanent hooks on one model (once per process) and applies plans."""
 
@@ -165,6 +207,10 @@ class Router:
                 self._block_pre_hook(self._key, layer, _positional_names(block), weakref.ref(block)),
                 with_kwargs=True))
             self._handles.append(mlp.register_forward_hook(self._mlp_hook(self._key, layer, weakref.ref(mlp))))
+            attn = adapter.attn_out(layer)
+            if attn is not None:
+                self._handles.append(attn.register_forward_hook(
+                    self._attn_hook(self._key, layer, weakref.ref(attn))))
         _INSTALLED[self._key] = self._handles
 
     @staticmethod
@@ -176,23 +222,52 @@ class Router:
             x = inputs[0]
             if layer in plan.mlp_input_capture:
                 plan.mlp_input_capture[layer](x)
-            if layer not in plan.deltas:
+            stream = plan.stream if plan.stream is not None and layer <= plan.stream.last else None
+            if layer not in plan.deltas and stream is None:
                 return None
-            delta = plan.deltas[layer].to(x.device)
-            add = F.linear(x.to(delta.dtype), delta).to(output.dtype)
-            mask = _row_mask(plan.rows, add)
-            return output + (add if mask is None else add * mask)
+            if layer in plan.deltas:
+                delta = plan.deltas[layer].to(x.device)
+                add = F.linear(x.to(delta.dtype), delta).to(output.dtype)
+                mask = _row_mask(plan.rows, add)
+                output = output + (add if mask is None else add * mask)
+            if stream is not None:  # the delta's write is projected too (export folds W+Δ, then P)
+                output = _project_out(output, stream.q, None, plan.rows)
+            return output
+        return hook
+
+    @staticmethod
+    def _attn_hook(key: int, layer: int, owner: weakref.ref):
+        """Stream placement: project what the attention output projection writes."""
+        def hook(module, inputs, output):
+            plan = _current_plan(key)
+            if plan is None or plan.stream is None or layer > plan.stream.last or module is not owner():
+                return None
+            if isinstance(output, torch.Tensor):
+                return _project_out(output, plan.stream.q, None, plan.rows)
+            return (_project_out(output[0], plan.stream.q, None, plan.rows), *output[1:])
         return hook
 
     @staticmethod
     def _block_pre_hook(key: int, layer: int, names: list[str] | None, owner: weakref.ref):
         def hook(module, args, kwargs):
             plan = _current_plan(key)
-            if plan is not None and layer in plan.block_input_hook and module is owner():
+            if plan is None or module is not owner():
+                return None
+            if layer in plan.block_input_hook:
+                # the callback sees the block's input *before* the stream projection below, so a
+                # window replayed from block 0 applies the (trainable) projection itself
+                seen_args, seen_kwargs = args, kwargs
                 if len(args) > 1 and names is not None and len(args) - 1 <= len(names):
                     named = dict(zip(names, args[1:], strict=False))
-                    args, kwargs = args[:1], {**named, **kwargs}
-                plan.block_input_hook[layer](args, kwargs)
+                    seen_args, seen_kwargs = args[:1], {**named, **kwargs}
+                plan.block_input_hook[layer](seen_args, seen_kwargs)
+            if layer == 0 and plan.stream is not None:  # the embedding's write: e − (e − μ)QᵀQ
+                s = plan.stream
+                if args:
+                    return (_project_out(args[0], s.q, s.offset, plan.rows), *args[1:]), kwargs
+                if "hidden_states" in kwargs:
+                    return args, {**kwargs, "hidden_states": _project_out(kwargs["hidden_states"], s.q,
+                                                                          s.offset, plan.rows)}
             return None
         return hook
 
