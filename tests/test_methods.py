@@ -21,8 +21,10 @@ def small(lm, method: str, **over):
     layer = min(2, lm.n_layers - 2)
     base = {"rmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8, "steering_coeff": 8.0},
             "srmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8},
-            "mrp": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8}}[method]
-    return make_hparams(get_method(method).hparams_cls, {**base, **over})
+            "mrp": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8},
+            "mrp-stream": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8, "placement": "stream",
+                           "spare_first": False}}[method]
+    return make_hparams(get_method(method.split("-")[0]).hparams_cls, {**base, **over})
 
 
 def test_registry_and_docs():
@@ -47,10 +49,11 @@ def test_hparam_validation(over, match):
         make_hparams(get_method("rmu").hparams_cls, over)
 
 
-@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp"])
+@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp", "mrp-stream"])
 def test_window_engine_matches_naive_loop(tiny_lm, tiny_data, method):
-    """Same seed and batches: the cached layer-window loss trajectory equals the full forward's."""
-    spec = get_method(method)
+    """Same seed and batches: the cached layer-window loss trajectory equals the full forward's
+    (MRP's stream placement: a window from block 0, whose cached input is the raw embedding)."""
+    spec = get_method(method.split("-")[0])
     hp = small(tiny_lm, method)
     fast = spec.fit(tiny_lm, tiny_data, hp)
     naive = spec.fit(tiny_lm, tiny_data, hp, naive=True)
@@ -59,7 +62,7 @@ def test_window_engine_matches_naive_loop(tiny_lm, tiny_data, method):
     assert len(a) == len(b) == hp.steps
     for x, y in zip(a, b):
         assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), (a, b)
-    if method != "mrp":  # the first trained block is collapsed to cached output + delta·x
+    if not method.startswith("mrp"):  # the first trained block is collapsed to cached output + delta·x
         assert fast.meta["linear_first"] and not naive.meta["linear_first"]
 
 
@@ -78,11 +81,13 @@ def test_window_engine_matches_naive_on_a_stack(tiny_lm, tiny_data, window):
         assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp"])
+@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp", "mrp-stream"])
 def test_edit_forgets_more_than_it_costs_and_leaves_weights(tiny_lm, tiny_data, method):
     fp = tiny_lm.fingerprint()
-    over = {"rmu": {"steps": 60}, "srmu": {"steps": 60, "c_map": 8.0}, "mrp": {"steps": 30, "k": 16, "retain_weight": 5.0}}[method]
-    edit = get_method(method).fit(tiny_lm, tiny_data, small(tiny_lm, method, **over))
+    over = {"rmu": {"steps": 60}, "srmu": {"steps": 60, "c_map": 8.0},
+            "mrp": {"steps": 30, "k": 16, "retain_weight": 5.0},
+            "mrp-stream": {"steps": 30, "k": 16, "retain_weight": 5.0}}[method]
+    edit = get_method(method.split("-")[0]).fit(tiny_lm, tiny_data, small(tiny_lm, method, **over))
     assert tiny_lm.fingerprint() == fp
     before_f = summarise(score_items(tiny_lm, tiny_data.forget_mcq, letter=False, floor=False))
     after_f = summarise(score_items(tiny_lm, tiny_data.forget_mcq, plan=edit.plan(), letter=False, floor=False))
@@ -129,6 +134,28 @@ def test_stack_undo_and_continual_mrp(tiny_lm, tiny_data):
     assert stack.undo() is second and len(stack) == 1
     with pytest.raises(UserError):
         EditStack().undo()
+
+
+def test_stream_mrp_empties_the_subspace_up_to_the_site(tiny_lm, tiny_data, tmp_path):
+    """Placement "stream": at every block <= the site, every position (no spared sink) has the
+    constant component μQᵀ along Q; the block after it does not. Saves and loads as it was."""
+    edit = get_method("mrp").fit(tiny_lm, tiny_data, small(tiny_lm, "mrp-stream", steps=3))
+    s = edit.stream
+    assert s is not None and s.last == 1 and not edit.projections and s.offset is not None
+    assert torch.allclose(s.q @ s.q.T, torch.eye(len(s.q)), atol=1e-4)
+    seen: dict = {}
+    plan = edit.plan().merged(RoutingPlan(capture={k: (lambda h, k=k: seen.__setitem__(k, h))
+                                                   for k in range(3)}))
+    ids = tiny_lm.tokenizer(tiny_data.forget_texts[:3], return_tensors="pt", padding=True)
+    with torch.no_grad(), tiny_lm.router.apply(plan):
+        tiny_lm.model(**ids)
+    keep = ids["attention_mask"].bool()
+    for layer in (0, 1):
+        assert ((seen[layer] - s.offset) @ s.q.T)[keep].abs().max() < 1e-3, layer
+    assert ((seen[2] - s.offset) @ s.q.T)[keep].abs().max() > 1e-2
+    back = load_edit(save_edit(edit, tmp_path / "e", tiny_lm), tiny_lm)
+    assert back.stream.last == s.last and torch.equal(back.stream.q, s.q) and torch.equal(back.stream.offset, s.offset)
+    assert back.meta["placement"] == "stream" and EditStack([back]).plan().stream is not None
 
 
 def test_cancel_leaves_nothing(tiny_lm, tiny_data):

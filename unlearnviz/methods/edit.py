@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_bytes, atomic_write_text
-from unlearnviz.model.adapter import is_conv1d
+from unlearnviz.model.adapter import get_path, is_conv1d
 from unlearnviz.model.loading import LoadedModel
-from unlearnviz.model.routing import RoutingPlan, orthonormal_rows
+from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows
 
 EDIT_FILE = "edit.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -35,7 +35,8 @@ class Edit:
 
     ``deltas[layer]`` is added to block ``layer``'s MLP output projection ([out, in], nn.Linear
     convention). ``projections[layer]`` holds orthonormal rows Q [k, d] removed from block
-    ``layer``'s output (h ← h − h QᵀQ).
+    ``layer``'s output (h ← h − h QᵀQ). ``stream`` is MRP's "stream" placement (the subspace
+    removed from every write into the residual stream up to a block; folds exactly on export).
     """
 
     method: str
@@ -43,6 +44,7 @@ class Edit:
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
     projections: dict[int, torch.Tensor] = field(default_factory=dict)
     offsets: dict[int, torch.Tensor] = field(default_factory=dict)  # centred projections' μ
+    stream: StreamProjection | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -51,12 +53,16 @@ class Edit:
 
     def plan(self, rows: torch.Tensor | None = None) -> RoutingPlan:
         return RoutingPlan(deltas=dict(self.deltas), projections=dict(self.projections),
-                           offsets=dict(self.offsets), spare_first=self.spare_first, rows=rows)
+                           offsets=dict(self.offsets), spare_first=self.spare_first, stream=self.stream, rows=rows)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"delta.{k}": v.detach().float().cpu().contiguous() for k, v in self.deltas.items()}
         out.update({f"projection.{k}": v.detach().float().cpu().contiguous() for k, v in self.projections.items()})
         out.update({f"offset.{k}": v.detach().float().cpu().contiguous() for k, v in self.offsets.items()})
+        if self.stream is not None:  # keyed by its deepest block, like the site tensors
+            out[f"stream.{self.stream.last}"] = self.stream.q.detach().float().cpu().contiguous()
+            if self.stream.offset is not None:
+                out[f"stream_offset.{self.stream.last}"] = self.stream.offset.detach().float().cpu().contiguous()
         return out
 
     def n_params(self) -> int:
@@ -120,13 +126,21 @@ def load_edit(folder: Path, lm: LoadedModel) -> Edit:
         raise UserError(f"edit in {folder} was made for model {manifest.get('model', {}).get('name')!r} "
                         f"(fingerprint {fp}), not the loaded {lm.name!r} ({lm.fingerprint(refresh=False)})")
     tensors = load_file(str(epath))
-    parts: dict[str, dict[int, torch.Tensor]] = {"delta": {}, "projection": {}, "offset": {}}
+    parts: dict[str, dict[int, torch.Tensor]] = {"delta": {}, "projection": {}, "offset": {}, "stream": {},
+                                                 "stream_offset": {}}
     for key, t in tensors.items():
         kind, _, layer = key.partition(".")
         if kind in parts:
             parts[kind][int(layer)] = t.to(lm.device)
+    stream = None
+    if len(parts["stream"]) > 1:
+        raise UserError(f"{epath}: more than one stream projection in one edit (damaged file)")
+    for last, q in parts["stream"].items():
+        lm.adapter.check_layer(last, "stream projection block")
+        stream = StreamProjection(q=q, offset=parts["stream_offset"].get(last), last=last)
     return Edit(method=manifest["method"], hparams=manifest.get("hparams", {}), deltas=parts["delta"],
-                projections=parts["projection"], offsets=parts["offset"], meta=manifest.get("meta", {}))
+                projections=parts["projection"], offsets=parts["offset"], stream=stream,
+                meta=manifest.get("meta", {}))
 
 
 class EditStack:
@@ -154,7 +168,10 @@ class EditStack:
         deltas: dict[int, torch.Tensor] = {}
         directions: dict[int, list[torch.Tensor]] = {}
         offsets: dict[int, torch.Tensor] = {}
+        stream: StreamProjection | None = None
         for e in chosen:
+            if e.stream is not None:  # one stream: union basis, deepest block, first μ
+                stream = e.stream if stream is None else stream.merged(e.stream)
             for k, v in e.offsets.items():
                 offsets.setdefault(k, v)  # later requests see the same retain mean at that site
             for k, v in e.deltas.items():
@@ -163,18 +180,111 @@ class EditStack:
                 directions.setdefault(k, []).append(v)
         projections = {k: orthonormal_rows(torch.cat(v)) for k, v in directions.items()}
         return RoutingPlan(deltas=deltas, projections=projections, offsets=offsets,
-                           spare_first=any(e.spare_first for e in chosen), rows=rows)
+                           spare_first=any(e.spare_first for e in chosen), stream=stream, rows=rows)
+
+
+# Learned position embeddings added to the token embedding before block 0 (GPT-2, OPT).
+POSITION_EMBED_PATHS = ("transformer.wpe", "model.decoder.embed_positions")
+
+
+def _remove_rows(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """w − (w Qᵀ) Q over the last dimension, in float64 (rows of w projected off Q)."""
+    w64 = w.double()
+    return w64 - (w64 @ q.T) @ q
+
+
+def _fold_stream(lm: LoadedModel, state: dict[str, torch.Tensor], stream: StreamProjection) -> dict:
+    """Fold a stream projection exactly into ``state`` (a copy of the model's state dict).
+
+    A write w = xW + b projected to wP (P = I − QᵀQ) is x(WP) + bP, so for blocks 0..last the
+    attention and MLP output projections become W ← WP, b ← bP (nn.Linear stores [out, in]:
+    W ← PW; GPT-2's Conv1D [in, out]: W ← WP). The stream entering block 0 is e − (e − μ)QᵀQ
+    = eP + μQᵀQ, so token embedding rows become EP + μQᵀQ/s (s: a scale the embedding applies
+    to its rows, as Gemma's √d) and position embedding rows (GPT-2's wpe) become EP. The
+    unembedding keeps the original matrix, so a tied lm_head is untied. Deltas must already be
+    merged (the hooks project W + Δ). Returns what was folded.
+    """
+    names = {id(m): n for n, m in lm.model.named_modules()}
+    q = stream.q.detach().double().cpu()
+    folded = []
+
+    def key_of(module: torch.nn.Module, what: str) -> str:
+        key = f"{names[id(module)]}.{what}"
+        if key not in state:
+            raise UserError(f"cannot find {key} in the model's state dict")
+        return key
+
+    def put(key: str, value: torch.Tensor) -> None:
+        state[key] = value.to(dtype=state[key].dtype, device=state[key].device)
+        folded.append(key)
+
+    for layer in range(stream.last + 1):
+        for module in (lm.adapter.attn_out(layer), lm.adapter.mlp_out(layer)):
+            wkey = key_of(module, "weight")
+            w = state[wkey].cpu()
+            put(wkey, _remove_rows(w, q) if is_conv1d(module) else _remove_rows(w.T, q).T)
+            if getattr(module, "bias", None) is not None:
+                bkey = key_of(module, "bias")
+                put(bkey, _remove_rows(state[bkey].cpu(), q))
+    embed, unembed = lm.adapter.embed, lm.adapter.unembed
+    ekey, ukey = key_of(embed, "weight"), names[id(unembed)] + ".weight"
+    original = state[ekey].clone()
+    scale = getattr(embed, "embed_scale", None)
+    scale = 1.0 if scale is None else float(torch.as_tensor(scale).to(embed.weight.dtype))
+    rows = _remove_rows(state[ekey].cpu(), q)
+    if stream.offset is not None:
+        mu = stream.offset.detach().double().cpu()
+        rows = rows + ((mu @ q.T) @ q / scale)[None, :]
+    put(ekey, rows)
+    positions = []
+    for path in POSITION_EMBED_PATHS:
+        module = get_path(lm.model, path)
+        if module is not None and getattr(module, "weight", None) is not None:
+            pkey = key_of(module, "weight")
+            put(pkey, _remove_rows(state[pkey].cpu(), q))
+            positions.append(pkey)
+    tied = unembed.weight.data_ptr() == embed.weight.data_ptr()
+    # the unembedding reads the final stream through the original matrix
+    state[ukey] = (original if tied else state.get(ukey, unembed.weight.detach())).clone()
+    return {"blocks": [0, stream.last], "rank": int(stream.q.shape[0]), "centered": stream.offset is not None,
+            "embedding": ekey, "embedding_scale": scale, "position_embeddings": positions,
+            "untied_lm_head": tied, "folded": folded}
+
+
+@torch.no_grad()
+def _fold_check(lm: LoadedModel, fresh: torch.nn.Module, plan: RoutingPlan) -> dict:
+    """Max |logit| difference between the folded model and the hooked one on a padded probe."""
+    vocab = int(lm.adapter.unembed.weight.shape[0])
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(vocab, (2, 12), generator=g).to(lm.device)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # a left-padded row
+    with lm.router.apply(plan):
+        ref = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    got = fresh(input_ids=ids.to(next(fresh.parameters()).device), attention_mask=mask,
+                use_cache=False).logits.float()
+    keep = mask.bool()
+    diff = float((ref[keep] - got.to(ref.device)[keep]).abs().max())
+    exact = lm.dtype in (torch.float32, torch.float64)
+    tol = (1e-3 if exact else 5e-2) * max(1.0, float(ref[keep].abs().max()))
+    return {"max_abs_logit_diff": diff, "tolerance": tol}
 
 
 def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
-    """A standalone HF folder: MLP deltas merged into the weights.
+    """A standalone HF folder: deltas merged, MRP's stream placement folded exactly.
 
-    Projections at block outputs cannot be folded exactly into a standard architecture (the
-    next block reads the stream through RMSNorm/LayerNorm, whose scale depends on the removed
-    component: METHODS.md §3.4). They are written beside the weights as
+    RMU/SRMU deltas are added to the MLP output projections. An MRP "stream" projection is
+    folded exactly into the weights (``_fold_stream``: embedding, and every attention and MLP
+    output projection up to its deepest block; lm_head untied), checked against the hooked model
+    on a probe batch, and a plain ``from_pretrained`` of the folder is the edited model.
+    Projections at block outputs (placement "site") cannot be folded exactly (the next block
+    reads the stream through RMSNorm/LayerNorm, whose scale depends on the removed component:
+    METHODS.md §3.4): they are written beside the weights as
     ``unlearnviz_projections.safetensors`` and applied by ``load_exported``; the manifest says
     so, and a plain ``from_pretrained`` of such a folder is the model *without* them.
     """
+    import copy
+
     plan = stack.plan()
     if plan is None:
         raise UserError("nothing to export: the edit stack is empty")
@@ -188,20 +298,40 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
         d = delta.detach().to(state[key].dtype).to(state[key].device)
         state[key] = state[key] + (d.T if is_conv1d(module) else d)
         merged.append(key)
+    config = copy.deepcopy(lm.model.config)
+    stream_info = None
+    if plan.stream is not None:
+        why = lm.adapter.stream_unsupported()
+        if why:
+            raise UserError(f"cannot fold the MRP stream projection into {lm.adapter.family!r}: {why}")
+        stream_info = _fold_stream(lm, state, plan.stream)
+        for cfg in {id(c): c for c in (config, config.get_text_config())}.values():
+            cfg.tie_word_embeddings = False
+    # A fresh model of the same config receives the merged weights: the loaded one is untouched.
+    fresh = type(lm.model)(config)
+    fresh.load_state_dict(state)
+    fresh.eval()
+    if stream_info is not None:
+        check = _fold_check(lm, fresh, RoutingPlan(deltas=plan.deltas, stream=plan.stream))
+        if not check["max_abs_logit_diff"] <= check["tolerance"]:
+            raise UserError(f"the folded checkpoint's logits differ from the edited model's by "
+                            f"{check['max_abs_logit_diff']:.3g} (tolerance {check['tolerance']:.3g}): this "
+                            f"{lm.adapter.family!r} model feeds its blocks in a way the fold does not cover; "
+                            "nothing was written")
+        stream_info["check"] = check
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         import shutil
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    # A fresh model of the same config receives the merged weights: the loaded one is untouched.
-    fresh = type(lm.model)(lm.model.config)
-    fresh.load_state_dict(state)
     fresh.save_pretrained(tmp, safe_serialization=True)
     lm.tokenizer.save_pretrained(tmp)
     info = {"merged_weights": merged, "projection_layers": sorted(plan.projections),
             "edits": [{"method": e.method, "hparams": e.hparams, "label": e.label()} for e in stack.edits],
             "base_model": lm.name, "base_fingerprint": lm.fingerprint(refresh=False)}
+    if stream_info is not None:
+        info["stream_folded"] = stream_info
     if plan.projections:
         info["spare_first"] = plan.spare_first
         tensors = {f"projection.{k}": v.float().cpu().contiguous() for k, v in plan.projections.items()}

@@ -8,10 +8,17 @@ keeps retain directions: METHODS.md §3.3, not copied). Training (optional) move
 with a bounded forget objective (NPO, default) or capped gradient ascent, plus retain NLL, with
 the loss computed only from the first site on (cached inputs) and the unembedding only at the
 supervised positions.
+
+Placement "site" (default, the paper's) projects the chosen blocks' outputs. Placement "stream"
+(NON-PAPER) instead removes the subspace from every write into the residual stream from the
+embedding up to the deepest site (routing.StreamProjection), which folds exactly into a standard
+checkpoint. With several sites it uses one basis, the orthonormalised union of every site's rows,
+over blocks 0..max(site), and μ from the deepest site.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 
@@ -31,7 +38,7 @@ from unlearnviz.methods.engine import (
     subject_spans,
     tokenize_texts,
 )
-from unlearnviz.model.routing import RoutingPlan, orthonormal_rows
+from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows
 
 
 @dataclass
@@ -52,6 +59,12 @@ class MRPParams:
                         "which wrecked the model at deep sites).", "no (linear h − hQᵀQ)")
     spare_first: bool = hp(True, "NON-PAPER: leave sequence position 0 unprojected (an attention sink with a residual "
                            "norm hundreds of times the others; projecting it wrecks the model).", "no")
+    placement: str = hp("site", "Where the subspace is removed. 'site': from the chosen blocks' outputs (the paper's). "
+                         "'stream' (NON-PAPER): from the embedding and from every attention and MLP output "
+                         "projection of blocks 0..deepest site, so the stream up to the site is the centred "
+                         "projection of itself; one basis (union of the sites' rows), μ from the deepest site. "
+                         "Folds exactly into an exported checkpoint; needs spare_first=false.",
+                         "site (block output)", choices=("site", "stream"))
     mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on.", "answer letter only")
     seed: int = hp(0, "Seed for the batch order.", "")
 
@@ -99,6 +112,11 @@ def _seq_logprob(lm, hidden: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torc
     return sums, mask.sum(1)
 
 
+def _union_basis(q_parts: list[torch.Tensor]) -> torch.Tensor | None:
+    parts = [t for t in q_parts if t is not None and len(t)]
+    return orthonormal_rows(torch.cat(parts)) if parts else None
+
+
 @register("mrp", MRPParams, "Metamorphosis Representation Projection")
 def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
@@ -110,6 +128,14 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         lm.adapter.check_layer(s, "MRP site layer")
     if hparams.k >= lm.hidden_size:
         raise UserError(f"k={hparams.k} must be smaller than the hidden size {lm.hidden_size}")
+    stream_mode = hparams.placement == "stream"
+    if stream_mode:
+        if hparams.spare_first:
+            raise UserError("MRP placement=stream cannot spare position 0 (spare_first=true): a "
+                            "position-dependent projection cannot be folded into the weights; set spare_first=false")
+        why = lm.adapter.stream_unsupported()
+        if why:
+            raise UserError(f"MRP placement=stream is not available for this model: {why}; use placement=site")
     pad = lm.tokenizer.pad_token_id or 0
     spans = subject_spans(data) if hparams.mask_from_subject else None
     fb = make_batches(tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans), hparams.batch_size, pad)
@@ -118,7 +144,11 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
     last = lm.n_layers - 1
     prior_proj = dict(prior.projections) if prior is not None else {}
     offsets: dict[int, torch.Tensor] = dict(prior.offsets) if prior is not None else {}
-    spare = hparams.spare_first or bool(prior is not None and prior.spare_first)
+    spare = (hparams.spare_first and not stream_mode) or bool(prior is not None and prior.spare_first)
+    prior_stream: StreamProjection | None = prior.stream if prior is not None else None
+    # Stream μ: an earlier stream's (the stacked plan keeps the first one), else the retain mean
+    # at the deepest site (set during the init), else none (linear).
+    stream_mu = prior_stream.offset if prior_stream is not None else None
 
     def full_q(rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Prior (frozen) rows plus this request's rows, orthonormalised per site."""
@@ -127,22 +157,36 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
             out[s] = orthonormal_rows(torch.cat([prior_proj[s], w])) if s in prior_proj else orthonormal_rows(w)
         return out
 
+    def plan_for(rows: dict[int, torch.Tensor]) -> RoutingPlan:
+        """The prior's projections plus this request's rows, in the chosen placement."""
+        if not stream_mode:
+            return RoutingPlan(projections=full_q(rows), offsets=dict(offsets), spare_first=spare, stream=prior_stream)
+        stream = prior_stream
+        if rows:
+            frozen = [prior_stream.q] if prior_stream is not None else []
+            stream = StreamProjection(q=orthonormal_rows(torch.cat([*frozen, *rows.values()])), offset=stream_mu,
+                                      last=max([*rows, *([prior_stream.last] if prior_stream else [])]))
+        return RoutingPlan(projections=dict(prior_proj), offsets=dict(offsets), spare_first=spare, stream=stream)
+
     prior_deltas = dict(prior.deltas) if prior is not None else {}
-    # Init, site by site: statistics at the site's output, with earlier sites' rows applied.
+    # Init, site by site: statistics at the site's output. Site placement: with earlier sites'
+    # rows applied; stream placement: all sites under the prior alone (their union is the basis).
     new_rows: dict[int, torch.Tensor] = {}
     eigvals = {}
     for s in sites:
         if s >= last:
             raise UserError("an MRP site must be below the last block")
-        base = RoutingPlan(deltas=prior_deltas, projections=full_q(new_rows), offsets=dict(offsets), spare_first=spare)
+        base = dataclasses.replace(plan_for({} if stream_mode else new_rows), deltas=prior_deltas)
         probe = WindowEngine(lm, s + 1, s + 1, fb + rb, prior=base, keep_frozen=False)
-        prior_q = prior_proj.get(s)
+        prior_q = _union_basis([prior_proj.get(s), prior_stream.q if stream_mode and prior_stream else None])
         f_acts = _site_stats(probe.inputs[:nf], fb, prior_q)
         r_acts = _site_stats(probe.inputs[nf:], rb, prior_q)
         if len(f_acts) < 2 or len(r_acts) < 2:
             raise UserError("MRP needs at least two forget and two retain tokens")
-        if hparams.centered and s not in offsets:
+        if hparams.centered and not stream_mode and s not in offsets:
             offsets[s] = r_acts.mean(0)
+        if hparams.centered and stream_mode and s == sites[-1] and stream_mu is None:
+            stream_mu = r_acts.mean(0)
         q, vals = generalized_top(f_acts, r_acts, hparams.k, hparams.ridge)
         if prior_q is not None:
             q = orthonormal_rows(q - (q @ prior_q.T) @ prior_q)
@@ -152,7 +196,9 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
 
     history = []
     if hparams.steps > 0:
-        start = sites[0]
+        # stream: every block from 0 reads the projected stream, so the window starts at block 0
+        # (its cached input is the raw embedding; the block-0 hook projects it each step)
+        start = 0 if stream_mode else sites[0]
         other_prior = RoutingPlan(deltas=prior_deltas) if prior_deltas else None
         # cached inputs to the first site's block come from the frozen stack below it
         engine = WindowEngine(lm, start, last, fb + rb, prior=prior, naive=naive, keep_frozen=False)
@@ -160,11 +206,11 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         weights = {s: torch.nn.Parameter(new_rows[s].clone()) for s in sites}
         opt = torch.optim.Adam(list(weights.values()), lr=hparams.lr)
         with torch.no_grad():
-            init_plan = RoutingPlan(projections=dict(prior_proj), offsets=dict(offsets), spare_first=spare)
+            init_plan = plan_for({})
             ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
         ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
         for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
-            plan = RoutingPlan(projections=full_q(weights), offsets=dict(offsets), spare_first=spare)
+            plan = plan_for(weights)
             lp_f, n_f = _seq_logprob(lm, engine.output(fi, plan), fb[fi])
             if hparams.objective == "npo":
                 ratio = lp_f - ref[fi]
@@ -177,13 +223,23 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
             loss = forget_loss + hparams.retain_weight * retain_loss
             optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
         new_rows = {s: orthonormal_rows(w.detach()) for s, w in weights.items()}
+    meta = {"steps": hparams.steps, "losses": history, "init_s": init_s, "eigenvalues": eigvals,
+            "placement": hparams.placement}
+    if stream_mode:
+        q = orthonormal_rows(torch.cat(list(new_rows.values())))
+        if prior_stream is not None:  # keep only this request's part, orthogonal to the frozen rows
+            pq = prior_stream.q.to(q.device)
+            q = orthonormal_rows(q - (q @ pq.T) @ pq)
+        stream = StreamProjection(q=q.detach(), offset=stream_mu, last=sites[-1])
+        meta.update({"train_s": time.perf_counter() - t0 - init_s, "rank": {sites[-1]: int(q.shape[0])},
+                     "spare_first": False})
+        return Edit(method="mrp", hparams=asdict(hparams), stream=stream, meta=meta)
     projections = {}
     for s, q in new_rows.items():
         if s in prior_proj:  # keep only this request's part, orthogonal to the frozen rows
             q = orthonormal_rows(q - (q @ prior_proj[s].T) @ prior_proj[s])
         projections[s] = q.detach()
-    meta = {"steps": hparams.steps, "losses": history, "init_s": init_s,
-            "train_s": time.perf_counter() - t0 - init_s, "eigenvalues": eigvals,
-            "rank": {s: int(q.shape[0]) for s, q in projections.items()}, "spare_first": spare}
+    meta.update({"train_s": time.perf_counter() - t0 - init_s,
+                 "rank": {s: int(q.shape[0]) for s, q in projections.items()}, "spare_first": spare})
     own_offsets = {s: offsets[s] for s in projections if s in offsets}
     return Edit(method="mrp", hparams=asdict(hparams), projections=projections, offsets=own_offsets, meta=meta)
