@@ -112,7 +112,9 @@ def _seq_logprob(lm, hidden: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torc
     return sums, mask.sum(1)
 
 
-def _union_basis(q_parts: list[torch.Tensor]) -> torch.Tensor | None:
+def _union_basis(q_parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """Orthonormal basis of every frozen direction that acts at a site (None if there is none),
+    projected out of the new statistics so a request only adds directions."""
     parts = [t for t in q_parts if t is not None and len(t)]
     return orthonormal_rows(torch.cat(parts)) if parts else None
 
