@@ -54,6 +54,29 @@ def b1_misdirection_step(quick: bool = False) -> dict:
     return {"results": out}
 
 
+def b1e_edit_and_eval(quick: bool = False) -> dict:
+    """What ``run`` does on the default model and set: before-evaluation, the default edit, the
+    after-evaluation (letter, cloze, floor, perplexity), model already loaded."""
+    from unlearnviz.evaluation.mcq import evaluate
+    from unlearnviz.methods import get_method, make_hparams
+
+    lm, data = default_lm(), bench_data()
+    out = []
+    for method in (("rmu",) if quick else ("rmu", "srmu", "mrp")):
+        spec = get_method(method)
+        t0 = time.perf_counter()
+        evaluate(lm, data)
+        t_before = time.perf_counter() - t0
+        edit = spec.fit(lm, data, make_hparams(spec.hparams_cls, {}))
+        t_fit = time.perf_counter() - t0 - t_before
+        evaluate(lm, data, plan=edit.plan())
+        total = time.perf_counter() - t0
+        out.append(Result(f"B1e-{method}", f"default {method.upper()} edit + before/after evaluation (the `run` command)",
+                          total, None, None, "≤ 60 s", total <= 60, "s", device_name(),
+                          f"before {t_before:.1f} s, fit {t_fit:.1f} s, after {total - t_before - t_fit:.1f} s"))
+    return {"results": out}
+
+
 def b2_mrp_fit(quick: bool = False) -> dict:
     from unlearnviz.methods import get_method, make_hparams
 
@@ -162,6 +185,6 @@ def b7_cold_start(quick: bool = False) -> dict:
                                "s", device_name())]}
 
 
-BENCHMARKS = [("B1", b1_misdirection_step), ("B2", b2_mrp_fit), ("B3", b3_side_by_side), ("B5", b5_mcq),
+BENCHMARKS = [("B1", b1_misdirection_step), ("B1e", b1e_edit_and_eval), ("B2", b2_mrp_fit), ("B3", b3_side_by_side), ("B5", b5_mcq),
               ("B7", b7_cold_start)]
 

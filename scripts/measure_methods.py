@@ -101,7 +101,7 @@ def main() -> None:
                 spec = get_method(method)
                 edit = spec.fit(lm, data, make_hparams(spec.hparams_cls, {}))
             plan = edit.plan()
-            layer = max(plan.deltas or plan.projections)
+            layer = max(plan.edited_layers())
             curve = finetune_attack(lm, data, plan, s)
             wb = whitebox_attacks(lm, data, plan, layer)
             rel["methods"][method] = {"curve": curve, "whitebox": wb}

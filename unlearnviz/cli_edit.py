@@ -153,7 +153,7 @@ def cmd_relearn(args: argparse.Namespace) -> None:
     s = RelearnSettings(steps=args.steps, lr=args.lr, eval_every=args.eval_every)
     edited = finetune_attack(lm, data, plan, s)
     original = finetune_attack(lm, data, None, s)
-    layer = max(plan.deltas or plan.projections)
+    layer = max(plan.edited_layers())
     result = {"edited": edited, "original": original,
               "steps_to_half_recovery": steps_to_recovery(edited, original[0]["acc"], edited[0]["acc"]),
               "whitebox": whitebox_attacks(lm, data, plan, layer), "settings": vars(s)}

@@ -9,6 +9,7 @@ vice versa, which the chat view shows where the answers diverge.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ def stream_side_by_side(
     edited_rows = torch.tensor([0.0, 1.0, 0.0, 1.0][:n_rows])
     plan = None
     if edit_plan is not None:
-        plan = RoutingPlan(deltas=edit_plan.deltas, projections=edit_plan.projections, rows=edited_rows)
+        plan = dataclasses.replace(edit_plan, rows=edited_rows)  # every part of the edit, on the edited rows
     device = lm.device
     input_ids = torch.tensor([ids] * n_rows, device=device)
     attention = torch.ones_like(input_ids)

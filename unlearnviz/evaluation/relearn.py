@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ def finetune_attack(
     for step in range(1, s.steps + 1):
         b = batches[int(torch.randint(len(batches), (1,), generator=g))]
         summed = {k: (base.deltas[k] + v if k in base.deltas else v) for k, v in deltas.items()}
-        plan = RoutingPlan(deltas={**base.deltas, **summed}, projections=base.projections)
+        plan = dataclasses.replace(base, deltas={**base.deltas, **summed})  # projections, offsets, stream kept
         with lm.router.apply(plan):
             out = lm.model(input_ids=b.input_ids.to(lm.device), attention_mask=b.attention_mask.to(lm.device),
                            use_cache=False)
@@ -80,8 +81,7 @@ def finetune_attack(
         ticker.tick(step, loss=loss.item())
         if step % s.eval_every == 0 or step == s.steps:
             with torch.no_grad():
-                frozen = RoutingPlan(deltas={k: v.detach() for k, v in plan.deltas.items()},
-                                     projections=plan.projections)
+                frozen = dataclasses.replace(plan, deltas={k: v.detach() for k, v in plan.deltas.items()})
                 curve.append({"step": step, "acc": _eval_b(lm, data, frozen), "loss": loss.item()})
     return curve
 
@@ -115,8 +115,9 @@ def whitebox_attacks(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPl
     """Half-B accuracy under the edit, with the projections removed, and with the mean-shift
     direction ablated at ``layer`` (and at every later block, where the junk direction lives)."""
     out = {"edited": _eval_b(lm, data, edit_plan), "original": _eval_b(lm, data, None)}
-    if edit_plan.projections:
-        out["projection_removed"] = _eval_b(lm, data, RoutingPlan(deltas=edit_plan.deltas))
+    if edit_plan.projections or edit_plan.stream is not None:
+        removed = dataclasses.replace(edit_plan, projections={}, offsets={}, stream=None)
+        out["projection_removed"] = _eval_b(lm, data, removed)
     if edit_plan.deltas:
         direction = mean_shift_direction(lm, data, edit_plan, layer)
         ablate = {k: direction[None, :] for k in range(layer, lm.n_layers - 1)}
@@ -125,6 +126,6 @@ def whitebox_attacks(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPl
             merged[k] = torch.cat([merged[k], d]) if k in merged else d
         from unlearnviz.model.routing import orthonormal_rows
 
-        plan = RoutingPlan(deltas=edit_plan.deltas, projections={k: orthonormal_rows(v) for k, v in merged.items()})
+        plan = dataclasses.replace(edit_plan, projections={k: orthonormal_rows(v) for k, v in merged.items()})
         out["shift_direction_ablated"] = _eval_b(lm, data, plan)
     return out

@@ -30,9 +30,11 @@ class Batch:
     loss_mask: torch.Tensor  # [B, T] bool: tokens the loss is taken on
 
 
-def subject_spans(data: UnlearningData) -> list[str]:
-    """Strings whose first occurrence starts a forget text's loss mask (subjects and answers)."""
-    spans = {it.subject for it in data.forget_mcq if it.subject} | {it.gold for it in data.forget_mcq}
+def subject_spans(data: UnlearningData, split: str = "forget") -> list[str]:
+    """The entity strings of a split's facts (subjects and answers), longest first: where a
+    forget text's loss mask starts (or, with spans only, the only tokens it holds)."""
+    items = data.forget_mcq if split == "forget" else data.retain_mcq
+    spans = {it.subject for it in items if it.subject} | {it.gold for it in items}
     return sorted((s for s in spans if len(s) >= 2), key=len, reverse=True)
 
 
@@ -121,6 +123,7 @@ class WindowEngine:
         cache_bytes = sum(b.input_ids.numel() for b in batches) * _mlp_width(lm, start) * 4
         self.linear_first = (linear_first and not naive and lm.adapter.mlp_adds_to_residual
                              and (prior is None or start not in prior.projections)
+                             and (prior is None or prior.stream is None or start > prior.stream.last)
                              and cache_bytes <= LINEAR_FIRST_BUDGET)
         self.inputs: list[torch.Tensor] = []
         self.kwargs: list[dict[int, dict]] = []

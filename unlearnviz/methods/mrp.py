@@ -65,7 +65,9 @@ class MRPParams:
                          "projection of itself; one basis (union of the sites' rows), μ from the deepest site. "
                          "Folds exactly into an exported checkpoint; needs spare_first=false.",
                          "site (block output)", choices=("site", "stream"))
-    mask_from_subject: bool = hp(True, "Forget loss only from the first subject/answer token on.", "answer letter only")
+    forget_tokens: str = hp("from_subject", "Forget-loss tokens: 'from_subject', 'spans' (subject and answer tokens "
+                            "only) or 'all' (every token but position 0).", "answer letter only",
+                            choices=("from_subject", "spans", "all"))
     seed: int = hp(0, "Seed for the batch order.", "")
 
 
@@ -122,7 +124,7 @@ def _union_basis(q_parts: list[torch.Tensor | None]) -> torch.Tensor | None:
 @register("mrp", MRPParams, "Metamorphosis Representation Projection")
 def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
-    sites = sorted({int(x) if int(x) != -1 else max(1, round(2 * lm.n_layers / 3)) for x in hparams.layers})
+    sites = sorted({int(x) if int(x) != -1 else max(1, min(lm.n_layers - 2, round(2 * lm.n_layers / 3))) for x in hparams.layers})
     hparams.layers = sites
     if not sites:
         raise UserError("MRP needs at least one site layer")
@@ -139,8 +141,9 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         if why:
             raise UserError(f"MRP placement=stream is not available for this model: {why}; use placement=site")
     pad = lm.tokenizer.pad_token_id or 0
-    spans = subject_spans(data) if hparams.mask_from_subject else None
-    fb = make_batches(tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans), hparams.batch_size, pad)
+    spans = subject_spans(data) if hparams.forget_tokens != "all" else None
+    fb = make_batches(tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans,
+                                     spans_only=hparams.forget_tokens == "spans"), hparams.batch_size, pad)
     rb = make_batches(tokenize_texts(lm, data.retain_texts, hparams.max_tokens), hparams.batch_size, pad)
     nf = len(fb)
     last = lm.n_layers - 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from unlearnviz.methods.base import hp, register
-from unlearnviz.methods.engine import mean_abs_features, mean_token_norm
+from unlearnviz.methods.engine import mean_abs_features, mean_token_norm, subject_spans
 from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection
 
 
@@ -49,8 +49,10 @@ class SRMUParams(MisdirectionParams):
     variant: str = hp("ratio", "Importance map φ: ratio log(1+v_f/v_r), difference ReLU(v_f−λv_r), product.",
                       "ratio (Pareto-best)", choices=("ratio", "difference", "product"))
     lam: float = hp(1.0, "λ of the difference variant.", "not given", min=0.0, max=100.0)
-    stat_tokens: str = hp("masked", "Tokens the statistics v_f, v_r average over: 'masked' (from the subject on) or 'all' (every non-pad token but position 0).",
-                          "all tokens", choices=("masked", "all"))
+    stat_tokens: str = hp("spans", "Tokens the statistics v_f, v_r average over: 'spans' (the entity tokens of forget "
+                          "facts vs those of retain facts: the tokens that carry the facts, not the template both "
+                          "share), 'masked' (the forget loss mask vs every retain token) or 'all' (every non-pad "
+                          "token but position 0, both sides).", "all tokens", choices=("spans", "masked", "all"))
     c_map: float = hp(1.0, "Target scale; with coeff_relative, ||T|| = c_map × mean residual norm at L.",
                       "grid 1..170, chosen value not given", min=0.0, max=1e4)
     coeff_relative: bool = hp(True, "Read c_map relative to the mean forget-token norm (else T = c_map·V⊙I_norm).", "no")
@@ -63,8 +65,12 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
     t0 = time.perf_counter()
     engine, fb, rb = prepare(lm, data, hparams, prior, naive)
     nf = len(fb)
-    stat_f = fb if hparams.stat_tokens == "masked" else [_all_tokens(b) for b in fb]
-    stat_r = [_all_tokens(b, b.loss_mask) for b in rb]  # never the sink (anchor_first holds it)
+    if hparams.stat_tokens == "spans":
+        stat_f = _span_batches(lm, data.forget_texts, fb, subject_spans(data, "forget"), hparams.max_tokens)
+        stat_r = _span_batches(lm, data.retain_texts, rb, subject_spans(data, "retain"), hparams.max_tokens)
+    else:
+        stat_f = fb if hparams.stat_tokens == "masked" else [_all_tokens(b) for b in fb]
+        stat_r = [_all_tokens(b, b.loss_mask) for b in rb]  # never the sink (anchor_first holds it)
     v_f = mean_abs_features(engine.frozen[:nf], stat_f)
     v_r = mean_abs_features(engine.frozen[nf:], stat_r)
     i_norm = importance_map(v_f, v_r, hparams.variant, hparams.lam).to(lm.device)
@@ -85,6 +91,23 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
             "importance_range": [float(i_norm.min()), float(i_norm.max())], "target_norm": float(target_vec.norm()),
             "mean_norm": norm, "precompute_s": time.perf_counter() - t0}
     return train_misdirection(lm, engine, fb, rb, hparams, target, "srmu", progress, should_stop, meta)
+
+
+def _span_batches(lm, texts: list[str], batches: list, spans: list[str], max_tokens: int) -> list:
+    """The batches with masks over the span tokens only (texts without a span fall back to
+    every token but position 0, so no text is silently dropped from the statistics)."""
+    from unlearnviz.methods.engine import Batch, tokenize_texts
+
+    enc = tokenize_texts(lm, texts, max_tokens, spans, spans_only=True)
+    out, k = [], 0
+    for b in batches:
+        mask = torch.zeros_like(b.loss_mask)
+        for r in range(b.input_ids.shape[0]):
+            _, m = enc[k]
+            mask[r, : len(m)] = torch.tensor(m) if any(m) else torch.tensor([i > 0 for i in range(len(m))])
+            k += 1
+        out.append(Batch(b.input_ids, b.attention_mask, mask))
+    return out
 
 
 def _all_tokens(b, mask=None):

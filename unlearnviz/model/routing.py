@@ -91,6 +91,13 @@ class RoutingPlan:
     block_input_hook: dict[int, Callable[[tuple, dict], None]] = field(default_factory=dict)
     mlp_input_capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
 
+    def edited_layers(self) -> list[int]:
+        """Blocks the edit touches: deltas, site projections and a stream's last block."""
+        layers = set(self.deltas) | set(self.projections)
+        if self.stream is not None:
+            layers.add(self.stream.last)
+        return sorted(layers)
+
     def merged(self, other: RoutingPlan) -> RoutingPlan:
         """This plan's edits plus another's (deltas summed, projections and streams stacked)."""
         deltas = dict(self.deltas)

@@ -80,7 +80,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         tick = (lambda ev: progress((ev["step"], ev["total"]), desc="relearning"))
         edited = finetune_attack(session.lm, session.data, plan, settings, progress=tick, should_stop=session.should_stop)
         original = finetune_attack(session.lm, session.data, None, settings, progress=tick, should_stop=session.should_stop)
-        layer = max(plan.deltas or plan.projections)
+        layer = max(plan.edited_layers())
         wb = whitebox_attacks(session.lm, session.data, plan, layer)
         session.relearn[session.current_index] = {"edited": edited, "original": original, "whitebox": wb}
         return session, plots.relearning_curve(edited, original), wb
