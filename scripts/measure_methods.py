@@ -1,8 +1,9 @@
-"""Measure every method on every built-in real-fact set with default hyperparameters, the
-SRMU-vs-RMU comparison on the high-entanglement set, and relearning/white-box attacks.
+"""Measure every method on every built-in real-fact set with default hyperparameters, and the
+relearning and white-box attacks on the high-entanglement set. (Settings sweeps and the
+SRMU-vs-RMU comparison at matched forgetting: ``python -m unlearnviz sweep``.)
 
 Writes docs/methods_results.json and docs/methods_results.md. Usage:
-``python scripts/measure_methods.py [--quick] [--only runs,compare,relearn]``
+``python scripts/measure_methods.py [--only runs,relearn] [--relearn-steps N] [--relearn-lr LR]``
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from unlearnviz.methods import get_method, make_hparams  # noqa: E402
 from unlearnviz.model import load_model  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-SETS = ["geo_europe_vs_world", "geo_europe_vs_science_books"]
-KEYS = ["forget_cloze_acc", "forget_floor_acc", "forget_b_cloze_acc", "retain_cloze_acc", "retain_floor_acc",
+SETS = ["geo_europe_vs_world", "geo_europe_vs_science_books", "demo"]
+KEYS = ["forget_cloze_acc", "forget_floor_acc", "forget_b_cloze_acc", "retain_cloze_acc", "retain_floor_acc", "chance",
         "forget_gold_logprob", "retain_gold_logprob", "retain_ppl", "forget_mcq_acc", "retain_mcq_acc"]
 
 
@@ -36,8 +37,9 @@ def short(m: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--only", default="runs,compare,relearn")
-    p.add_argument("--relearn-steps", type=int, default=30)
+    p.add_argument("--only", default="runs,relearn")
+    p.add_argument("--relearn-steps", type=int, default=40)
+    p.add_argument("--relearn-lr", type=float, default=RelearnSettings.lr)
     args = p.parse_args()
     parts = set(args.only.split(","))
     torch.manual_seed(0)
@@ -77,22 +79,9 @@ def main() -> None:
                 print(json.dumps({k: row[k] for k in ("set", "method", "fit_s")}), short(after), row["meets"], flush=True)
                 save()
             results.setdefault("baseline_eval_s", {})[name] = eval_s
-    if "compare" in parts:
-        data = load_data("builtin:geo_europe_vs_world")
-        rows = []
-        for method, key, values in (("rmu", "steering_coeff", [0.25, 0.5, 1.0, 2.0]),
-                                    ("srmu", "c_map", [0.25, 0.5, 1.0, 2.0])):
-            for v in values:
-                spec = get_method(method)
-                edit = spec.fit(lm, data, make_hparams(spec.hparams_cls, {key: v}))
-                m = evaluate(lm, data, plan=edit.plan(), letter=False, ppl=True)
-                rows.append({"method": method, key: v, **short(m)})
-                print(rows[-1], flush=True)
-                results["compare"] = rows
-                save()
     if "relearn" in parts:
         data = load_data("builtin:geo_europe_vs_world")
-        s = RelearnSettings(steps=args.relearn_steps, eval_every=max(1, args.relearn_steps // 5))
+        s = RelearnSettings(steps=args.relearn_steps, lr=args.relearn_lr, eval_every=max(1, args.relearn_steps // 5))
         original = finetune_attack(lm, data, None, s)
         rel = {"settings": vars(s), "original": original, "methods": {}}
         for method in ("rmu", "srmu", "mrp"):
@@ -111,6 +100,39 @@ def main() -> None:
     assert lm.fingerprint() == fp, "base weights changed"
     results["fingerprint_unchanged"] = True
     save()
+    write_markdown(results)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def write_markdown(results: dict) -> None:
+    """docs/methods_results.md: the tables the README quotes."""
+    lines = ["# Methods on the default model (measured by scripts/measure_methods.py)", "",
+             "Cloze accuracy (lm-eval acc_norm), before → after; forget half B in brackets; held-out retain "
+             "perplexity; 'bar' = forget within 10 points of chance, retain drop ≤ 3 points, perplexity rise ≤ 10%.",
+             "", "| set | method | forget | retain | retain ppl | fit | bar |", "|---|---|---|---|---|---|---|"]
+    for r in results.get("runs", []):
+        b, a, m = r["before"], r["after"], r["meets"]
+        met = "met" if all(m.values()) else "not met: " + ", ".join(k for k, v in m.items() if not v)
+        lines.append(f"| {r['set']} | {r['method']} | {_pct(b['forget_cloze_acc'])} → {_pct(a['forget_cloze_acc'])} "
+                     f"({_pct(a['forget_b_cloze_acc'])}) | {_pct(b['retain_cloze_acc'])} → {_pct(a['retain_cloze_acc'])} "
+                     f"| {b['retain_ppl']:.1f} → {a['retain_ppl']:.1f} | {r['fit_s']:.0f} s | {met} |")
+    rel = results.get("relearn")
+    if rel:
+        s = rel["settings"]
+        lines += ["", f"## Relearning (fine-tune every MLP output projection on forget half A, lr {s['lr']}, "
+                  f"{s['steps']} steps; cloze accuracy on held-out half B)", "",
+                  "| model | " + " | ".join(f"step {p['step']}" for p in rel["original"]) + " |",
+                  "|---|" + "---|" * len(rel["original"])]
+        lines.append("| original | " + " | ".join(_pct(p["acc"]) for p in rel["original"]) + " |")
+        for method, v in rel["methods"].items():
+            lines.append(f"| {method} | " + " | ".join(_pct(p["acc"]) for p in v["curve"]) + " |")
+        lines += ["", "White-box attacks (half B accuracy):", ""]
+        for method, v in rel["methods"].items():
+            lines.append(f"- {method}: " + ", ".join(f"{k} {_pct(x)}" for k, x in v["whitebox"].items()))
+    (DOCS / "methods_results.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ class MCQItem:
         return self.choices[self.answer]
 
 
+PPL_HELDOUT_EVERY = 5  # every fifth retain text measures perplexity and is never trained on
+
+
 @dataclass
 class UnlearningData:
     """Forget and retain corpora plus MCQ sets, with provenance.
@@ -69,6 +72,22 @@ class UnlearningData:
             self.forget_half = ["A" if i % 2 == 0 else "B" for i in range(len(self.forget_mcq))]
         if not self.forget_text_half:
             self.forget_text_half = ["A"] * len(self.forget_texts)
+
+    @property
+    def retain_train_texts(self) -> list[str]:
+        """The retain texts methods train on: all but every fifth, which are kept out so that
+        ``ppl_texts`` is a held-out perplexity (a method that trains retain NLL, as MRP does,
+        would otherwise lower the perplexity of its own training texts and look harmless)."""
+        if len(self.retain_texts) < PPL_HELDOUT_EVERY:
+            return list(self.retain_texts)
+        return [t for i, t in enumerate(self.retain_texts) if i % PPL_HELDOUT_EVERY != PPL_HELDOUT_EVERY - 1]
+
+    @property
+    def ppl_texts(self) -> list[str]:
+        """Held-out retain texts for perplexity (every fifth; all of them when there are fewer than five)."""
+        if len(self.retain_texts) < PPL_HELDOUT_EVERY:
+            return list(self.retain_texts)
+        return [t for i, t in enumerate(self.retain_texts) if i % PPL_HELDOUT_EVERY == PPL_HELDOUT_EVERY - 1]
 
     def forget_mcq_half(self, half: str) -> list[MCQItem]:
         return [it for it, h in zip(self.forget_mcq, self.forget_half) if h == half]

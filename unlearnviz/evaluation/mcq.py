@@ -13,6 +13,7 @@ Conventions (stated in the README so numbers compare with lm-evaluation-harness)
   what option popularity alone gives. Forgetting is only as good as its distance to the floor.
 - ``*_gold_logprob``: mean summed log-probability of the gold continuation (continuous, less
   noisy than accuracy).
+- ``retain_ppl``: perplexity of the held-out retain texts (every fifth, which no method trains on).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def evaluate(
         for k, v in summarise(rows).items():
             out[f"{prefix}_{k}"] = v
     if ppl:
-        out["retain_ppl"] = perplexity(lm, data.retain_texts, plan=plan)
+        out["retain_ppl"] = perplexity(lm, data.ppl_texts, plan=plan)
     out["chance"] = out.get("forget_chance", 0.25)
     out["wall_s"] = time.perf_counter() - t0
     return out

@@ -81,7 +81,7 @@ def prepare(lm: LoadedModel, data: UnlearningData, hp, prior: RoutingPlan | None
     spans = subject_spans(data) if hp.forget_tokens != "all" else None
     fb = make_batches(tokenize_texts(lm, data.forget_texts, hp.max_tokens, spans,
                                      spans_only=hp.forget_tokens == "spans"), hp.batch_size, pad)
-    rb = make_batches(tokenize_texts(lm, data.retain_texts, hp.max_tokens, include_first=hp.anchor_first),
+    rb = make_batches(tokenize_texts(lm, data.retain_train_texts, hp.max_tokens, include_first=hp.anchor_first),
                       hp.batch_size, pad)
     engine = WindowEngine(lm, start, stop, fb + rb, prior=prior, naive=naive, linear_first=True)
     if naive:  # frozen forget outputs are still needed once (targets, statistics)

@@ -144,7 +144,7 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
     spans = subject_spans(data) if hparams.forget_tokens != "all" else None
     fb = make_batches(tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans,
                                      spans_only=hparams.forget_tokens == "spans"), hparams.batch_size, pad)
-    rb = make_batches(tokenize_texts(lm, data.retain_texts, hparams.max_tokens), hparams.batch_size, pad)
+    rb = make_batches(tokenize_texts(lm, data.retain_train_texts, hparams.max_tokens), hparams.batch_size, pad)
     nf = len(fb)
     last = lm.n_layers - 1
     prior_proj = dict(prior.projections) if prior is not None else {}

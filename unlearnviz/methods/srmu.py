@@ -67,7 +67,7 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
     nf = len(fb)
     if hparams.stat_tokens == "spans":
         stat_f = _span_batches(lm, data.forget_texts, fb, subject_spans(data, "forget"), hparams.max_tokens)
-        stat_r = _span_batches(lm, data.retain_texts, rb, subject_spans(data, "retain"), hparams.max_tokens)
+        stat_r = _span_batches(lm, data.retain_train_texts, rb, subject_spans(data, "retain"), hparams.max_tokens)
     else:
         stat_f = fb if hparams.stat_tokens == "masked" else [_all_tokens(b) for b in fb]
         stat_r = [_all_tokens(b, b.loss_mask) for b in rb]  # never the sink (anchor_first holds it)
