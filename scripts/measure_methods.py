@@ -75,6 +75,9 @@ def main() -> None:
                        "meets": {"forget_within_10pt_of_chance": after["forget_cloze_acc"] <= before["chance"] + 0.10,
                                  "retain_drop_le_3pt": before["retain_cloze_acc"] - after["retain_cloze_acc"] <= 0.03,
                                  "ppl_rise_le_10pct": after["retain_ppl"] <= 1.10 * before["retain_ppl"]}}
+                for key in ("selectivity_top10", "importance_range"):  # SRMU: how selective its map was
+                    if key in edit.meta:
+                        row[key] = edit.meta[key]
                 results["runs"].append(row)
                 print(json.dumps({k: row[k] for k in ("set", "method", "fit_s")}), short(after), row["meets"], flush=True)
                 save()

@@ -19,8 +19,10 @@ from unlearnviz.model.routing import RoutingPlan
 
 def small(lm, method: str, **over):
     layer = min(2, lm.n_layers - 2)
-    base = {"rmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8, "steering_coeff": 8.0},
-            "srmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8},
+    # few steps at a high rate: the tiny model, not the default model the defaults are tuned on
+    base = {"rmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8, "steering_coeff": 8.0, "lr": 1e-2,
+                    "alpha": 100},
+            "srmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8, "lr": 1e-2, "alpha": 100},
             "mrp": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8},
             "mrp-stream": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8, "placement": "stream",
                            "spare_first": False}}[method]

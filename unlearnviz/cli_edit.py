@@ -188,7 +188,7 @@ def register(sub) -> None:
     p.add_argument("--edit", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--json", default=None)
     p.set_defaults(fn=cmd_relearn)

@@ -96,7 +96,7 @@ def resolve_layers(lm: LoadedModel, layers: int | Sequence[int] | None) -> list[
 
 
 def encode(lm: LoadedModel, texts: Sequence[str], mask_from: list[str] | None = None,
-           what: str = "text") -> Encoded:
+           what: str = "text", spans_only: bool = False) -> Encoded:
     """Token ids and statistic mask per text (position 0 never in the mask; see tokenize_texts).
 
     Texts longer than the model's context are refused rather than silently truncated.
@@ -108,7 +108,7 @@ def encode(lm: LoadedModel, texts: Sequence[str], mask_from: list[str] | None = 
         if not isinstance(t, str) or not t.strip():
             raise UserError(f"{what} {i + 1} is empty")
     limit = lm.max_length
-    encoded = tokenize_texts(lm, texts, limit + 1, mask_from)
+    encoded = tokenize_texts(lm, texts, limit + 1, mask_from, spans_only=spans_only)
     for i, (ids, _) in enumerate(encoded):
         if len(ids) > limit:
             raise UserError(f"{what} {i + 1} is too long: more than {limit} tokens, the model's context "

@@ -2,9 +2,10 @@
 
 - **Importance map** (per layer × feature): SRMU's statistics v_f, v_r = per-feature mean |h|
   over forget / retain tokens, turned into I_norm by :func:`unlearnviz.methods.srmu.importance_map`
-  (ratio, difference or product). Forget statistics are taken, like SRMU's default
-  ``stat_tokens="masked"``, from the first subject/answer token on; retain statistics over every
-  token but position 0. At SRMU's layer the map equals the one the edit trained with.
+  (ratio, difference or product). The statistics are taken, like SRMU's default
+  ``stat_tokens="spans"``, over the entity tokens of forget facts and of retain facts (texts
+  without one: every token but position 0), on the texts the methods train on (the retain texts
+  less the held-out fifth). At SRMU's layer the map equals the one the edit trained with.
 - **Selectivity**: the histogram of I_norm and the share of total importance held by the top
   10% of features (0.1 = uniform), with a plain verdict. A near-uniform map is said to be one.
 - **Token × layer signature** of one prompt: for each token and layer, where the token sits
@@ -99,7 +100,7 @@ class SplitPass:
 
 
 def data_pass(lm: LoadedModel, texts: Sequence[str], layers=None, plan=None, mask_from: list[str] | None = None,
-              batch_size: int = 32, use_cache: bool = True) -> SplitPass:
+              batch_size: int = 32, use_cache: bool = True, spans_only: bool = False) -> SplitPass:
     """Pooled activations, token statistics and (with an edit) the footprint, in one pass.
 
     With an edit the pass is paired (original and edited rows); statistics are always those of
@@ -114,7 +115,7 @@ def data_pass(lm: LoadedModel, texts: Sequence[str], layers=None, plan=None, mas
     def compute() -> SplitPass:
         enc = encode(lm, texts)
         if mask_from:
-            stat_enc = encode(lm, texts, mask_from)
+            stat_enc = encode(lm, texts, mask_from, spans_only=spans_only)
             enc = [(ids, m) for (ids, _), (_, m) in zip(enc, stat_enc)]
         pool, stats = PoolReducer(len(texts), "mean"), StatsReducer()
         run_pass(lm, enc, layers, [pool, stats], plan=plan, pair=plan is not None, batch_size=batch_size)
@@ -128,20 +129,34 @@ def data_pass(lm: LoadedModel, texts: Sequence[str], layers=None, plan=None, mas
 
     if not use_cache:
         return compute()
-    return CACHE.get_or_compute(cache_key(lm, "data_pass", texts, layers, plan, tuple(mask_from or ())), compute)
+    return CACHE.get_or_compute(cache_key(lm, "data_pass", texts, layers, plan, tuple(mask_from or ()), spans_only),
+                                compute)
 
 
 def split_passes(lm: LoadedModel, data: UnlearningData, layers=None, plan=None, max_texts: int | None = None,
-                 stat_tokens: str = "masked", batch_size: int = 32, seed: int = 0) -> tuple[SplitPass, SplitPass]:
-    """(forget, retain) passes over the data's corpora (forget stats from the subject on)."""
-    if stat_tokens not in ("masked", "all"):
-        raise UserError(f"stat_tokens must be 'masked' or 'all', got {stat_tokens!r}")
+                 stat_tokens: str = "spans", batch_size: int = 32, seed: int = 0) -> tuple[SplitPass, SplitPass]:
+    """(forget, retain) passes over the data's corpora, statistics over ``stat_tokens``."""
     if not data.forget_texts or not data.retain_texts:
         raise UserError("the analysis needs both forget and retain texts")
-    spans = subject_spans(data) if stat_tokens == "masked" else None
-    f = data_pass(lm, sample_texts(data.forget_texts, max_texts, seed), layers, plan, spans, batch_size)
-    r = data_pass(lm, sample_texts(data.retain_texts, max_texts, seed), layers, plan, None, batch_size)
+    (f_spans, f_only), (r_spans, r_only) = stat_masks(data, stat_tokens)
+    f = data_pass(lm, sample_texts(data.forget_texts, max_texts, seed), layers, plan, f_spans, batch_size,
+                  spans_only=f_only)
+    r = data_pass(lm, sample_texts(data.retain_train_texts, max_texts, seed), layers, plan, r_spans, batch_size,
+                  spans_only=r_only)
     return f, r
+
+
+def stat_masks(data: UnlearningData, stat_tokens: str):
+    """Which tokens the forget and retain statistics average over, as SRMU's ``stat_tokens``:
+    'spans' (the entity tokens of forget facts vs of retain facts), 'masked' (forget from the
+    first subject/answer token on, every retain token) or 'all' (every token but position 0)."""
+    if stat_tokens == "spans":
+        return (subject_spans(data, "forget"), True), (subject_spans(data, "retain"), True)
+    if stat_tokens == "masked":
+        return (subject_spans(data), False), (None, False)
+    if stat_tokens == "all":
+        return (None, False), (None, False)
+    raise UserError(f"stat_tokens must be 'spans', 'masked' or 'all', got {stat_tokens!r}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -249,7 +264,7 @@ def importance_from_passes(forget: SplitPass, retain: SplitPass, variant: str = 
 
 
 def importance(lm: LoadedModel, data: UnlearningData, layers=None, variant: str = "ratio", lam: float = 1.0,
-               stat_tokens: str = "masked", max_texts: int | None = None, plan=None,
+               stat_tokens: str = "spans", max_texts: int | None = None, plan=None,
                batch_size: int = 32) -> ImportanceMap:
     """The importance map of ``data`` at ``layers`` (None = all) on the model (+ ``plan``, e.g.
     the edits already stacked, applied to every row)."""
@@ -261,11 +276,11 @@ def importance(lm: LoadedModel, data: UnlearningData, layers=None, variant: str 
 def _prior_passes(lm, data, layers, plan, max_texts, stat_tokens, batch_size):
     """Statistics of the model with ``plan`` on every row (a stacked prior, not a comparison)."""
     layers = resolve_layers(lm, layers)
-    spans = subject_spans(data) if stat_tokens == "masked" else None
+    (f_spans, f_only), (r_spans, r_only) = stat_masks(data, stat_tokens)
     out = []
-    for texts, mask_from in ((sample_texts(data.forget_texts, max_texts), spans),
-                             (sample_texts(data.retain_texts, max_texts), None)):
-        enc = encode(lm, texts, mask_from)
+    for texts, mask_from, only in ((sample_texts(data.forget_texts, max_texts), f_spans, f_only),
+                                   (sample_texts(data.retain_train_texts, max_texts), r_spans, r_only)):
+        enc = encode(lm, texts, mask_from, spans_only=only)
         stats = StatsReducer()
         run_pass(lm, enc, layers, [stats], plan=plan, batch_size=batch_size)
         n = max(stats.count, 1)

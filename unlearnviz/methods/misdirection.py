@@ -40,12 +40,14 @@ class MisdirectionParams:
                     "(7 of 30 on the default model).", "7 of 32 (Zephyr-7B)", min=-1)
     window: int = hp(3, "Blocks L−window+1..L have their MLP output projection trained.", "3 (layers 5,6,7)",
                      min=1, max=8)
-    alpha: float = hp(100.0, "Weight of the retain term α·||h − h_frozen||².", "1200 (Zephyr)", min=0.0, max=1e6)
-    lr: float = hp(1e-2, "AdamW learning rate on the deltas.", "5e-5", min=1e-7, max=1.0)
-    steps: int = hp(200, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
+    alpha: float = hp(300.0, "Weight of the retain term α·||h − h_frozen||² (on the default model: 100 kept less "
+                      "retain, 1000 stopped forgetting).", "1200 (Zephyr)", min=0.0, max=1e6)
+    lr: float = hp(3e-3, "AdamW learning rate on the deltas (1e-2 forgot as well but flipped more retain facts).",
+                   "5e-5", min=1e-7, max=1.0)
+    steps: int = hp(400, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
     batch_size: int = hp(8, "Texts per forget batch and per retain batch.", "4", min=1, max=256)
     max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512 (768 cyber)", min=4, max=4096)
-    forget_tokens: str = hp("from_subject", "Forget-loss tokens: 'from_subject' (from the first subject/answer token "
+    forget_tokens: str = hp("spans", "Forget-loss tokens: 'from_subject' (from the first subject/answer token "
                             "on), 'spans' (only the subject and answer tokens), 'all' (every token but position 0).",
                             "all (pads included)", choices=("from_subject", "spans", "all"))
     anchor_first: bool = hp(True, "NON-PAPER: the retain term also holds sequence position 0 (the attention sink) at "

@@ -8,6 +8,7 @@ import gradio as gr
 
 from unlearnviz import plots
 from unlearnviz.errors import UserError
+from unlearnviz.evaluation.relearn import RelearnSettings
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Evaluate.** Cloze accuracy is the primary metric for small models (lettered A–D scoring is at "
@@ -46,7 +47,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
     gr.Markdown("### Relearning attack")
     with gr.Row():
         steps = gr.Slider(5, 200, value=30, step=5, label="fine-tuning steps on forget half A")
-        lr = gr.Number(value=1e-3, label="learning rate")
+        lr = gr.Number(value=RelearnSettings.lr, label="learning rate")
         relearn = gr.Button("Run relearning attack")
     relearn_plot = gr.Plot(label="Half-B accuracy while relearning", show_label=False)
     whitebox = gr.JSON(label="White-box attacks (half-B cloze accuracy)")
@@ -66,7 +67,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
     @readable
     def on_relearn(session: UISession, n_steps: float, rate: float, progress=gr.Progress()):
-        from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, whitebox_attacks
+        from unlearnviz.evaluation.relearn import finetune_attack, whitebox_attacks
 
         ensure_ready(session, config)
         if n_steps is None or not 1 <= n_steps <= config.limits.max_steps:
