@@ -22,7 +22,7 @@ from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.mcq import score_items, summarise
 from unlearnviz.methods.base import Ticker
-from unlearnviz.methods.engine import make_batches, tokenize_texts, zero_delta
+from unlearnviz.methods.engine import adam, make_batches, tokenize_texts, zero_delta
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
 
@@ -62,7 +62,7 @@ def finetune_attack(
     batches = make_batches(tokenize_texts(lm, texts, s.max_tokens), s.batch_size, pad)
     base = edit_plan or RoutingPlan()
     deltas = {layer: zero_delta(lm, layer) for layer in layers}
-    opt = torch.optim.Adam(list(deltas.values()), lr=s.lr)
+    opt = adam(list(deltas.values()), s.lr)
     g = torch.Generator().manual_seed(s.seed)
     curve = [{"step": 0, "acc": _eval_b(lm, data, edit_plan), "loss": None}]
     ticker = Ticker(s.steps, progress, should_stop, "relearn")

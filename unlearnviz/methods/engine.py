@@ -229,6 +229,15 @@ def zero_delta(lm: LoadedModel, layer: int) -> torch.Tensor:
     return torch.zeros(tuple(w.shape), device=w.device, dtype=torch.float32, requires_grad=True)
 
 
+def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam (no weight decay) with the fused kernel where the device has one: on the default
+    model its per-step update of three 576×1536 deltas was ~7% of a training step unfused."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, forget_loss: torch.Tensor,
                    retain_loss: torch.Tensor, history: list[dict], ticker, step: int) -> None:
     """One update, its loss terms recorded and reported (and cancellation checked)."""

@@ -20,6 +20,7 @@ from unlearnviz.methods.base import ProgressFn, StopFn, Ticker, hp
 from unlearnviz.methods.edit import Edit
 from unlearnviz.methods.engine import (
     WindowEngine,
+    adam,
     make_batches,
     masked_mse,
     optimizer_step,
@@ -107,7 +108,7 @@ def train_misdirection(
     start, stop = engine.start, engine.stop
     torch.manual_seed(hp.seed)
     deltas = {layer: zero_delta(lm, layer) for layer in range(start, stop + 1)}
-    opt = torch.optim.AdamW(list(deltas.values()), lr=hp.lr, weight_decay=0.0)
+    opt = adam(list(deltas.values()), hp.lr)
     nf = len(fb)
     ticker = Ticker(hp.steps, progress, should_stop, method)
     history = []

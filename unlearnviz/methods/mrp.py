@@ -32,6 +32,7 @@ from unlearnviz.methods.edit import Edit
 from unlearnviz.methods.engine import (
     Batch,
     WindowEngine,
+    adam,
     make_batches,
     optimizer_step,
     step_order,
@@ -209,7 +210,7 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         engine = WindowEngine(lm, start, last, fb + rb, prior=prior, naive=naive, keep_frozen=False)
         engine.prior = other_prior  # projections are rebuilt each step from prior + trainable rows
         weights = {s: torch.nn.Parameter(new_rows[s].clone()) for s in sites}
-        opt = torch.optim.Adam(list(weights.values()), lr=hparams.lr)
+        opt = adam(list(weights.values()), hparams.lr)
         with torch.no_grad():
             init_plan = plan_for({})
             ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
