@@ -12,8 +12,9 @@ from unlearnviz.methods import get_method, make_hparams
 
 EDITS = {
     "rmu": {"steps": 40, "layer": 2, "window": 3, "alpha": 1.0},
-    "mrp-site": {"steps": 10, "layers": [1], "k": 24},  # centred, spare_first: offsets and the sink matter
-    "mrp-stream": {"steps": 10, "layers": [1], "k": 24, "placement": "stream", "spare_first": False},
+    "mrp-site": {"steps": 10, "layers": [1], "k": 24, "retain_weight": 1.2, "forget_tokens": "from_subject"},  # centred, spare_first: offsets and the sink matter
+    "mrp-stream": {"steps": 10, "layers": [1], "k": 24, "placement": "stream", "spare_first": False,
+                   "retain_weight": 1.2, "forget_tokens": "from_subject"},
 }
 
 
