@@ -141,3 +141,28 @@ def test_cache_is_bounded_by_bytes():
     assert len(cache) == 3 and cache.bytes == 1200
     big = cache.get_or_compute(("big",), lambda: torch.zeros(1000))
     assert big.numel() == 1000 and len(cache) == 3  # returned, not kept
+
+
+def test_cancelled_analysis_keeps_nothing(tiny_lm, tiny_data):
+    """A cancel stops the analysis between batches (Cancelled) before anything is cached; the
+    next, uncancelled run computes the full result and equals a fresh one."""
+    from unlearnviz.analysis.activations import clear_cache, stoppable
+    from unlearnviz.analysis.importance import importance
+    from unlearnviz.methods.base import Cancelled
+
+    clear_cache()
+    calls = []
+
+    def stop_on_second_batch() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
+    with stoppable(stop_on_second_batch), pytest.raises(Cancelled, match="nothing was kept"):
+        importance(tiny_lm, tiny_data, batch_size=8)
+    assert len(calls) == 2  # it ran one batch, then stopped
+    after = importance(tiny_lm, tiny_data, batch_size=8)
+    clear_cache()
+    fresh = importance(tiny_lm, tiny_data, batch_size=8)
+    assert torch.allclose(after.i_norm, fresh.i_norm) and after.v_f.shape == fresh.v_f.shape
+    with stoppable(lambda: False):  # a flag that is never set changes nothing
+        assert torch.allclose(importance(tiny_lm, tiny_data, batch_size=8).i_norm, fresh.i_norm)

@@ -26,11 +26,14 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 
 from unlearnviz.errors import UserError
+from unlearnviz.methods.base import Cancelled
 from unlearnviz.methods.engine import Batch, make_batches, tokenize_texts
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan, StopForward
@@ -131,6 +134,27 @@ def _pool_mask(batch: Batch) -> torch.Tensor:
     return mask
 
 
+# The cancel check of the analysis running in this context (a UI session's Cancel button).
+_SHOULD_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("unlearnviz_analysis_stop", default=None)
+
+
+@contextmanager
+def stoppable(should_stop: Callable[[], bool] | None):
+    """Run analyses that stop between batches once ``should_stop()`` is true. A stopped analysis
+    raises :class:`Cancelled` before anything is cached, so no partial result is ever reused."""
+    token = _SHOULD_STOP.set(should_stop)
+    try:
+        yield
+    finally:
+        _SHOULD_STOP.reset(token)
+
+
+def check_stop() -> None:
+    should_stop = _SHOULD_STOP.get()
+    if should_stop is not None and should_stop():
+        raise Cancelled("analysis cancelled; nothing was kept")
+
+
 @torch.no_grad()
 def run_pass(lm: LoadedModel, encoded: Encoded, layers: Sequence[int], reducers: Sequence[Reducer],
              plan=None, pair: bool = False, batch_size: int = 32) -> None:
@@ -163,6 +187,7 @@ def run_pass(lm: LoadedModel, encoded: Encoded, layers: Sequence[int], reducers:
     capture = {layer: hook(layer) for layer in layers}
     dev = lm.device
     for s in range(0, len(order), per_batch):
+        check_stop()
         idx = order[s:s + per_batch]
         batch = make_batches([encoded[i] for i in idx], len(idx), pad)[0]
         state["batch"], state["idx"] = batch, idx

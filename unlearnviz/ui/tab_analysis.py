@@ -6,10 +6,12 @@ figures from ``unlearnviz.plots``; this module only wires them to the page.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.analysis.activations import capture_pair
+from unlearnviz.analysis.activations import capture_pair, stoppable
 from unlearnviz.analysis.geometry import layer_metrics, pca_views, umap_view
 from unlearnviz.analysis.importance import VARIANTS, edit_footprint, token_layer_map
 from unlearnviz.analysis.importance import importance as importance_of
@@ -89,6 +91,14 @@ def residual_figures(session: UISession, prompt: str | None = None, answer: str 
     return plots.logit_lens_heatmap(ll), plots.probe_accuracy_lines(pr), f"**Verdict:** {pr.verdict}", prompt, answer
 
 
+@contextmanager
+def cancellable(session: UISession):
+    """Clear the session's cancel flag, then let the analysis stop between batches once set."""
+    session.cancel_flag.clear()
+    with stoppable(session.should_stop):
+        yield
+
+
 def build(state: gr.State, config: AppConfig) -> dict:
     with gr.Tab("Importance", id="importance"):
         gr.Markdown(IMPORTANCE_INTRO)
@@ -96,6 +106,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
             variant = gr.Dropdown(list(VARIANTS), value="ratio", label="map variant")
             token_prompt = gr.Textbox(label="prompt for the token map (empty = first forget text)", scale=3)
             imp_btn = gr.Button("Compute", variant="primary")
+            imp_cancel = gr.Button("Cancel", variant="stop")
         imp_text = gr.Markdown()
         imp_plot = gr.Plot(label="Importance map (layer × feature)", show_label=False)
         with gr.Row():
@@ -109,6 +120,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
                               info="PCA: every layer at once with a slider; UMAP: one layer (slower)")
             layer = gr.Number(value=None, label="UMAP layer", precision=0)
             geo_btn = gr.Button("Compute", variant="primary")
+            geo_cancel = gr.Button("Cancel", variant="stop")
         geo_plot = gr.Plot(label="Forget vs retain, original vs edited, shared basis", show_label=False)
         metric_plot = gr.Plot(label="Per-layer separability, distance, CKA", show_label=False)
     with gr.Tab("Residual knowledge", id="residual"):
@@ -117,45 +129,62 @@ def build(state: gr.State, config: AppConfig) -> dict:
             lens_prompt = gr.Textbox(label="prompt (empty = first forget item)", scale=3)
             lens_answer = gr.Textbox(label="gold answer", scale=1)
             res_btn = gr.Button("Compute", variant="primary")
+            res_cancel = gr.Button("Cancel", variant="stop")
         verdict = gr.Markdown()
         lens_plot = gr.Plot(label="Logit lens: p(gold answer) per layer", show_label=False)
         probe_plot = gr.Plot(label="Linear probes per layer", show_label=False)
         api_out = gr.JSON(visible=False)
         hidden_btn = gr.Button(visible=False)
+        hidden_cancel = gr.Button(visible=False)
+    cancel_buttons = [imp_cancel, geo_cancel, res_cancel]
 
     @readable
     def on_importance(session: UISession, v: str, prompt: str):
         ensure_ready(session, config)
-        return (session, *importance_figures(session, v, prompt or None))
+        with cancellable(session):
+            return (session, *importance_figures(session, v, prompt or None))
 
-    imp_btn.click(on_importance, [state, variant, token_prompt],
-                  [state, imp_plot, sel_plot, imp_text, tok_plot, fp_plot], api_visibility="private")
+    imp_event = imp_btn.click(on_importance, [state, variant, token_prompt],
+                              [state, imp_plot, sel_plot, imp_text, tok_plot, fp_plot], api_visibility="private")
 
     @readable
     def on_geometry(session: UISession, m: str, lay):
         ensure_ready(session, config)
-        return (session, *geometry_figures(session, m, None if lay in (None, "") else int(lay)))
+        with cancellable(session):
+            return (session, *geometry_figures(session, m, None if lay in (None, "") else int(lay)))
 
-    geo_btn.click(on_geometry, [state, method, layer], [state, geo_plot, metric_plot], api_visibility="private")
+    geo_event = geo_btn.click(on_geometry, [state, method, layer], [state, geo_plot, metric_plot],
+                              api_visibility="private")
 
     @readable
     def on_residual(session: UISession, prompt: str, answer: str):
         ensure_ready(session, config)
-        lens, probe, text, _, _ = residual_figures(session, prompt or None, answer or None)
+        with cancellable(session):
+            lens, probe, text, _, _ = residual_figures(session, prompt or None, answer or None)
         return session, lens, probe, text
 
-    res_btn.click(on_residual, [state, lens_prompt, lens_answer], [state, lens_plot, probe_plot, verdict],
-                  api_visibility="private")
+    res_event = res_btn.click(on_residual, [state, lens_prompt, lens_answer], [state, lens_plot, probe_plot, verdict],
+                              api_visibility="private")
 
     @readable
     def on_analyze(session: UISession):
         """API: the numbers behind the three tabs for the selected edit."""
         ensure_ready(session, config)
-        imp = importance_of(session.lm, session.data, max_texts=120)
-        pr = residual_knowledge(session.lm, session.data, plan=session.plan(), max_items=48)
+        with cancellable(session):
+            imp = importance_of(session.lm, session.data, max_texts=120)
+            pr = residual_knowledge(session.lm, session.data, plan=session.plan(), max_items=48)
         return session, {"importance": imp.to_json(k=5), "residual_knowledge": pr.to_json()}
 
-    hidden_btn.click(on_analyze, state, [state, api_out], api_name="analyze")
+    api_event = hidden_btn.click(on_analyze, state, [state, api_out], api_name="analyze")
+
+    def on_cancel(session: UISession) -> None:
+        session.cancel_flag.set()  # the running analysis stops at its next batch and keeps nothing
+        gr.Info("Analysis cancelled")
+
+    events = [imp_event, geo_event, res_event, api_event]
+    for button in cancel_buttons:
+        button.click(on_cancel, state, None, cancels=events, api_visibility="private")
+    hidden_cancel.click(on_cancel, state, None, cancels=events, api_name="cancel_analysis")
     outputs = [imp_plot, sel_plot, imp_text, tok_plot, fp_plot, geo_plot, metric_plot, lens_plot, probe_plot, verdict,
                lens_prompt, lens_answer]
     return {"outputs": outputs}
