@@ -181,3 +181,37 @@ def test_stream_fold_is_exact_for_every_family(family, tmp_path):
     for left in (True, False):
         diff, effect = _max_diff(lm, stack.plan(), model, left_pad=left)
         assert diff < TOL and effect > 1e-3, (diff, effect)
+
+
+def test_export_checksums_and_an_interrupted_replace(tiny_lm, tiny_data, tmp_path, monkeypatch):
+    """The export manifest lists every file's SHA-256 and load_exported verifies them; replacing
+    an export that fails before the swap leaves the old one intact and loadable."""
+    from pathlib import Path
+
+    edit = get_method("rmu").fit(tiny_lm, tiny_data, make_hparams(get_method("rmu").hparams_cls,
+                                                                   {"steps": 2, "layer": 2, "window": 2}))
+    out = tmp_path / "ckpt"
+    info = export_checkpoint(tiny_lm, EditStack([edit]), out)
+    assert {"config.json", "model.safetensors"} <= set(info["files"])
+    assert all(len(d) == 64 for d in info["files"].values())
+    load_exported(out)  # verifies
+    before = (out / "model.safetensors").read_bytes()
+    real_rename = Path.rename
+
+    def crash_on_swap(self, target):
+        if self.name == "ckpt.tmp":
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_on_swap)
+    with pytest.raises(OSError):
+        export_checkpoint(tiny_lm, EditStack([edit, edit]), out)
+    monkeypatch.undo()
+    assert (out / "model.safetensors").read_bytes() == before  # the previous export is back in place
+    assert not out.with_name("ckpt.old").exists()
+    load_exported(out)
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum mismatch"):
+        load_exported(out)

@@ -340,12 +340,41 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
         info["note"] = ("MRP projections are applied by unlearnviz.methods.edit.load_exported; a plain "
                         "from_pretrained of this folder is the model without them (they cannot be "
                         "folded exactly into the weights).")
+    info["files"] = {f.name: _sha256(f.read_bytes()) for f in sorted(tmp.iterdir()) if f.is_file()}
     (tmp / "unlearnviz_export.json").write_text(json.dumps(info, indent=2, default=float))
-    if out.exists():
-        import shutil
+    # Swap in: the old export is moved aside, not deleted, until the new one is in place, so an
+    # interruption leaves either the old folder or the new one (and load_exported verifies checksums).
+    old = out.with_name(out.name + ".old")
+    import shutil
 
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            old.rename(out)  # put the previous export back
+        raise
+    if old.exists():
+        shutil.rmtree(old)
+    return info
+
+
+def verify_export(folder: Path) -> dict:
+    """The export's manifest, after checking every file it lists against its SHA-256."""
+    manifest_path = folder / "unlearnviz_export.json"
+    if not manifest_path.exists():
+        raise UserError(f"{folder} is not an unlearnviz export (no unlearnviz_export.json)")
+    try:
+        info = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{manifest_path}: not valid JSON (damaged export)") from None
+    for name, digest in (info.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file() or _sha256(path.read_bytes()) != digest:
+            raise UserError(f"{path}: missing or checksum mismatch (truncated or tampered export)")
     return info
 
 
@@ -353,12 +382,13 @@ def load_exported(folder: Path) -> LoadedModel:
     """Load an exported checkpoint with its projections (if any) active by default."""
     from unlearnviz.model.loading import load_model
 
+    info = verify_export(folder)
     lm = load_model(str(folder))
     proj_file = folder / "unlearnviz_projections.safetensors"
     if proj_file.exists():
         tensors = load_file(str(proj_file))
         plan = RoutingPlan(projections={int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("projection")},
                            offsets={int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("offset")},
-                           spare_first=json.loads((folder / "unlearnviz_export.json").read_text()).get("spare_first", False))
+                           spare_first=info.get("spare_first", False))
         lm.default_plan = plan  # type: ignore[attr-defined]
     return lm
