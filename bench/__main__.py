@@ -24,6 +24,11 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def write(results: list, extra_md: list[str]) -> None:
     DOCS.mkdir(exist_ok=True)
     rows = [r.to_dict() for r in results]
+    old = DOCS / "benchmarks.json"
+    if old.exists():  # a partial run (--only) keeps the other rows, marked with their own date
+        fresh = {r["id"] for r in rows}
+        kept = [r for r in json.loads(old.read_text()) if r["id"] not in fresh]
+        rows = sorted(kept + rows, key=lambda r: r["id"])
     (DOCS / "benchmarks.json").write_text(json.dumps(rows, indent=2) + "\n")
     date = time.strftime("%Y-%m-%d")
     lines = [f"# Benchmarks\n\nMeasured by `make bench` on {device_name()}, {date}. Each row alternates ours and the "

@@ -38,6 +38,7 @@ def short(m: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", default="runs,relearn")
+    p.add_argument("--methods", default="rmu,srmu,mrp", help="rerun only these; other rows are kept")
     p.add_argument("--relearn-steps", type=int, default=40)
     p.add_argument("--relearn-lr", type=float, default=RelearnSettings.lr)
     args = p.parse_args()
@@ -53,14 +54,15 @@ def main() -> None:
         out_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
 
     edits = {}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "runs" in parts:
-        results["runs"] = []
+        results["runs"] = [r for r in results.get("runs", []) if r["method"] not in methods]
         for name in SETS:
             data = load_data(f"builtin:{name}")
             t0 = time.perf_counter()
             before = evaluate(lm, data, letter=True)
             eval_s = time.perf_counter() - t0
-            for method in ("rmu", "srmu", "mrp"):
+            for method in methods:
                 spec = get_method(method)
                 hp = make_hparams(spec.hparams_cls, {})
                 t0 = time.perf_counter()
@@ -85,9 +87,10 @@ def main() -> None:
     if "relearn" in parts:
         data = load_data("builtin:geo_europe_vs_world")
         s = RelearnSettings(steps=args.relearn_steps, lr=args.relearn_lr, eval_every=max(1, args.relearn_steps // 5))
-        original = finetune_attack(lm, data, None, s)
-        rel = {"settings": vars(s), "original": original, "methods": {}}
-        for method in ("rmu", "srmu", "mrp"):
+        rel = results.get("relearn") or {}
+        if rel.get("settings") != vars(s) or "original" not in rel:  # other settings: start afresh
+            rel = {"settings": vars(s), "original": finetune_attack(lm, data, None, s), "methods": {}}
+        for method in methods:
             edit = edits.get(("geo_europe_vs_world", method))
             if edit is None:
                 spec = get_method(method)
@@ -116,7 +119,10 @@ def write_markdown(results: dict) -> None:
              "Cloze accuracy (lm-eval acc_norm), before → after; forget half B in brackets; held-out retain "
              "perplexity; 'bar' = forget within 10 points of chance, retain drop ≤ 3 points, perplexity rise ≤ 10%.",
              "", "| set | method | forget | retain | retain ppl | fit | bar |", "|---|---|---|---|---|---|---|"]
-    for r in results.get("runs", []):
+    order = {"rmu": 0, "srmu": 1, "mrp": 2}
+    runs = sorted(results.get("runs", []), key=lambda r: (SETS.index(r["set"]) if r["set"] in SETS else 99,
+                                                          order.get(r["method"], 9)))
+    for r in runs:
         b, a, m = r["before"], r["after"], r["meets"]
         met = "met" if all(m.values()) else "not met: " + ", ".join(k for k, v in m.items() if not v)
         lines.append(f"| {r['set']} | {r['method']} | {_pct(b['forget_cloze_acc'])} → {_pct(a['forget_cloze_acc'])} "

@@ -25,7 +25,8 @@ def small(lm, method: str, **over):
             "srmu": {"layer": layer, "window": 2, "steps": 12, "batch_size": 8, "lr": 1e-2, "alpha": 100},
             "mrp": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8},
             "mrp-stream": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8, "placement": "stream",
-                           "spare_first": False}}[method]
+                           "spare_first": False},
+            "mrp-kl": {"layers": [1], "k": 4, "steps": 6, "batch_size": 8, "retain_loss": "kl"}}[method]
     return make_hparams(get_method(method.split("-")[0]).hparams_cls, {**base, **over})
 
 
@@ -51,7 +52,7 @@ def test_hparam_validation(over, match):
         make_hparams(get_method("rmu").hparams_cls, over)
 
 
-@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp", "mrp-stream"])
+@pytest.mark.parametrize("method", ["rmu", "srmu", "mrp", "mrp-stream", "mrp-kl"])
 def test_window_engine_matches_naive_loop(tiny_lm, tiny_data, method):
     """Same seed and batches: the cached layer-window loss trajectory equals the full forward's
     (MRP's stream placement: a window from block 0, whose cached input is the raw embedding)."""

@@ -52,6 +52,10 @@ class MRPParams:
     objective: str = hp("npo", "Forget term: 'npo' (bounded) or 'ga' (gradient ascent, capped).", "ga", choices=("npo", "ga"))
     beta: float = hp(0.1, "NPO β.", "n/a (NPO: 0.1)", min=1e-4, max=10.0)
     ga_cap: float = hp(15.0, "GA: forget CE above this (nats/token) gives no more gradient.", "uncapped", min=0.0, max=100.0)
+    retain_loss: str = hp("nll", "Retain term: 'nll' (the paper: cross-entropy of the retain texts) or 'kl' "
+                          "(NON-PAPER: KL(original ‖ edited) of the next-token distribution on retain tokens, which "
+                          "holds the model's behaviour instead of fitting the retain texts).", "nll",
+                          choices=("nll", "kl"))
     retain_weight: float = hp(20.0, "Weight of the retain NLL (1.2 and 5 let the trained directions raise held-out "
                               "perplexity 3–13× on the default model).", "1.2", min=0.0, max=1e4)
     lr: float = hp(1e-2, "Adam learning rate on the direction rows W.", "2e-4 (SGD)", min=1e-7, max=1.0)
@@ -100,6 +104,13 @@ def generalized_top(forget: torch.Tensor, retain: torch.Tensor, k: int, ridge: f
     top = vecs[:, torch.argsort(vals, descending=True)[:k]]
     v = inv.T @ top  # back to the original space
     return orthonormal_rows(v.T), vals.sort(descending=True).values[:k]
+
+
+def _masked_final(lm, hidden: torch.Tensor, b: Batch) -> torch.Tensor:
+    """The last block's states at the positions that predict the masked tokens, final norm applied."""
+    mask = b.loss_mask.to(hidden.device)[:, 1:]
+    h = hidden[:, :-1][mask]
+    return lm.adapter.final_norm(h) if lm.adapter.final_norm is not None else h
 
 
 def _seq_logprob(lm, hidden: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +227,10 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         with torch.no_grad():
             init_plan = plan_for({})
             ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
+            # kl: the original model's last-block states on retain text (576-d a token, small);
+            # its next-token distribution is recomputed from them each step
+            ref_r = ([_masked_final(lm, engine.output(nf + i, init_plan), rb[i]) for i in range(len(rb))]
+                     if hparams.retain_loss == "kl" else [])
         ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
         for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
             plan = plan_for(weights)
@@ -226,8 +241,14 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
             else:
                 ce = -(lp_f / n_f.clamp(min=1))
                 forget_loss = -torch.clamp(ce, max=hparams.ga_cap).mean()
-            lp_r, n_r = _seq_logprob(lm, engine.output(nf + ri, plan), rb[ri])
-            retain_loss = -(lp_r.sum() / n_r.sum().clamp(min=1))
+            if hparams.retain_loss == "kl":
+                edited = F.log_softmax(unembed(lm, _masked_final(lm, engine.output(nf + ri, plan), rb[ri])), -1)
+                with torch.no_grad():
+                    original = F.log_softmax(unembed(lm, ref_r[ri]), -1)
+                retain_loss = F.kl_div(edited, original, log_target=True, reduction="batchmean")
+            else:
+                lp_r, n_r = _seq_logprob(lm, engine.output(nf + ri, plan), rb[ri])
+                retain_loss = -(lp_r.sum() / n_r.sum().clamp(min=1))
             loss = forget_loss + hparams.retain_weight * retain_loss
             optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
         new_rows = {s: orthonormal_rows(w.detach()) for s, w in weights.items()}
