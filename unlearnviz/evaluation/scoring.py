@@ -50,6 +50,15 @@ def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _token_logprobs(lm: LoadedModel, hidden: torch.Tensor, rows: list[int], cols: list[int],
+                    targets: list[int]) -> list[float]:
+    """log p(targets[k]) from the final hidden state at (rows[k], cols[k]): the unembedding runs
+    only at those positions."""
+    picked = hidden[torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)]
+    logp = F.log_softmax(unembed(lm, picked), dim=-1)
+    return logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].tolist()
+
+
 @torch.no_grad()
 def continuation_logprobs(
     lm: LoadedModel,
@@ -124,10 +133,7 @@ def continuation_logprobs(
                     cols.append(j - 1)
                     targets.append(cont[j])
                     owner.append(i)
-            picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-            logp = F.log_softmax(unembed(lm, picked), dim=-1)
-            vals = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].tolist()
-            for o, v in zip(owner, vals):
+            for o, v in zip(owner, _token_logprobs(lm, hidden, rows, cols, targets)):
                 token_lps[o].append(v)
         for i, vals in token_lps.items():
             results[i] = (float(sum(vals)), len(vals))
@@ -173,11 +179,8 @@ def continuation_logprobs_flat(
                 owner.append(i)
         with lm.router.apply(plan):
             hidden = hidden_final(lm, ids.to(device), mask.to(device))
-        picked = hidden[torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)]
-        logp = F.log_softmax(unembed(lm, picked), dim=-1)
-        tok_lp = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].cpu()
         sums: dict[int, list[float]] = {}
-        for o, v in zip(owner, tok_lp.tolist()):
+        for o, v in zip(owner, _token_logprobs(lm, hidden, rows, cols, targets)):
             sums.setdefault(o, []).append(v)
         for i in idx:
             vals = sums.get(i, [])

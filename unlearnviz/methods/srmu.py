@@ -66,8 +66,8 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
     engine, fb, rb = prepare(lm, data, hparams, prior, naive)
     nf = len(fb)
     if hparams.stat_tokens == "spans":
-        stat_f = _span_batches(lm, data.forget_texts, fb, subject_spans(data, "forget"), hparams.max_tokens)
-        stat_r = _span_batches(lm, data.retain_train_texts, rb, subject_spans(data, "retain"), hparams.max_tokens)
+        stat_f = _span_batches(lm, data.forget_texts, subject_spans(data, "forget"), hparams)
+        stat_r = _span_batches(lm, data.retain_train_texts, subject_spans(data, "retain"), hparams)
     else:
         stat_f = fb if hparams.stat_tokens == "masked" else [_all_tokens(b) for b in fb]
         stat_r = [_all_tokens(b, b.loss_mask) for b in rb]  # never the sink (anchor_first holds it)
@@ -93,21 +93,14 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
     return train_misdirection(lm, engine, fb, rb, hparams, target, "srmu", progress, should_stop, meta)
 
 
-def _span_batches(lm, texts: list[str], batches: list, spans: list[str], max_tokens: int) -> list:
-    """The batches with masks over the span tokens only (texts without a span fall back to
-    every token but position 0, so no text is silently dropped from the statistics)."""
-    from unlearnviz.methods.engine import Batch, tokenize_texts
+def _span_batches(lm, texts: list[str], spans: list[str], hparams) -> list:
+    """The training batches again (same texts, order and size, so they line up with the engine's
+    cached outputs), masked over the span tokens only; a text without a span keeps every token
+    but position 0, so none is silently dropped from the statistics."""
+    from unlearnviz.methods.engine import make_batches, tokenize_texts
 
-    enc = tokenize_texts(lm, texts, max_tokens, spans, spans_only=True)
-    out, k = [], 0
-    for b in batches:
-        mask = torch.zeros_like(b.loss_mask)
-        for r in range(b.input_ids.shape[0]):
-            _, m = enc[k]
-            mask[r, : len(m)] = torch.tensor(m) if any(m) else torch.tensor([i > 0 for i in range(len(m))])
-            k += 1
-        out.append(Batch(b.input_ids, b.attention_mask, mask))
-    return out
+    pad = lm.tokenizer.pad_token_id or 0
+    return make_batches(tokenize_texts(lm, texts, hparams.max_tokens, spans, spans_only=True), hparams.batch_size, pad)
 
 
 def _all_tokens(b, mask=None):
