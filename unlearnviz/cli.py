@@ -122,6 +122,7 @@ _EXTRA_COMMANDS: list = []
 
 def main(argv: list[str] | None = None) -> int:
     import unlearnviz.cli_analyze  # noqa: F401
+    import unlearnviz.cli_bundle  # noqa: F401
     import unlearnviz.cli_edit  # noqa: F401  (registers run/relearn/export)
     import unlearnviz.cli_sweep  # noqa: F401
 

@@ -37,71 +37,95 @@ def _tqdm_progress(total_hint: int = 0):
     return progress, bar
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    from unlearnviz.data import load_data
-    from unlearnviz.evaluation.mcq import evaluate
-    from unlearnviz.methods import EditStack, get_method, make_hparams, save_edit
+def _run_config(args: argparse.Namespace):
+    """The Config a ``run`` command means: its --config (new schema or the old flat form) with the
+    flags filling what it leaves out, or the flags alone. ``--set`` overrides the last edit's
+    hyperparameters; ``--no-letter`` turns lettered scoring off."""
+    from unlearnviz.config import config_from_args, parse_config, read_config_file
 
-    overrides = {}
-    if args.config:
-        import yaml
-
-        try:
-            cfg = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"cannot read config {args.config}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("hparams", {}), dict):
-            raise UserError(f"config {args.config}: expected a mapping with method, model, data and hparams")
-        overrides.update(cfg.get("hparams", {}))
-        args.method = cfg.get("method", args.method)
-        args.model = cfg.get("model", args.model)
-        args.data = cfg.get("data", args.data)
-    overrides.update(parse_sets(args.set))
-    if not args.method or not args.data:
+    overrides = parse_sets(args.set)
+    if not args.config:
+        if not args.method or not args.data:
+            raise UserError("run needs --method and --data (or a --config that names them)")
+        return config_from_args(args.method, args.model, args.dtype, args.device, args.data, overrides,
+                                letter=not args.no_letter)
+    raw = read_config_file(args.config)
+    name = Path(args.config).name
+    try:
+        d = parse_config({} if raw is None else raw, method=args.method).to_dict()
+        if not isinstance(raw, dict) or "model" not in raw:
+            d["model"] = {"source": args.model, "dtype": args.dtype, "device": args.device}
+        if not d["data"]["spec"] and args.data:
+            d["data"]["spec"] = args.data
+        if not d["edits"] and args.method:
+            d["edits"] = [{"method": args.method, "hparams": {}}]
+        if overrides and d["edits"]:
+            d["edits"][-1]["hparams"].update(overrides)
+        if args.no_letter:
+            d["evaluation"]["letter"] = False
+        cfg = parse_config(d)
+    except UserError as exc:
+        raise UserError(f"config {name}: {exc}") from None
+    if not cfg.edits or not cfg.data.spec:
         raise UserError("run needs --method and --data (or a --config that names them)")
-    spec = get_method(args.method)
-    hparams = make_hparams(spec.hparams_cls, overrides)
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Fit the config's edit stack in order (each on top of the ones before) and write the run
+    folder (layout: unlearnviz.config.save_run)."""
+    from unlearnviz.config import replay, save_run
+    from unlearnviz.data import load_data
+    from unlearnviz.methods import EditStack
+    from unlearnviz.session import Limits, Session
+
+    cfg = _run_config(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    data = load_data(args.data)
-    from unlearnviz.session import check_fits_context, has_learned_positions
-
+    load_data(cfg.data.spec)  # a bad data argument fails before the model loads
+    args.model, args.dtype, args.device = cfg.model.source, cfg.model.dtype, cfg.model.device
     lm = load_model_from_args(args)
-    check_fits_context(lm, data, letter=not args.no_letter)
-    if getattr(hparams, "max_tokens", 0) > lm.max_length and has_learned_positions(lm):
-        raise UserError(f"max_tokens={hparams.max_tokens} is over this model's context of {lm.max_length} tokens")
     fp = lm.fingerprint(refresh=False)
-    stack = _load_stack(lm, Path(args.stack_on)) if args.stack_on else EditStack()
+    prior = _load_stack(lm, Path(args.stack_on)) if args.stack_on else EditStack()
+    unlimited = Limits(max_prompt_chars=10**9, max_new_tokens=10**6, max_steps=10**9, max_points=10**6,
+                       max_upload_mb=10**6)  # the operator's own command: the server's caps do not apply
     t0 = time.perf_counter()
-    before = evaluate(lm, data, plan=stack.plan(), letter=not args.no_letter)
-    progress, bar = _tqdm_progress(getattr(hparams, "steps", 0))
+    progress, bar = _tqdm_progress(0)
     try:
-        edit = spec.fit(lm, data, hparams, progress=progress, prior=stack.plan())
+        session = replay(cfg, Session(limits=unlimited), lm=lm, prior=prior, progress=progress)
     finally:
         bar.close()  # before any error line is printed
-    stack.push(edit)
-    after = evaluate(lm, data, plan=stack.plan(), letter=not args.no_letter)
     if lm.fingerprint() != fp:
         raise AssertionError("base weights changed")
-    metrics = {"method": args.method, "hparams": edit.hparams, "model": lm.name, "data": data.name,
-               "before": before, "after": after, "steps": edit.meta.get("steps"),
-               "fit_s": edit.meta.get("train_s", 0) + edit.meta.get("precompute_s", 0) + edit.meta.get("init_s", 0),
-               "wall_s": time.perf_counter() - t0}
-    edit.meta["metrics"] = {"before": before, "after": after}
-    edit.meta["data"] = data.name
-    edit.meta["data_hash"] = data.content_hash()
-    from unlearnviz.io import atomic_write_text
-
-    save_edit(edit, out, lm, stack_index=len(stack) - 1)
-    if args.stack_on:
-        atomic_write_text(out / "stacked_on.txt", str(Path(args.stack_on).resolve()) + "\n")
-
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
+    metrics = save_run(session, out, cfg, first=len(prior), stacked_on=Path(args.stack_on) if args.stack_on else None,
+                       wall_s=time.perf_counter() - t0)
+    if cfg.analysis.enabled:
+        _run_analysis(lm, session, cfg, out)
+    before, after = metrics["before"], metrics["after"]
     keys = ["forget_cloze_acc", "forget_floor_acc", "retain_cloze_acc", "forget_b_cloze_acc", "retain_ppl"]
     print(json.dumps({"out": str(out), "wall_s": round(metrics["wall_s"], 1),
                       **{f"{k}": [round(before.get(k, float("nan")), 4), round(after.get(k, float("nan")), 4)]
                          for k in keys}}, indent=2))
+
+
+def _run_analysis(lm, session, cfg, out: Path) -> None:
+    """The config's analysis section on the final stack: analysis.json and analysis.html."""
+    from unlearnviz.analysis import run_analysis
+    from unlearnviz.cli_analyze import page
+    from unlearnviz.io import atomic_write_text
+
+    a = cfg.analysis
+    res = run_analysis(lm, session.data, session.stack, layers=a.layers, geometry_layer=a.geometry_layer,
+                       prompt=a.prompt, answer=a.answer, max_texts=a.max_texts, max_items=a.max_items,
+                       variant=a.variant, use_umap=a.use_umap, probes=a.probes, train_probe=a.train_probe,
+                       batch_size=a.batch_size)
+    report = res.to_json(a.top_k)
+    atomic_write_text(out / "analysis.json", json.dumps(report, indent=2) + "\n")
+    header = {"model": lm.name, "data": session.data.name, "edits": len(session.stack),
+              "verdict": report.get("verdict") or "n/a"}
+    atomic_write_text(out / "analysis.html", page(f"unlearnviz analysis: {lm.name} on {session.data.name}", header,
+                                                  res.figures(), res.notes))
 
 
 def _read_edit(folder: Path, lm):
@@ -130,7 +154,8 @@ def _load_stack(lm, folder: Path):
         if not prev.exists():
             break
         try:
-            current = Path(prev.read_text(encoding="utf-8").strip())
+            below = Path(prev.read_text(encoding="utf-8").strip())
+            current = below if below.is_absolute() else current / below  # relative: a run's own stack/NN
         except (OSError, UnicodeDecodeError):
             raise UserError(f"{prev}: unreadable (damaged or tampered edit)") from None
     return EditStack(list(reversed(chain)))
@@ -177,9 +202,11 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--method", default=None, help="rmu, srmu or mrp")
     p.add_argument("--data", default=None)
-    p.add_argument("--out", required=True, help="folder for edit.safetensors, manifest.json, metrics.json")
+    p.add_argument("--out", required=True, help="folder for edit.safetensors, manifest.json, metrics.json, "
+                   "config.yaml (and stack/ for a config of several edits)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
-    p.add_argument("--config", default=None, help="YAML with method, model, data, hparams")
+    p.add_argument("--config", default=None, help="a config (YAML/JSON): model, data, edits (the stack, in "
+                   "order), evaluation, chat, analysis, seed; or the old method/model/data/hparams form")
     p.add_argument("--stack-on", default=None, help="an earlier edit folder to stack this one on")
     p.add_argument("--no-letter", action="store_true", help="skip lettered scoring")
     p.set_defaults(fn=cmd_run)

@@ -11,19 +11,20 @@ from unlearnviz.cli import _EXTRA_COMMANDS, add_model_args, load_model_from_args
 from unlearnviz.errors import UserError
 
 
-def read_run_config(path: str | None) -> dict:
-    """The ``run`` config shape: {method, model, data, hparams: {...}} (YAML or JSON)."""
+def read_run_config(path: str | None, method: str | None = None) -> dict:
+    """A run config (unlearnviz.config: the new schema or the old flat form) as what a sweep uses:
+    {method, model, dtype, device, data, hparams}. A sweep varies one edit, so the config has at
+    most one."""
     if not path:
         return {}
-    import yaml
+    from unlearnviz.config import load_config
 
-    try:
-        cfg = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("hparams", {}), dict):
-        raise UserError(f"config {path}: expected a mapping with method, model, data and hparams")
-    return cfg
+    cfg = load_config(path, method=method)
+    if len(cfg.edits) > 1:
+        raise UserError(f"config {Path(path).name}: edits: a sweep varies one edit; this config has {len(cfg.edits)}")
+    edit = cfg.edits[0] if cfg.edits else None
+    return {"method": edit.method if edit else None, "hparams": dict(edit.hparams) if edit else {},
+            "model": cfg.model.source, "dtype": cfg.model.dtype, "device": cfg.model.device, "data": cfg.data.spec}
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -33,11 +34,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from unlearnviz.plots import tradeoff_figure
     from unlearnviz.sweep import before_metrics, expand, pareto_front, parse_grid, run_sweep
 
-    cfg = read_run_config(args.config)
+    cfg = read_run_config(args.config, args.method)
     method = args.method or cfg.get("method")
     data_spec = args.data or cfg.get("data")
-    if cfg.get("model") and args.model == "default":
+    if cfg and args.model == "default":  # the flags' defaults: the config's model section decides
         args.model = cfg["model"]
+        args.dtype = cfg["dtype"] if args.dtype == "float32" else args.dtype
+        args.device = cfg["device"] if args.device == "auto" else args.device
     if not data_spec:
         raise UserError("sweep needs --data (or a --config that names it)")
     grid = parse_grid(args.grid)
@@ -68,7 +71,8 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--data", default=None, help="builtin:NAME, a file or hf:DATASET (or from --config)")
     p.add_argument("--method", default=None, help="rmu, srmu or mrp (or a --grid method=...)")
-    p.add_argument("--config", default=None, help="a run config (YAML/JSON): method, model, data, hparams")
+    p.add_argument("--config", default=None, help="a run config (YAML/JSON, the `run --config` schema) with one edit: "
+                   "its model, data, method and hyperparameters are the sweep's base")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a hyperparameter and its values; METHOD.KEY for one method only; repeatable")
     p.add_argument("--out", required=True, help="folder for results.csv, before.json and tradeoff.html")

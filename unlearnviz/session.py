@@ -30,6 +30,7 @@ class Limits:
     max_steps: int = 1000  # training steps of one edit or one relearning attack
     max_points: int = 120  # texts (points) in the Geometry tab's PCA/UMAP views
     max_upload_mb: int = 20  # one uploaded data file
+    max_sweep_points: int = 6  # edits fitted by one small sweep (Evaluate tab)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -146,8 +147,11 @@ class Session:
 
     # ---- edits ----------------------------------------------------------------------------
     def run_edit(self, method: str, overrides: dict | None = None, progress=None, should_stop=None,
-                 evaluate: bool = True) -> dict:
-        lm, data = self.require_model(), self.require_data()
+                 evaluate: bool = True, data_spec: str | None = None) -> dict:
+        """Fit one edit on top of the stack. ``data_spec``: fit it on another data set (continual
+        unlearning on a new forget set, as a config's ``edits[i].data``); the session's data stays."""
+        lm = self.require_model()
+        data = load_data(data_spec.strip()) if data_spec else self.require_data()
         spec = get_method(str(method or "").strip())
         if overrides is not None and not isinstance(overrides, dict):
             raise UserError(f"hyperparameters must be a JSON object of name: value, got {type(overrides).__name__}")
@@ -162,10 +166,12 @@ class Session:
         t0 = time.perf_counter()
         edit = spec.fit(lm, data, hparams, progress=progress, should_stop=should_stop, prior=prior)
         edit.meta.update({"label": f"{len(self.stack) + 1}. {method}", "data": data.name,
-                          "data_hash": data.content_hash(), "fit_s": time.perf_counter() - t0})
+                          "data_hash": data.content_hash(), "fit_s": time.perf_counter() - t0,
+                          "data_spec": data_spec or (self._last("load_data") or {}).get("data")})
         self.stack.push(edit)
         self.selected = None
-        self.history.append({"action": "run_edit", "method": method, "hparams": overrides or {}})
+        self.history.append({"action": "run_edit", "method": method, "hparams": overrides or {},
+                             **({"data": data_spec} if data_spec else {})})
         out = {"index": len(self.stack) - 1, "method": method, "fit_s": edit.meta["fit_s"],
                "steps": edit.meta.get("steps")}
         if evaluate:
@@ -237,7 +243,9 @@ class Session:
         if state is not None:
             original, edited = state.texts(lm.tokenizer)
             self.chats.append({"prompt": prompt, "original": original, "edited": edited,
-                               "edit": self.current_edit().label() if self.current_edit() else None})
+                               "edit": self.current_edit().label() if self.current_edit() else None,
+                               "edit_index": self.current_index, "max_new_tokens": int(max_new_tokens),
+                               "temperature": float(temperature)})
 
     def chat(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0) -> dict:
         state = None
@@ -255,3 +263,68 @@ class Session:
             raise UserError("there is no edit to export yet (Unlearn tab)")
         edit.meta["metrics"] = {"before": self.before, "after": self.after.get(self.current_index)}
         return save_edit(edit, folder, self.require_model(), stack_index=self.current_index)
+
+    # ---- relearning attack ----------------------------------------------------------------
+    def run_relearn(self, steps: int = 40, lr: float = 1e-4, eval_every: int = 10, seed: int = 0,
+                    progress=None, should_stop=None) -> dict:
+        """Fine-tune on forget half A, edited and original, plus the white-box attacks, for the
+        selected edit; kept in ``relearn`` with its settings (so configs and bundles carry them)."""
+        from dataclasses import asdict
+
+        from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, whitebox_attacks
+
+        lm, data = self.require_model(), self.require_data()
+        plan = self.plan()
+        if plan is None:
+            raise UserError("run an edit first (Unlearn tab): the attack compares edited with original")
+        if steps > self.limits.max_steps:
+            raise UserError(f"steps={steps} is over this server's limit of {self.limits.max_steps}")
+        settings = RelearnSettings(steps=int(steps), lr=float(lr), eval_every=int(eval_every), seed=int(seed))
+        edited = finetune_attack(lm, data, plan, settings, progress=progress, should_stop=should_stop)
+        original = finetune_attack(lm, data, None, settings, progress=progress, should_stop=should_stop)
+        result = {"edited": edited, "original": original,
+                  "whitebox": whitebox_attacks(lm, data, plan, max(plan.edited_layers())), "settings": asdict(settings)}
+        self.relearn[self.current_index] = result
+        return result
+
+    # ---- configs and bundles --------------------------------------------------------------
+    def _last(self, action: str) -> dict | None:
+        return next((h for h in reversed(self.history) if h.get("action") == action), None)
+
+    def to_config(self, base=None):
+        """The Config that replays this session (``unlearnviz.config.replay``): the current model
+        and data, every edit of the stack with all its hyperparameters (and its own data where it
+        was fitted on another set), the chats whose edit still exists. Sections a session does not
+        hold (analysis, seed) come from ``base`` (the config it was replayed from) or defaults."""
+        from unlearnviz.config import parse_config
+
+        model, data = self._last("load_model") or {}, self._last("load_data") or {}
+        raw = base.to_dict() if base is not None else {}
+        raw["model"] = {"source": model.get("model") or (self.lm.source if self.lm else "default"),
+                        "dtype": model.get("dtype", "float32"), "device": model.get("device", "auto")}
+        raw["data"] = {"spec": data.get("data")}
+        raw["edits"] = []
+        for e in self.stack.edits:
+            entry = {"method": e.method, "hparams": dict(e.hparams)}
+            if e.meta.get("data_spec") and e.meta["data_spec"] != data.get("data"):
+                entry["data"] = e.meta["data_spec"]
+            raw["edits"].append(entry)
+        evaluation = dict(raw.get("evaluation") or {})
+        if self.before is not None:
+            evaluation["letter"] = "forget_mcq_acc" in self.before
+        settings = (self.relearn.get(len(self.stack) - 1) or {}).get("settings")
+        if settings:
+            evaluation["relearn"] = {k: settings[k] for k in ("steps", "lr", "eval_every")}
+        raw["evaluation"] = evaluation
+        raw["chat"] = [{"prompt": c["prompt"], "max_new_tokens": c.get("max_new_tokens", 48),
+                        "temperature": c.get("temperature", 0.0), "edit": c.get("edit_index")}
+                       for c in self.chats  # a chat with no edit then, or with an edit since undone, cannot replay
+                       if (c.get("edit_index") is None) == (not len(self.stack))
+                       and (c.get("edit_index") or 0) < len(self.stack)]
+        return parse_config(raw)
+
+    def adopt(self, other: Session) -> None:
+        """Take over another session's state in place (an imported bundle, a replayed config);
+        the operator's limits stay."""
+        for name in ("lm", "data", "stack", "selected", "before", "after", "relearn", "chats", "history"):
+            setattr(self, name, getattr(other, name))

@@ -1,0 +1,349 @@
+"""Session bundles: a whole session (config, data, edits, metrics, relearning, chats) in one zip.
+
+A bundle is a plain zip with a fixed set of member names::
+
+    manifest.json            format + version, library versions, model fingerprint, data name and
+                             content hash, the SHA-256 of every other member
+    config.yaml              the config that replays the session (unlearnviz.config)
+    data.jsonl               the data the metrics were measured on (loader format; uploads replay too)
+    edits/000/manifest.json  each edit of the stack, as save_edit writes it (its own checksums and
+    edits/000/edit.safetensors  the model's fingerprint), in stack order
+    results.json             metrics before and after each edit, relearning results, the selected edit
+    chats.json, history.json the chat transcripts and the session's actions
+
+Importing verifies everything before anything changes: the archive, its member names (only the
+names above; nothing is ever extracted by its own name, so a ``../`` name cannot escape), sizes,
+every checksum, the format, the model's fingerprint, the data's content hash, and each edit
+through ``load_edit``. Edits are loaded, never refitted. No pickle anywhere: JSON, YAML (safe
+loader) and safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlearnviz.errors import UserError
+
+BUNDLE_FORMAT = "unlearnviz-session-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_BUNDLE_BYTES = 8 * 2**30  # uncompressed, all members together (a 7B model's RMU edits fit many times)
+MAX_MEMBERS = 4096
+MAX_META_BYTES = 64 * 2**20  # any one JSON/YAML member
+_MEMBER = re.compile(r"^(config\.yaml|data\.jsonl|results\.json|chats\.json|history\.json"
+                     r"|edits/\d{3,4}/(edit\.safetensors|manifest\.json))$")
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+# ---- data in the loader's own row format -------------------------------------------------------
+def data_rows(data) -> list[dict]:
+    """UnlearningData as loader rows (``rows_to_data`` reads them back with the same content hash)."""
+    def mcq(split: str, it, half: str | None) -> dict:
+        row = {"split": split, "question": it.question, "choices": list(it.choices), "answer": it.answer,
+               "blind_question": it.blind_question, "subject": it.subject, "relation": it.relation}
+        return {**row, "half": half} if half else row
+
+    rows = [{"split": "forget", "text": t, "half": h} for t, h in zip(data.forget_texts, data.forget_text_half)]
+    rows += [mcq("forget", it, h) for it, h in zip(data.forget_mcq, data.forget_half)]
+    rows += [{"split": "retain", "text": t} for t in data.retain_texts]
+    rows += [mcq("retain", it, None) for it in data.retain_mcq]
+    return rows
+
+
+def _data_from_rows(blob: bytes, info: dict):
+    from unlearnviz.data.loaders import rows_to_data
+
+    try:
+        rows = [json.loads(line) for line in blob.decode("utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError("data.jsonl in the bundle is not valid JSONL (damaged bundle)") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise UserError("data.jsonl in the bundle has rows that are not objects (damaged bundle)")
+    data = rows_to_data(list(enumerate(rows, 1)), name=str(info.get("name") or "bundle data"),
+                        provenance=str(info.get("provenance") or "session bundle"),
+                        card=info.get("card") if isinstance(info.get("card"), dict) else None)
+    return data
+
+
+# ---- export ------------------------------------------------------------------------------------
+def export_bundle(session, path: Path, base=None) -> Path:
+    """Write ``session`` as one zip at ``path`` (atomically: a temporary file renamed into place).
+    ``base``: the config the session was replayed from (keeps its seed and analysis settings)."""
+    from unlearnviz.io import atomic_write_bytes
+    from unlearnviz.methods.edit import save_edit, versions
+
+    lm, data = session.require_model(), session.require_data()
+    cfg = session.to_config(base=base)
+    files: dict[str, bytes] = {"config.yaml": cfg.to_yaml().encode("utf-8"),
+                               "data.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                     for r in data_rows(data)).encode("utf-8")}
+    with tempfile.TemporaryDirectory(prefix="uv-bundle-") as tmp:
+        for i, edit in enumerate(session.stack.edits):
+            folder = save_edit(edit, Path(tmp) / f"{i:03d}", lm, stack_index=i)
+            for name in ("edit.safetensors", "manifest.json"):
+                files[f"edits/{i:03d}/{name}"] = (folder / name).read_bytes()
+    results = {"before": session.before, "after": {str(k): v for k, v in session.after.items()},
+               "relearn": {str(k): v for k, v in session.relearn.items()}, "selected": session.selected}
+    files["results.json"] = json.dumps(results, indent=1, default=float).encode("utf-8")
+    files["chats.json"] = json.dumps(session.chats, indent=1, ensure_ascii=False).encode("utf-8")
+    files["history.json"] = json.dumps(session.history, indent=1, ensure_ascii=False, default=str).encode("utf-8")
+    manifest = {
+        "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(),
+        "model": {"name": lm.name, "source": cfg.model.source, "fingerprint": lm.fingerprint(refresh=False),
+                  "family": lm.adapter.family, "layers": lm.n_layers, "hidden_size": lm.hidden_size,
+                  "dtype": str(lm.dtype).replace("torch.", "")},
+        "data": {"name": data.name, "spec": cfg.data.spec, "content_hash": data.content_hash(),
+                 "provenance": data.provenance, "card": data.card, "file": "data.jsonl"},
+        "edits": [{"method": e.method, "label": e.label()} for e in session.stack.edits],
+        "files": {name: _sha256(blob) for name, blob in files.items()},
+    }
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest, indent=2, default=float))
+        for name, blob in files.items():  # tensors barely compress: stored, not deflated
+            zf.writestr(name, blob, compress_type=zipfile.ZIP_STORED if name.endswith(".safetensors") else None)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+# ---- verification ------------------------------------------------------------------------------
+@dataclass
+class BundleContents:
+    """A bundle read fully into memory, every checksum verified."""
+
+    manifest: dict
+    files: dict[str, bytes]
+
+    @property
+    def n_edits(self) -> int:
+        return len([n for n in self.files if n.endswith("/edit.safetensors")])
+
+
+def read_bundle(path: str | Path, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleContents:
+    """Open and verify a bundle's archive: a zip, our manifest and format, only our member names,
+    within the size limits, every member present and matching its SHA-256. Nothing is written."""
+    p = Path(path)
+    what = p.name or str(p)
+    if not p.is_file():
+        raise UserError(f"{what}: no such bundle file")
+    try:
+        zf = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UserError(f"{what}: not a zip archive (damaged, truncated, or not a session bundle)") from None
+    with zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        if MANIFEST not in names:
+            raise UserError(f"{what}: not an unlearnviz session bundle (no {MANIFEST})")
+        if len(infos) > MAX_MEMBERS or len(set(names)) != len(names):
+            raise UserError(f"{what}: {len(infos)} members, some repeated or too many (damaged or tampered bundle)")
+        if sum(i.file_size for i in infos) > max_bytes:
+            raise UserError(f"{what}: {sum(i.file_size for i in infos) / 2**20:.0f} MB uncompressed is over "
+                            f"the {max_bytes / 2**20:.0f} MB limit")
+        sizes = {i.filename: i.file_size for i in infos}
+
+        def read(name: str, limit: int) -> bytes:
+            if sizes[name] > limit:
+                raise UserError(f"{what}: {name} is {sizes[name]} bytes, over its {limit} byte limit")
+            try:
+                with zf.open(name) as fh:
+                    blob = fh.read(sizes[name] + 1)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+                raise UserError(f"{what}: {name} cannot be read ({str(exc)[:80]}; damaged or truncated bundle)") \
+                    from None
+            if len(blob) != sizes[name]:
+                raise UserError(f"{what}: {name} is not the size its header says (damaged or tampered bundle)")
+            return blob
+
+        try:
+            manifest = json.loads(read(MANIFEST, MAX_META_BYTES))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{what}: {MANIFEST} is not valid JSON (damaged bundle, or not a session bundle)") \
+                from None
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            raise UserError(f"{what}: not an unlearnviz session bundle ({MANIFEST} does not say "
+                            f"format {BUNDLE_FORMAT!r})")
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UserError(f"{what}: {MANIFEST} has no valid format_version (damaged bundle)")
+        if version > BUNDLE_VERSION:
+            raise UserError(f"{what}: bundle format {version} is newer than this unlearnviz reads "
+                            f"({BUNDLE_VERSION}); upgrade unlearnviz")
+        listed = manifest.get("files")
+        if not isinstance(listed, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in listed.items()):
+            raise UserError(f"{what}: {MANIFEST} has no valid file list (damaged bundle)")
+        for name in [*names, *listed]:
+            if name != MANIFEST and not _MEMBER.match(name):
+                raise UserError(f"{what}: unexpected member name {name[:120]!r} (not written by unlearnviz; refused)")
+        for name in listed:
+            if name not in sizes:
+                raise UserError(f"{what}: {name} is missing (damaged bundle)")
+        for name in names:
+            if name != MANIFEST and name not in listed:
+                raise UserError(f"{what}: {name} is not in the manifest's file list (tampered bundle)")
+        files = {}
+        for name, digest in listed.items():
+            blob = read(name, max_bytes if name.endswith(".safetensors") else MAX_META_BYTES)
+            if _sha256(blob) != digest:
+                raise UserError(f"{what}: checksum mismatch in {name} (damaged or tampered bundle)")
+            files[name] = blob
+    for need in ("config.yaml", "data.jsonl", "results.json"):
+        if need not in files:
+            raise UserError(f"{what}: {need} is missing (damaged bundle)")
+    n = len([k for k in files if k.endswith("/edit.safetensors")])
+    if sorted(k for k in files if k.startswith("edits/")) != sorted(
+            f"edits/{i:03d}/{f}" for i in range(n) for f in ("edit.safetensors", "manifest.json")):
+        raise UserError(f"{what}: the edits are not numbered 000..{n - 1:03d}, each with both files (damaged bundle)")
+    for key in ("model", "data"):
+        if not isinstance(manifest.get(key), dict):
+            raise UserError(f"{what}: {MANIFEST} has no {key} section (damaged bundle)")
+    return BundleContents(manifest=manifest, files=files)
+
+
+def _json(contents: BundleContents, name: str, kind: type, default):
+    if name not in contents.files:
+        return default
+    try:
+        value = json.loads(contents.files[name].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{name} in the bundle is not valid JSON (damaged bundle)") from None
+    if not isinstance(value, kind):
+        raise UserError(f"{name} in the bundle is not a {kind.__name__} (damaged bundle)")
+    return value
+
+
+def _indexed(mapping: dict, n: int, what: str) -> dict[int, dict]:
+    out = {}
+    for k, v in mapping.items():
+        if not (isinstance(k, str) and k.isdigit() and int(k) < n and isinstance(v, dict)):
+            raise UserError(f"results.json: {what} entry {k!r} does not name one of the {n} edits (damaged bundle)")
+        out[int(k)] = v
+    return out
+
+
+# ---- import ------------------------------------------------------------------------------------
+def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str] | None = None, store=None,
+                  limits=None, max_bytes: int = MAX_BUNDLE_BYTES):
+    """A new Session restored from a bundle, after verifying everything (see ``read_bundle``).
+
+    ``lm``: the model to restore onto; it must be the bundle's model (same fingerprint). Without
+    it, the model the bundle's config names is loaded (through ``allow_model``, which may refuse a
+    source or rewrite it: the app confines it to the operator's folders) and its fingerprint
+    checked. Data: built-in and synthetic sets are loaded by name, anything else (files, uploads,
+    hub sets) from the bundle's own copy; either must match the recorded content hash. The
+    caller's session is not touched: adopt the returned one when it should replace it.
+    """
+    import yaml
+
+    from unlearnviz.config import parse_config
+    from unlearnviz.data import load_data
+    from unlearnviz.data.synthetic import resolve_model_source
+    from unlearnviz.methods.edit import EditStack, load_edit
+    from unlearnviz.model.loading import LoadOptions
+    from unlearnviz.session import STORE, Limits, Session
+
+    contents = read_bundle(path, max_bytes=max_bytes)
+    manifest, files = contents.manifest, contents.files
+    try:
+        raw = yaml.safe_load(files["config.yaml"].decode("utf-8"))
+        cfg = parse_config(raw)
+    except (UnicodeDecodeError, yaml.YAMLError):
+        raise UserError("config.yaml in the bundle is not valid YAML (damaged bundle)") from None
+    except UserError as exc:
+        raise UserError(f"config.yaml in the bundle: {exc}") from None
+    want = manifest["model"].get("fingerprint")
+    if lm is None:
+        source = allow_model(cfg.model.source) if allow_model else cfg.model.source
+        lm = (store or STORE).get(resolve_model_source(source), LoadOptions(dtype=cfg.model.dtype,
+                                                                            device=cfg.model.device))
+    have = lm.fingerprint(refresh=False)
+    if have != want:
+        raise UserError(f"this bundle was made for model {manifest['model'].get('name')!r} (fingerprint {want}), "
+                        f"not {lm.name!r} ({have}); load that model first")
+    info = manifest["data"]
+    spec = cfg.data.spec or ""
+    data = None
+    if spec.startswith("builtin:") or spec == "synthetic" or spec.startswith("synthetic:"):
+        try:
+            data = load_data(spec)
+        except UserError:
+            data = None
+        if data is not None and data.content_hash() != info.get("content_hash"):
+            data = None  # the built-in set changed since: the bundle's own copy is what was measured
+    if data is None:
+        data = _data_from_rows(files["data.jsonl"], info)
+    if data.content_hash() != info.get("content_hash"):
+        raise UserError(f"the bundle's data does not match its recorded hash {info.get('content_hash')} "
+                        "(damaged or tampered bundle)")
+    n = contents.n_edits
+    edits = []
+    with tempfile.TemporaryDirectory(prefix="uv-import-") as tmp:
+        for i in range(n):
+            folder = Path(tmp) / f"{i:03d}"
+            folder.mkdir()
+            for name in ("edit.safetensors", "manifest.json"):
+                (folder / name).write_bytes(files[f"edits/{i:03d}/{name}"])
+            try:
+                edits.append(load_edit(folder, lm))
+            except UserError as exc:
+                raise UserError(f"edit {i} in the bundle: {str(exc).replace(str(folder), f'edits/{i:03d}')}") \
+                    from None
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a manifest of the wrong shape, a tensor under a bad name, ...
+                raise UserError(f"edit {i} in the bundle is damaged ({type(exc).__name__}: {str(exc)[:100]})") \
+                    from None
+    results = _json(contents, "results.json", dict, {})
+    before = results.get("before")
+    if before is not None and not isinstance(before, dict):
+        raise UserError("results.json: 'before' is not a mapping (damaged bundle)")
+    after = _indexed(results.get("after") or {}, n, "after")
+    relearn = _indexed(results.get("relearn") or {}, n, "relearn")
+    selected = results.get("selected")
+    if selected is not None and not (isinstance(selected, int) and 0 <= selected < n):
+        raise UserError(f"results.json: selected edit {selected!r} is not one of the {n} edits (damaged bundle)")
+    chats = _json(contents, "chats.json", list, [])
+    if not all(isinstance(c, dict) and isinstance(c.get("prompt"), str) for c in chats):
+        raise UserError("chats.json: every chat needs a prompt (damaged bundle)")
+    history = _json(contents, "history.json", list, [])
+    session = Session(limits=limits or Limits())
+    session.lm, session.data, session.stack, session.selected = lm, data, EditStack(edits), selected
+    session.before, session.after, session.relearn, session.chats = before, after, relearn, chats
+    session.history = [h for h in history if isinstance(h, dict)] + [
+        {"action": "import_bundle", "file": Path(path).name, "created": manifest.get("created")}]
+    if not session._last("load_model"):
+        session.history.insert(0, {"action": "load_model", "model": cfg.model.source, "dtype": cfg.model.dtype,
+                                   "device": cfg.model.device})
+    if not session._last("load_data"):
+        session.history.insert(1, {"action": "load_data", "data": spec or data.name})
+    return session
+
+
+def bundle_summary(contents: BundleContents) -> dict:
+    """What a bundle holds, from its verified manifest (for the CLI and the app)."""
+    m = contents.manifest
+    return {"format_version": m.get("format_version"), "created": m.get("created"),
+            "model": {k: m["model"].get(k) for k in ("name", "source", "fingerprint", "family")},
+            "data": {k: m["data"].get(k) for k in ("name", "spec", "content_hash")},
+            "edits": m.get("edits"), "files": len(contents.files) + 1, "versions": m.get("versions")}
+
+
+def unique_tmp(target: Path) -> Path:
+    """A fresh sibling name for building ``target`` before it is renamed into place."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
