@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     import unlearnviz.cli_analyze  # noqa: F401
     import unlearnviz.cli_bundle  # noqa: F401
     import unlearnviz.cli_edit  # noqa: F401  (registers run/relearn/export)
+    import unlearnviz.cli_report  # noqa: F401
     import unlearnviz.cli_sweep  # noqa: F401
 
     parser = build_parser()

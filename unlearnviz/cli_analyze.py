@@ -45,30 +45,15 @@ def _sets(pairs: list[str]) -> dict:
 
 def page(title: str, header: dict, sections: list[tuple[str, object]], notes: list[str]) -> str:
     """One self-contained HTML page: plotly.js inlined with the first figure, then every figure."""
-    parts = []
-    for i, (name, fig) in enumerate(sections):
-        div = fig.to_html(full_html=False, include_plotlyjs=True if i == 0 else False,
-                          config={"displaylogo": False, "responsive": True})
-        parts.append(f'<section><h2>{html.escape(name)}</h2>{div}</section>')
+    from unlearnviz.report import FigureWriter, html_document
+
+    figure = FigureWriter()
+    parts = [f"<section><h2>{html.escape(name)}</h2>{figure(fig)}</section>" for name, fig in sections]
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in header.items())
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title>
-<style>
-body {{ font-family: Arial, Helvetica, sans-serif; font-size: 17px; max-width: 1280px; margin: 1.5em auto;
-       padding: 0 1em; color: #222; }}
-h1 {{ font-size: 1.7em; }} h2 {{ font-size: 1.3em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }}
-table {{ border-collapse: collapse; }} th, td {{ text-align: left; padding: .25em .8em .25em 0; vertical-align: top; }}
-.verdict {{ font-size: 1.15em; background: #f4f4f4; padding: .6em .9em; border-left: 5px solid #CC79A7; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<table>{rows}</table>
-<ul>{note_items}</ul>
-{''.join(parts)}
-</body></html>
-"""
+    return html_document(title, f"<h1>{html.escape(title)}</h1>\n<table>{rows}</table>\n<ul>{note_items}</ul>\n"
+                                + "".join(parts))
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
