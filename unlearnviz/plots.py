@@ -462,7 +462,7 @@ def tradeoff_figure(rows: Sequence[dict], front: set[str] | None = None, before:
     if before and "chance" in before:
         fig.add_vline(x=before["chance"], line={"color": COLORS["chance"], "dash": "dot"},
                       annotation_text="chance", annotation_position="top")
-    fig.update_xaxes(tickformat=".0%")
-    fig.update_yaxes(tickformat=".0%")
+    fig.update_xaxes(tickformat=".0%", range=[-0.03, 1.05])  # accuracies: the whole 0-100% scale, never 200%
+    fig.update_yaxes(tickformat=".0%", range=[-0.03, 1.05])
     return _style(fig, "Forget vs retain: every setting of the sweep", "forget accuracy (lower is better)",
                   "retain accuracy", "ringed: the Pareto front (nothing forgets more while keeping more)")

@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from unlearnviz.errors import UserError
@@ -31,22 +31,24 @@ METRIC_KEYS = ("forget_cloze_acc", "forget_b_cloze_acc", "retain_cloze_acc", "fo
                "forget_gold_logprob", "retain_gold_logprob", "retain_ppl")
 
 
-def parse_grid(items: list[str]) -> dict[str, list[str]]:
-    """``key=v1,v2,...`` strings to {key: [values]}; a key given twice is an error."""
+def parse_grid(items: list[str], what: str = "--grid") -> dict[str, list[str]]:
+    """``key=v1,v2,...`` strings to {key: [values]}; a key given twice is an error. ``what`` names
+    the input in messages (the CLI's --grid, the dashboard's grid line)."""
     grid: dict[str, list[str]] = {}
     for item in items or []:
         key, sep, values = item.partition("=")
         key = key.strip()
         vals = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not key or not vals:
-            raise UserError(f"--grid {item!r}: use key=v1,v2,...")
+            raise UserError(f"{what} {item!r}: use key=v1,v2,...")
         if key in grid:
-            raise UserError(f"--grid {key!r} is given twice")
+            raise UserError(f"{what} {key!r} is given twice")
         grid[key] = vals
     return grid
 
 
-def expand(grid: dict[str, list[str]], base_method: str | None, base: dict | None = None) -> list[tuple[str, dict]]:
+def expand(grid: dict[str, list[str]], base_method: str | None, base: dict | None = None,
+           what: str = "--grid") -> list[tuple[str, dict]]:
     """Every (method, overrides) point of the grid, validated up front (unknown key, bad value,
     out of range: one line naming it) so a sweep never fails half-way on a typo."""
     from unlearnviz.methods import get_method, make_hparams
@@ -63,10 +65,10 @@ def expand(grid: dict[str, list[str]], base_method: str | None, base: dict | Non
         for key in keys:
             scope, dot, name = key.rpartition(".")
             if dot and scope not in _method_names():
-                raise UserError(f"--grid {key!r}: {scope!r} is not a method")
+                raise UserError(f"{what} {key!r}: {scope!r} is not a method")
             if (dot and scope != method) or name not in names:
                 if not dot and not any(name in _fields(m) for m in methods):
-                    raise UserError(f"--grid {key!r}: no method in this sweep has that hyperparameter")
+                    raise UserError(f"{what} {key!r}: no method in this sweep has that hyperparameter")
                 continue
             mine.append((name, grid[key]))
         for combo in itertools.product(*[vals for _, vals in mine]) if mine else [()]:
@@ -130,34 +132,61 @@ def pareto_front(rows: list[dict], forget: str = "forget_cloze_acc", retain: str
 def run_sweep(lm, data, points: list[tuple[str, dict]], folder: Path,
               log: Callable[[str], None] = print, letter: bool = False) -> list[dict]:
     """Fit and evaluate every point not already in ``folder/results.csv``; returns all rows."""
+    rows: list[dict] = []
+    for rows, _ in iter_sweep(lm, data, points, folder, log=log, letter=letter):
+        pass
+    return rows
+
+
+def iter_sweep(lm, data, points: list[tuple[str, dict]], folder: Path | None = None,
+               log: Callable[[str], None] = print, letter: bool = False, before: dict | None = None,
+               progress: Callable[[int, int, dict], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[list[dict], dict]]:
+    """The sweep loop, yielding (all rows so far, original-model metrics) once before the first new
+    point and again after each one, so a caller can show points as they finish.
+
+    With ``folder`` the rows go to its results.csv and a rerun skips finished points; without it
+    nothing is written (the dashboard's small sweep). ``before``, when given, is used instead of
+    scoring the original model again. Points are fitted on the unedited model and never stored
+    anywhere else; ``progress(i, n, event)`` gets each fit's training events, ``should_stop``
+    cancels between training steps and batches (raising ``Cancelled``).
+    """
     from unlearnviz.evaluation.mcq import evaluate
     from unlearnviz.methods import get_method, make_hparams
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = read_results(folder)
-    done = {r["id"] for r in rows}
     fingerprint = lm.fingerprint(refresh=False)
-    before_path = folder / BEFORE_FILE
-    before = None
-    if before_path.exists():
-        saved = json.loads(before_path.read_text())
-        if saved.get("fingerprint") == fingerprint and saved.get("data_hash") == data.content_hash():
-            before = saved["metrics"]
-    if before is None:
-        if rows:
+    rows: list[dict] = []
+    saved = None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = read_results(folder)
+        before_path = folder / BEFORE_FILE
+        if before_path.exists():
+            saved = json.loads(before_path.read_text())
+            if saved.get("fingerprint") == fingerprint and saved.get("data_hash") == data.content_hash():
+                before = saved["metrics"]
+            elif rows:
+                raise UserError(f"{folder} holds a sweep of another model or data; use a new --out folder")
+        elif rows:
             raise UserError(f"{folder} holds a sweep of another model or data; use a new --out folder")
-        before = evaluate(lm, data, letter=letter)
-        atomic_write_text(before_path, json.dumps({"fingerprint": fingerprint, "data_hash": data.content_hash(),
-                                                   "data": data.name, "metrics": before}, default=float) + "\n")
+    if before is None:
+        before = evaluate(lm, data, letter=letter, should_stop=should_stop)
+    if folder is not None and (saved is None or saved.get("metrics") is not before):
+        atomic_write_text(folder / BEFORE_FILE, json.dumps({"fingerprint": fingerprint,
+                                                            "data_hash": data.content_hash(), "data": data.name,
+                                                            "metrics": before}, default=float) + "\n")
+    done = {r["id"] for r in rows}
     todo = [(m, o) for m, o in points if point_id(m, o) not in done]
     log(f"{len(points)} points, {len(points) - len(todo)} already done, {len(todo)} to run")
+    yield rows, before
     for n, (method, overrides) in enumerate(todo, 1):
         spec = get_method(method)
         hparams = make_hparams(spec.hparams_cls, dict(overrides))
         t0 = time.perf_counter()
-        edit = spec.fit(lm, data, hparams)
+        tick = None if progress is None else (lambda event, n=n: progress(n, len(todo), event))
+        edit = spec.fit(lm, data, hparams, progress=tick, should_stop=should_stop)
         fit_s = time.perf_counter() - t0
-        after = evaluate(lm, data, plan=edit.plan(), letter=letter)
+        after = evaluate(lm, data, plan=edit.plan(), letter=letter, should_stop=should_stop)
         row = {"id": point_id(method, overrides), "method": method,
                "settings": json.dumps({k: overrides[k] for k in sorted(overrides)}),
                **{f"hp.{k}": v for k, v in sorted(overrides.items())},
@@ -165,13 +194,14 @@ def run_sweep(lm, data, points: list[tuple[str, dict]], folder: Path,
                **{f"before.{k}": round(float(before[k]), 5) for k in ("forget_cloze_acc", "retain_cloze_acc",
                                                                       "retain_ppl") if k in before},
                "fit_s": round(fit_s, 2), "wall_s": round(time.perf_counter() - t0, 2)}
-        rows.append(row)
-        write_results(folder, rows)
+        rows = [*rows, row]
+        if folder is not None:
+            write_results(folder, rows)
         log(f"[{n}/{len(todo)}] {method} {row['settings']}: forget {row['forget_cloze_acc']:.1%}, "
             f"retain {row['retain_cloze_acc']:.1%}, ppl {row['retain_ppl']:.1f} ({row['wall_s']:.0f} s)")
+        yield rows, before
     if lm.fingerprint() != fingerprint:
         raise AssertionError("base weights changed during the sweep")
-    return rows
 
 
 def before_metrics(folder: Path) -> dict:

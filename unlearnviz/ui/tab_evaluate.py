@@ -9,6 +9,8 @@ import gradio as gr
 from unlearnviz import plots
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.relearn import RelearnSettings
+from unlearnviz.report import metric_rows, round4
+from unlearnviz.session import Limits
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Evaluate.** Cloze accuracy is the primary metric for small models (lettered A–D scoring is at "
@@ -16,25 +18,48 @@ INTRO = ("**Evaluate.** Cloze accuracy is the primary metric for small models (l
          "removed, so forgetting means falling to the floor, not to zero. The relearning attack fine-tunes on half "
          "A of the forget facts and measures half B: knowledge that comes back was hidden, not erased.")
 
-KEYS = [("forget cloze acc", "forget_cloze_acc"), ("forget floor acc", "forget_floor_acc"),
-        ("forget half-B cloze acc", "forget_b_cloze_acc"), ("retain cloze acc", "retain_cloze_acc"),
-        ("retain floor acc", "retain_floor_acc"), ("forget gold log-prob", "forget_gold_logprob"),
-        ("retain gold log-prob", "retain_gold_logprob"), ("retain perplexity", "retain_ppl"),
-        ("lettered (lm-eval) forget acc", "forget_mcq_acc"), ("lettered (lm-eval) retain acc", "retain_mcq_acc")]
+SWEEP_INTRO = (
+    "**Small sweep.** Fit a few edits with different settings on the original model (your edit timeline is left "
+    "alone) and see them on one forget-vs-retain chart, one colour per method. One setting per line as "
+    "`key=value1,value2`; a single value fixes a setting for every point; `srmu.c_map=1,2` applies to one method "
+    "only.")
+SWEEP_HEADERS = ["method", "settings", "forget acc", "retain acc", "retain ppl", "fit s", "Pareto front"]
 
 
 def metrics_rows(result: dict) -> list[list]:
-    before, after = result.get("before", {}), result.get("after", {})
-    rows = []
-    for label, key in KEYS:
-        if key in before or key in after:
-            b, a = before.get(key), after.get(key)
-            rows.append([label, _fmt(b), _fmt(a), _fmt(None if a is None or b is None else a - b)])
-    return rows
+    """The before/after table (the report's metric list, so both show the same rows)."""
+    return metric_rows(result.get("before", {}), result.get("after", {}))
 
 
-def _fmt(v):
-    return None if v is None else round(float(v), 4)
+def sweep_points(methods: list[str] | None, grid_text: str | None, limits: Limits, lm=None) -> list[tuple[str, dict]]:
+    """The grid a visitor typed, checked against this server's limits before anything is fitted."""
+    from unlearnviz.methods import get_method, make_hparams
+    from unlearnviz.session import has_learned_positions
+    from unlearnviz.sweep import expand, parse_grid
+
+    methods = [m for m in (methods or []) if m]
+    if not methods:
+        raise UserError("choose at least one method for the sweep")
+    lines = [ln.strip() for ln in (grid_text or "").replace(";", "\n").splitlines() if ln.strip()]
+    grid = parse_grid(lines, what="grid line")
+    if "method" in grid:
+        raise UserError("choose the methods with the check boxes, not a method= line")
+    points = expand({"method": methods, **grid}, None, what="grid line")
+    if len(points) > limits.max_sweep_points:
+        raise UserError(f"the grid has {len(points)} points; this server's limit is {limits.max_sweep_points}: "
+                        f"fewer values or fewer methods")
+    for method, overrides in points:
+        hp = make_hparams(get_method(method).hparams_cls, dict(overrides))
+        if getattr(hp, "steps", 0) > limits.max_steps:
+            raise UserError(f"{method}: steps={hp.steps} is over this server's limit of {limits.max_steps}")
+        if lm is not None and getattr(hp, "max_tokens", 0) > lm.max_length and has_learned_positions(lm):
+            raise UserError(f"{method}: max_tokens={hp.max_tokens} is over this model's context of {lm.max_length}")
+    return points
+
+
+def sweep_rows(rows: list[dict], front: set[str]) -> list[list]:
+    return [[r["method"], r["settings"], round4(r.get("forget_cloze_acc")), round4(r.get("retain_cloze_acc")),
+             round4(r.get("retain_ppl")), r.get("fit_s"), "yes" if r["id"] in front else ""] for r in rows]
 
 
 def build(state: gr.State, config: AppConfig) -> dict:
@@ -87,4 +112,48 @@ def build(state: gr.State, config: AppConfig) -> dict:
         return session, plots.relearning_curve(edited, original), wb
 
     relearn.click(on_relearn, [state, steps, lr], [state, relearn_plot, whitebox], api_name="relearn")
+
+    with gr.Accordion("Small sweep: compare a few settings", open=False):
+        gr.Markdown(SWEEP_INTRO)
+        with gr.Row():
+            sweep_methods = gr.CheckboxGroup(["rmu", "srmu", "mrp"], value=["srmu"], label="methods")
+            grid = gr.Textbox(value="steps=100,200", lines=3, scale=2, label="grid (one key=v1,v2,... per line)",
+                              info=f"at most {config.limits.max_sweep_points} points in all")
+        with gr.Row():
+            sweep_btn = gr.Button("Run sweep", variant="primary")
+            sweep_cancel = gr.Button("Cancel", variant="stop")
+        sweep_status = gr.Markdown()
+        sweep_plot = gr.Plot(label="Forget vs retain, every point", show_label=False)
+        sweep_table = gr.Dataframe(headers=SWEEP_HEADERS, value=[], interactive=False)
+        sweep_out = gr.JSON(visible=False)
+
+    @readable
+    def on_sweep(session: UISession, methods: list[str], grid_text: str, progress=gr.Progress()):
+        from unlearnviz.sweep import iter_sweep, pareto_front
+
+        ensure_ready(session, config)
+        points = sweep_points(methods, grid_text, config.limits, session.lm)
+        session.cancel_flag.clear()
+        lm, fp, n_edits = session.lm, session.lm.fingerprint(refresh=False), len(session.stack)
+
+        def tick(i: int, n: int, event: dict) -> None:
+            progress((i - 1 + event["step"] / max(1, event.get("total") or 1)) / n, desc=f"point {i}/{n}")
+
+        for rows, before in iter_sweep(lm, session.data, points, None, log=lambda _m: None, before=session.before,
+                                       progress=tick, should_stop=session.should_stop):
+            front = pareto_front(rows) if rows else set()
+            status = f"{len(rows)} of {len(points)} points done" + (" …" if len(rows) < len(points) else ".")
+            yield (session, status, plots.tradeoff_figure(rows, front, before), sweep_rows(rows, front),
+                   {"rows": rows, "front": sorted(front), "points": len(points)})
+        if lm.fingerprint() != fp or len(session.stack) != n_edits:
+            raise AssertionError("the sweep changed the model's weights or the edit timeline")
+
+    sweep_event = sweep_btn.click(on_sweep, [state, sweep_methods, grid],
+                                  [state, sweep_status, sweep_plot, sweep_table, sweep_out], api_name="sweep")
+
+    def on_sweep_cancel(session: UISession) -> str:
+        session.cancel_flag.set()
+        return "Sweep cancelled; the points that finished are kept above."
+
+    sweep_cancel.click(on_sweep_cancel, state, sweep_status, cancels=[sweep_event], api_name="cancel_sweep")
     return {"table": table, "bars": bars, "relearn_plot": relearn_plot}
