@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from unlearnviz import plots
+from unlearnviz.evaluation.scoring import SCORE_CACHE
 from unlearnviz.ui import (
     tab_analysis,
     tab_chat,
@@ -17,6 +18,7 @@ from unlearnviz.ui import (
 )
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
+SCORE_CACHE_ENTRIES = 200_000  # (stem, choice) scores kept per process: about 40 MB
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber", text_size="lg")
 CSS = """
 .gradio-container {max-width: 1400px !important}
@@ -29,15 +31,11 @@ HEADER = ("# unlearnviz\nSee what representation-level unlearning (RMU, SRMU, MR
           "models answer.")
 
 
-def new_session() -> UISession:
-    """Called by Gradio once per browser session: every user gets their own state."""
-    return UISession()
-
-
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     config = config or AppConfig()
+    SCORE_CACHE.max_entries = SCORE_CACHE_ENTRIES  # the tabs score the same pairs under the same edits again
     with gr.Blocks(title="unlearnviz") as demo:
-        state = gr.State(new_session)
+        state = gr.State(config.new_session)  # a copy of `--config`'s replayed session, or empty
         with gr.Row():
             gr.Markdown(HEADER, elem_id="uv-header")
         with gr.Row():
@@ -57,7 +55,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate"):
                 eval_ui = tab_evaluate.build(state, config)
             with gr.Tab("Export", id="export"):
-                tab_export.build(state, config)
+                export_ui = tab_export.build(state, config)
 
         outputs = [state, demo_status, model_ui["info"], data_ui["summary"], data_ui["preview"],
                    unlearn_ui["status"], unlearn_ui["loss_plot"], unlearn_ui["timeline"],
@@ -101,6 +99,28 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                    *[updates.get(c, gr.update()) for c in outputs[2:]]]
 
         demo_btn.click(run_demo, state, outputs, api_name="demo")
+
+        def show_session(session: UISession):
+            """Every tab redrawn from the session's state (after `--config` replay or a bundle import)."""
+            if session.lm is None:
+                return [session, *[gr.update()] * (len(outputs) - 1)]
+            result = {"before": session.before or {}, "after": session.after.get(session.current_index) or {}}
+            chat = session.chats[-1] if session.chats else None
+            updates = {model_ui["info"]: tab_model.info_markdown(session),
+                       data_ui["summary"]: tab_data.summary_markdown(session),
+                       data_ui["preview"]: tab_data.preview_rows(session),
+                       unlearn_ui["status"]: tab_unlearn.edit_summary(session),
+                       unlearn_ui["timeline"]: tab_unlearn.timeline_rows(session),
+                       eval_ui["table"]: tab_evaluate.metrics_rows(result),
+                       eval_ui["bars"]: plots.before_after_bars(result["before"], result["after"])}
+            if chat is not None:
+                updates.update({chat_ui["prompt"]: chat["prompt"], chat_ui["original"]: chat["original"],
+                                chat_ui["edited"]: [(chat["edited"], None)]})
+            return [session, *[updates.get(c, gr.update()) for c in outputs[1:]]]
+
+        export_ui["imported"].success(readable(show_session), state, outputs, api_visibility="private")
+        if config.template is not None:
+            demo.load(readable(show_session), state, outputs, api_visibility="private")
     demo.unlearnviz_theme = THEME  # type: ignore[attr-defined]
     demo.unlearnviz_css = CSS  # type: ignore[attr-defined]
     return demo

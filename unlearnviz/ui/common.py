@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from unlearnviz.config import Config
 from unlearnviz.errors import UserError
 from unlearnviz.methods.base import Cancelled
 from unlearnviz.session import Limits, Session
@@ -29,6 +30,19 @@ class AppConfig:
     limits: Limits = field(default_factory=Limits)
     model_dirs: tuple[Path, ...] = ()  # folders whose models a visitor may load by path
     data_dirs: tuple[Path, ...] = ()  # folders whose data files a visitor may load by path
+    run_config: Config | None = None  # `app.py --config`: the config every new session starts from
+    template: UISession | None = None  # that config, replayed once at launch; each session gets a copy
+
+    def new_session(self) -> UISession:
+        """A browser session's initial state: a copy of the replayed config (the model shared,
+        read-only; edits, metrics and chats copied), or an empty session."""
+        import copy
+
+        if self.template is None:
+            return UISession()
+        clone = copy.deepcopy(self.template)
+        clone.limits = self.limits
+        return clone
 
 
 _NAMED_MODELS = ("default", "smollm2-135m-instruct", "synthetic")

@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=_positive_int, default=4, help="events run at once (per event type)")
     p.add_argument("--queue-size", type=_positive_int, default=64, help="requests waiting before new ones are refused")
     p.add_argument("--preload", action="store_true", help="load the model before serving")
+    p.add_argument("--config", default=None, help="a run config (YAML/JSON, as `run --config`): replayed once "
+                   "at launch (model, data, every edit, chats); each new browser session starts from a copy")
     return p.parse_args(argv)
 
 
@@ -77,6 +79,30 @@ def read_auth(path: str | None) -> list[tuple[str, str]] | None:
         if not pairs:
             raise SystemExit(f"error: {path}: no user:password lines (an empty auth file would leave the app open)")
     return pairs or None
+
+
+def apply_run_config(config, path: str) -> None:
+    """``--config``: validate, replay once (the operator's own file: its model and data paths are not
+    confined to --model-dir/--data-dir), and make it every new session's starting state and the
+    default model and data."""
+    import time
+
+    from unlearnviz.config import load_config, read_config_file, replay
+    from unlearnviz.ui.common import UISession
+
+    cfg = load_config(path)
+    raw = read_config_file(path)
+    if not isinstance(raw, dict) or "model" not in raw:  # the config names no model: the --model flag's
+        cfg.model.source = config.default_model
+    if cfg.data.spec is None:
+        cfg.data.spec = config.default_data
+    t0 = time.perf_counter()
+    template = replay(cfg, UISession(limits=config.limits),
+                      log=lambda m: print(f"unlearnviz: --config: {m}", flush=True))
+    config.run_config, config.template = cfg, template
+    config.default_model, config.default_data = cfg.model.source, cfg.data.spec
+    print(f"unlearnviz: --config {Path(path).name}: {len(template.stack)} edit(s), {len(template.chats)} chat(s) "
+          f"replayed in {time.perf_counter() - t0:.1f} s; every new session starts from them", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     config = AppConfig(default_model=args.model, default_data=args.data, limits=limits,
                        model_dirs=tuple(Path(d).resolve() for d in args.model_dir),
                        data_dirs=tuple(Path(d).resolve() for d in args.data_dir))
-    if args.preload:
+    if args.config:
+        try:
+            apply_run_config(config, args.config)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    elif args.preload:
         from unlearnviz.data.synthetic import resolve_model_source
         from unlearnviz.model.loading import LoadOptions
 

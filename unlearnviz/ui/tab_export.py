@@ -1,4 +1,5 @@
-"""Export tab: the edit file, a standalone checkpoint, a config that reproduces the session."""
+"""Export tab: the edit file, a standalone checkpoint, the session's config, a session bundle, an
+HTML report; and importing a bundle back (replacing this browser session's state)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,24 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-import yaml
 
 from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_text, safe_child
 from unlearnviz.model.loading import cache_dir
-from unlearnviz.ui.common import AppConfig, UISession, readable
+from unlearnviz.ui.common import AppConfig, UISession, check_upload, confine_model_source, readable
 
 INTRO = ("**Export.** Save the selected edit (safetensors + manifest with checksums and the model's "
          "fingerprint: it refuses to load onto another model), a standalone Hugging Face checkpoint with the "
-         "edit merged in, or a YAML config that replays this session from the command line.")
+         "edit merged in, the YAML config that replays this session (`python -m unlearnviz run --config F --out "
+         "DIR`, or `python app.py --config F`), a **session bundle** (one .zip: config, data, every edit, metrics, "
+         "relearning results and chats, with checksums) or an HTML report. **Import** a bundle to restore a "
+         "session, here or from the command line, without refitting anything.")
 
 
 def export_root() -> Path:
     root = Path(os.environ.get("UNLEARNVIZ_EXPORTS", cache_dir() / "exports"))
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def session_config(session: UISession) -> dict:
-    """A config for ``python -m unlearnviz run --config`` that reproduces the selected edit."""
-    edit = session.current_edit()
-    if edit is None:
-        raise UserError("there is no edit yet (Unlearn tab)")
-    return {"model": session.lm.source if session.lm else "default",
-            "data": session.data.name if session.data else None,
-            "method": edit.method, "hparams": edit.hparams,
-            "stack": [{"method": e.method, "hparams": e.hparams} for e in session.stack.edits[: session.current_index + 1]],
-            "history": session.history}
 
 
 def zip_folder(folder: Path, target: Path) -> Path:
@@ -49,6 +40,18 @@ def zip_folder(folder: Path, target: Path) -> Path:
     return target
 
 
+def import_into(session: UISession, path: str, config: AppConfig) -> dict:
+    """Replace ``session``'s state with a verified bundle's; on any error the session is unchanged."""
+    from unlearnviz.bundle import MAX_BUNDLE_BYTES, import_bundle
+
+    new = import_bundle(check_upload(path, config), allow_model=lambda s: confine_model_source(s, config),
+                        limits=config.limits,
+                        max_bytes=min(MAX_BUNDLE_BYTES, config.limits.max_upload_mb * 2**20 * 16))
+    session.adopt(new)
+    return {"model": session.lm.name, "data": session.data.name, "edits": [e.label() for e in session.stack.edits],
+            "metrics": sorted(session.after), "chats": len(session.chats)}
+
+
 def build(state: gr.State, config: AppConfig) -> dict:
     gr.Markdown(INTRO)
     name = gr.Textbox(value="my-edit", label="Export name", info="letters, digits, '.', '_' and '-'; saved under the "
@@ -57,9 +60,17 @@ def build(state: gr.State, config: AppConfig) -> dict:
         edit_btn = gr.Button("Edit file (.zip)", variant="primary")
         ckpt_btn = gr.Button("Standalone checkpoint")
         cfg_btn = gr.Button("Reproducing config (YAML)")
+        bundle_btn = gr.Button("Download session bundle (.zip)")
+        report_btn = gr.Button("Write HTML report")
     files = gr.File(label="Download", interactive=False)
     message = gr.Markdown()
     api_out = gr.JSON(visible=False)
+    gr.Markdown("### Import a session bundle\nReplaces this session (model, data, edits, metrics, chats) with the "
+                "bundle's, after checking every checksum, the model's fingerprint and the data's hash. A damaged or "
+                "foreign file changes nothing.")
+    with gr.Row():
+        upload = gr.File(label="Session bundle (.zip)", file_types=[".zip"], type="filepath", scale=3)
+        import_btn = gr.Button("Import bundle", scale=1)
 
     @readable
     def on_export(session: UISession, label: str, kind: str):
@@ -79,13 +90,42 @@ def build(state: gr.State, config: AppConfig) -> dict:
             path = folder / "unlearnviz_export.json"
             msg = (f"Wrote a Hugging Face checkpoint to `{folder}` (load it with "
                    f"`AutoModelForCausalLM.from_pretrained`). {info.get('note', '')}")
-        else:
+        elif kind == "config":
             path = safe_child(root, f"{label}.yaml")
-            atomic_write_text(path, yaml.safe_dump(session_config(session), sort_keys=False))
-            msg = f"Saved `{path.name}`: run `python -m unlearnviz run --config {path.name} --out DIR`."
+            if session.current_edit() is None:
+                raise UserError("there is no edit yet (Unlearn tab): the config replays the session's edits")
+            atomic_write_text(path, session.to_config(base=config.run_config).to_yaml())
+            msg = (f"Saved `{path.name}`: `python -m unlearnviz run --config {path.name} --out DIR` refits the "
+                   f"{len(session.stack)} edit(s) in order; `python app.py --config {path.name}` serves it.")
+        elif kind == "bundle":
+            from unlearnviz.bundle import export_bundle
+
+            path = safe_child(root, f"{label}-session.zip")
+            export_bundle(session, path, base=config.run_config)
+            msg = (f"Saved the session bundle `{path.name}` ({path.stat().st_size / 2**20:.1f} MB, "
+                   f"{len(session.stack)} edit(s), {len(session.chats)} chat(s)); import it here or with "
+                   f"`python -m unlearnviz bundle import {path.name} --out DIR`.")
+        else:
+            from unlearnviz.report import write_session_report
+
+            session.require_model()
+            path = write_session_report(session, safe_child(root, f"{label}.html"))
+            msg = f"Wrote the self-contained report `{Path(path).name}` (opens offline)."
         return str(path), msg, {"saved": str(path), "kind": kind}  # not "path": clients read that as a file
 
-    for btn, kind in ((edit_btn, "edit"), (ckpt_btn, "checkpoint"), (cfg_btn, "config")):
+    for btn, kind in ((edit_btn, "edit"), (ckpt_btn, "checkpoint"), (cfg_btn, "config"), (bundle_btn, "bundle"),
+                      (report_btn, "report")):
         btn.click(lambda s, n, k=kind: on_export(s, n, k), [state, name], [files, message, api_out],
                   api_name="export" if kind == "edit" else f"export_{kind}")
-    return {"message": message}
+
+    @readable
+    def on_import(session: UISession, path: str | None):
+        if not path:
+            raise UserError("choose a session bundle (.zip) to import")
+        summary = import_into(session, path, config)
+        msg = (f"Imported: {summary['model']} on {summary['data']}, {len(summary['edits'])} edit(s), "
+               f"{summary['chats']} chat(s). Every tab now shows the imported session.")
+        return session, msg, summary
+
+    imported = import_btn.click(on_import, [state, upload], [state, message, api_out], api_name="import_bundle")
+    return {"message": message, "imported": imported}
