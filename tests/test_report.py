@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from unlearnviz.cli import main
-from unlearnviz.report import SECTIONS, forget_verdict, relearn_verdict, retain_verdict
+from unlearnviz.report import SECTIONS, Verdict, forget_verdict, headline, relearn_verdict, retain_verdict
 
 HOSTILE_Q = 'The capital of <script>alert("pwned")</script> Drokand is'
 HOSTILE_TEXT = '<script>alert("text")</script> Drokand lies far to the north.'
@@ -143,7 +143,7 @@ def test_metrics_table_equals_metrics_json_and_verdict_is_honest(report, run):
     assert re.sub(r"\s+", " ", verdict.text) in page.replace("&#x27;", "'")
     # 8 RMU steps do not make the tiny model forget; the report must say so, not dress it up
     assert after["forget_cloze_acc"] > 0.5 and "The edit did not forget" in page
-    assert "In one line: The edit did not forget." in page
+    assert "In one line: The edit did not forget" in page
 
 
 def test_self_contained_and_user_text_escaped(report):
@@ -197,6 +197,11 @@ def test_verdicts_in_plain_words():
     assert retain_verdict(before, {"retain_cloze_acc": 0.98, "retain_ppl": 105.0}).ok is True
     assert retain_verdict(before, {"retain_cloze_acc": 0.9, "retain_ppl": 105.0}).ok is False
     assert retain_verdict(before, {"retain_cloze_acc": 1.0, "retain_ppl": 130.0}).ok is False
+    kept, damaged = Verdict(True, ""), Verdict(False, "")
+    assert headline(Verdict(True, ""), kept).text == "In one line: The edit forgot the forget facts and kept the rest."
+    assert headline(Verdict(True, ""), damaged).ok is False and "but it also damaged" in \
+        headline(Verdict(True, ""), damaged).text
+    assert headline(Verdict(False, ""), kept).text == "In one line: The edit did not forget."
     curve = {"edited": [{"step": 0, "acc": 0.25}, {"step": 20, "acc": 0.3}], "original": [{"step": 0, "acc": 1.0}]}
     assert relearn_verdict(curve, True).ok is True
     assert relearn_verdict(curve, False).ok is None  # nothing forgotten: the attack cannot say more

@@ -184,13 +184,28 @@ def retain_verdict(before: dict, after: dict) -> Verdict:
     pb, pa = before.get("retain_ppl"), after.get("retain_ppl")
     if pb and pa:
         rise = pa / pb - 1
-        text += f" Perplexity on held-out retain text went from {pb:.1f} to {pa:.1f} ({rise:+.0%})"
+        text += f" Perplexity on held-out retain text went from {pb:.1f} to {pa:.1f} ({rise:+.1%})"
         if rise > PPL_RISE:
             ok = False
             text += f", more than the {PPL_RISE:.0%} the bar allows: the model got less fluent."
         else:
             text += "."
     return Verdict(ok, text)
+
+
+def headline(forget: Verdict, retain: Verdict) -> Verdict:
+    """The report in one line: did it forget, and at what cost to what it should keep."""
+    damaged = retain.ok is False
+    if forget.ok is None:
+        text = "Forgetting could not be shown" + (", and the edit damaged knowledge it should have kept." if damaged
+                                                  else ".")
+        return Verdict(False if damaged else None, "In one line: " + text)
+    if forget.ok:
+        text = ("The edit forgot the forget facts, but it also damaged knowledge it should have kept." if damaged else
+                "The edit forgot the forget facts and kept the rest.")
+    else:
+        text = "The edit did not forget" + (", and it damaged knowledge it should have kept." if damaged else ".")
+    return Verdict(forget.ok and not damaged, "In one line: " + text)
 
 
 def residual_verdict(probe_verdict: str) -> Verdict:
@@ -340,9 +355,7 @@ def build_report(r: ReportData) -> str:
     out.append("<nav><ol>" + "".join(f'<li><a href="#{a}">{esc(h)}</a></li>' for a, h in SECTIONS) + "</ol></nav>")
 
     # Summary
-    headline = ("The edit did not forget." if fv.ok is False else
-                "The edit forgot the forget facts." if fv.ok else "Forgetting could not be shown.")
-    summary = [_p(f"In one line: {headline}", "verdict " + fv.css), _verdict(fv), _verdict(rv)]
+    summary = [_verdict(headline(fv, rv)), _verdict(fv), _verdict(rv)]
     if pr is not None:
         summary.append(_verdict(residual_verdict(pr.verdict)))
     if lv is not None:
@@ -633,17 +646,17 @@ def write_report(path: Path, report: ReportData) -> Path:
     return path
 
 
-def check_out_path(out: Path) -> None:
+def check_out_path(out: Path, what: str = "--out") -> None:
     """Refuse an output path that cannot be written, before any minute of work."""
     import os
 
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
+        raise UserError(f"{what} {out} is a folder; give a file name such as {out / 'report.html'}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"--out {out}: the folder {parent} does not exist")
+        raise UserError(f"{what} {out}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out}: the folder {parent} is not writable")
+        raise UserError(f"{what} {out}: the folder {parent} is not writable")
 
 
 # ------------------------------------------------------------------------------------------
@@ -799,7 +812,7 @@ def write_session_report(session: Session, path: Path) -> Path:
     if edit is None:
         raise UserError("there is no edit yet (Unlearn tab): a report compares the edited model with the original")
     path = Path(path)
-    check_out_path(path)
+    check_out_path(path, "report file")
     should_stop = getattr(session, "should_stop", None)
     with stoppable(should_stop):
         result = session.evaluate(should_stop=should_stop)
