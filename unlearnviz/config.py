@@ -5,7 +5,7 @@ The same schema is read by ``python -m unlearnviz run --config``, ``sweep --conf
 made anywhere can be replayed anywhere. YAML or JSON::
 
     version: 1
-    seed: 0                      # default seed of every edit without its own, relearning, sampling
+    seed: 0                      # global seeds; the seed of every edit without its own, and of relearning
     model: {source: default, dtype: float32, device: auto}
     data: {spec: "builtin:demo"} # builtin:NAME, synthetic[:E], hf:DATASET[:CONFIG] or a file
     edits:                       # the edit stack, fitted in order, each on top of the ones before
@@ -19,7 +19,7 @@ made anywhere can be replayed anywhere. YAML or JSON::
       relearn: null              # or {steps: 40, lr: 1.0e-4, eval_every: 10}: attack the final stack
     chat:                        # prompts asked of the original and the edited model, side by side
       - {prompt: "The capital of France is", max_new_tokens: 32, temperature: 0.0, edit: null}
-    analysis: {enabled: false, layers: null, max_texts: 150, ...}   # `run` only (analysis.json/html)
+    analysis: {enabled: false, layers: null, max_texts: 150}   # `run` only: analysis.json/html
 
 Every key is checked: an unknown key, a wrong type or a value out of range is one ``UserError``
 that names the dotted key (``edits[0].hparams.steps: ...``). Hyperparameters are validated by
@@ -109,7 +109,7 @@ class EvaluationSection:
 class ChatEntry:
     prompt: str = opt("", "str", "the prompt (a chat template is applied where the model has one)")
     max_new_tokens: int = opt(48, "int", "answer length", min=1, max=4096)
-    temperature: float = opt(0.0, "float", "0 = greedy (reproducible); sampling is seeded by `seed`",
+    temperature: float = opt(0.0, "float", "0 = greedy; sampling uses the generator's fixed seed (reproducible too)",
                              min=0.0, max=5.0)
     edit: int | None = opt(None, "int", "index into edits: the edited answer uses that edit and the ones "
                                         "below it; null = the whole stack", min=0, optional=True)
@@ -140,8 +140,8 @@ class Config:
     """A whole run. ``to_dict`` gives a plain mapping that ``load_config`` reads back unchanged."""
 
     version: int = opt(CONFIG_VERSION, "int", "schema version", min=1, max=CONFIG_VERSION)
-    seed: int = opt(0, "int", "seed of torch/random/numpy, the default seed of every edit that sets none, "
-                              "the relearning attack and sampled chats", min=0, max=2**31 - 1)
+    seed: int = opt(0, "int", "seed of torch/random/numpy, the default seed of every edit that sets none "
+                              "and of the relearning attack", min=0, max=2**31 - 1)
     model: ModelSection = opt(ModelSection, "ModelSection", "the model")
     data: DataSection = opt(DataSection, "DataSection", "forget/retain data")
     edits: list = opt(list, "list:EditSection", "the edit stack, fitted in order")
