@@ -17,7 +17,7 @@ from unlearnviz.analysis.activations import (
 )
 from unlearnviz.errors import UserError
 from unlearnviz.model.adapter import linear_weight
-from unlearnviz.model.routing import RoutingPlan
+from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows
 
 
 def random_plan(lm, layer: int = 1, scale: float = 0.05, seed: int = 0) -> RoutingPlan:
@@ -90,6 +90,22 @@ def test_no_edit_means_edited_is_original(tiny_lm, texts):
     pair = capture_pair(tiny_lm, texts, None, layers=[2])
     assert pair.edited is pair.original
     assert plan_hash(None) == plan_hash(RoutingPlan()) == "none"
+
+
+def test_plan_hash_sees_every_part_of_an_edit(tiny_lm, texts):
+    """MRP plans carry offsets, a position-0 rule or a stream projection and no deltas: each must
+    hash apart (the analysis cache and its "no edit" shortcut key on this hash)."""
+    d = tiny_lm.hidden_size
+    q = orthonormal_rows(torch.randn(2, d, generator=torch.Generator().manual_seed(0)))
+    mu = torch.ones(d)
+    plans = [None, RoutingPlan(projections={1: q}), RoutingPlan(projections={1: q}, offsets={1: mu}),
+             RoutingPlan(projections={1: q}, spare_first=True),
+             RoutingPlan(stream=StreamProjection(q=q, offset=None, last=1)),
+             RoutingPlan(stream=StreamProjection(q=q, offset=mu, last=1)),
+             RoutingPlan(stream=StreamProjection(q=q, offset=None, last=2))]
+    assert len({plan_hash(p) for p in plans}) == len(plans)
+    pair = capture_pair(tiny_lm, texts, plans[4], layers=[1])  # a stream-only edit is an edit
+    assert pair.edited is not pair.original and (pair.edited[1] - pair.original[1]).abs().max() > 1e-3
 
 
 def test_cache_returns_the_same_object(tiny_lm, texts):

@@ -48,6 +48,7 @@ from unlearnviz.analysis.importance import (
     footprint_from_passes,
     importance,
     importance_from_passes,
+    pooled_points,
     selectivity_report,
     split_passes,
     token_layer_map,
@@ -178,7 +179,7 @@ def run_analysis(lm: LoadedModel, data: UnlearningData, edit=None, layers: Seque
     plan = as_plan(edit)
     if plan is not None and plan_hash(plan) == "none":
         plan = None
-    edit_layers = sorted(set(plan.deltas) | set(plan.projections)) if plan is not None else []
+    edit_layers = plan.edited_layers() if plan is not None else []
     if geometry_layer is None:
         geometry_layer = max(edit_layers) if edit_layers else layers[len(layers) // 2]
     geometry_layer = resolve_layers(lm, geometry_layer)[0]
@@ -207,12 +208,7 @@ def run_analysis(lm: LoadedModel, data: UnlearningData, edit=None, layers: Seque
     tokens = token_layer_map(lm, prompt, imp, plan)
     timings["token_signature"] = time.perf_counter() - t
 
-    groups = ["forget"] * len(f.texts) + ["retain"] * len(r.texts)
-    texts = f.texts + r.texts
-    orig = {layer: torch.cat([f.pooled_original[layer], r.pooled_original[layer]]) for layer in layers}
-    edited = None
-    if plan is not None:
-        edited = {layer: torch.cat([f.pooled_edited[layer], r.pooled_edited[layer]]) for layer in layers}
+    texts, groups, orig, edited = pooled_points(f, r)
     t = time.perf_counter()
     log("per-layer separability, centroid distance, CKA")
     metrics = layer_metrics(orig, edited, [g == "forget" for g in groups])

@@ -36,7 +36,7 @@ from unlearnviz.errors import UserError
 from unlearnviz.methods.base import Cancelled
 from unlearnviz.methods.engine import Batch, make_batches, tokenize_texts
 from unlearnviz.model.loading import LoadedModel
-from unlearnviz.model.routing import RoutingPlan, StopForward
+from unlearnviz.model.routing import RoutingPlan, StopForward, plan_content_hash
 
 POOLINGS = ("mean", "last", "tokens")
 Encoded = list[tuple[list[int], list[bool]]]
@@ -59,17 +59,8 @@ def as_plan(edit) -> RoutingPlan | None:
 
 
 def plan_hash(plan) -> str:
-    """Content hash of an edit's deltas and projections ("none" without an edit)."""
-    plan = as_plan(plan)
-    if plan is None or (not plan.deltas and not plan.projections):
-        return "none"
-    h = hashlib.blake2b(digest_size=12)
-    for kind, tensors in (("d", plan.deltas), ("p", plan.projections)):
-        for layer in sorted(tensors):
-            t = tensors[layer].detach().float().cpu().contiguous()
-            h.update(f"{kind}{layer}:{tuple(t.shape)}".encode())
-            h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    """Content hash of everything an edit changes ("none" without an edit)."""
+    return plan_content_hash(as_plan(plan))
 
 
 def texts_hash(texts: Sequence[str]) -> str:

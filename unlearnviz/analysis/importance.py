@@ -146,6 +146,21 @@ def split_passes(lm: LoadedModel, data: UnlearningData, layers=None, plan=None, 
     return f, r
 
 
+def pooled_points(forget: SplitPass, retain: SplitPass, per_group: int | None = None):
+    """The passes' pooled activations as one point cloud, forget first: (texts, groups, original,
+    edited or None), activations per layer; ``per_group`` caps each split's points. The geometry
+    views use this so one paired pass serves the importance map, the footprint and the geometry."""
+    nf, nr = (len(forget.texts), len(retain.texts)) if per_group is None else \
+        (min(per_group, len(forget.texts)), min(per_group, len(retain.texts)))
+
+    def join(a: dict, b: dict) -> dict:
+        return {layer: torch.cat([a[layer][:nf], b[layer][:nr]]) for layer in forget.layers}
+
+    edited = None if forget.pooled_edited is None else join(forget.pooled_edited, retain.pooled_edited)
+    return (forget.texts[:nf] + retain.texts[:nr], ["forget"] * nf + ["retain"] * nr,
+            join(forget.pooled_original, retain.pooled_original), edited)
+
+
 def stat_masks(data: UnlearningData, stat_tokens: str):
     """Which tokens the forget and retain statistics average over, as SRMU's ``stat_tokens``:
     'spans' (the entity tokens of forget facts vs of retain facts), 'masked' (forget from the

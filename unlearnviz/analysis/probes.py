@@ -64,11 +64,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unlearnviz.analysis.activations import as_plan, capture, capture_pair, plan_hash, resolve_layers, run_pass
+from unlearnviz.analysis.activations import (
+    as_plan,
+    capture,
+    capture_pair,
+    check_stop,
+    plan_hash,
+    resolve_layers,
+    run_pass,
+)
 from unlearnviz.data.schema import MCQItem, UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.mcq import _blind_default
-from unlearnviz.evaluation.scoring import encode_pair, unembed
+from unlearnviz.evaluation.scoring import continuation_logprobs, encode_pair, unembed
 from unlearnviz.model.loading import LoadedModel
 
 MARGIN = 0.10  # "well above" the floor: ten accuracy points
@@ -155,76 +163,60 @@ def logit_lens(lm: LoadedModel, prompt: str, answer: str | None = None, plan=Non
 
 
 # ------------------------------------------------------------------------------------------
-# Statement pass: probe features and output cloze scores in one (paired) forward
+# Statement pass: stem-end probe features (one paired forward of the stems) and output cloze
+# scores (the shared-context scorer of the evaluation)
 # ------------------------------------------------------------------------------------------
 
 
-class StatementReducer:
-    """Stem-end features per layer (one per item), and each statement's continuation
-    log-likelihood from the last block's output."""
+class StemReducer:
+    """Stem-end features per layer (one per item), for the original and edited rows."""
 
-    def __init__(self, lm: LoadedModel, ctx_len: list[int], item_of: list[int], n_items: int,
-                 probe_layers: list[int], last_layer: int):
-        self.lm, self.ctx_len, self.item_of = lm, ctx_len, item_of
-        self.n_items, self.probe_layers, self.last_layer = n_items, set(probe_layers), last_layer
+    def __init__(self, n_items: int, probe_layers: list[int]):
+        self.n_items, self.probe_layers = n_items, set(probe_layers)
         self.features: dict[str, dict[int, list]] = {"original": {}, "edited": {}}
-        self.logprob: dict[str, list[float]] = {"original": [0.0] * len(ctx_len), "edited": [0.0] * len(ctx_len)}
 
     def __call__(self, layer, h, h_edit, batch, idx):
+        if layer not in self.probe_layers:
+            return
         for side, hidden in (("original", h), ("edited", h_edit)):
             if hidden is None:
                 continue
-            if layer in self.probe_layers:
-                slots = self.features[side].setdefault(layer, [None] * self.n_items)
-                for r, i in enumerate(idx):
-                    item = self.item_of[i]
-                    if slots[item] is None:
-                        slots[item] = hidden[r, self.ctx_len[i] - 1].cpu()
-            if layer == self.last_layer:
-                self._score(side, hidden, batch, idx)
+            slots = self.features[side].setdefault(layer, [None] * self.n_items)
+            last = hidden[batch.loss_mask.to(hidden.device)].cpu()  # the mask marks each stem's last token
+            for r, i in enumerate(idx):
+                slots[i] = last[r]
 
-    def _score(self, side, hidden, batch, idx):
-        pos_r, pos_c, targets, owner = [], [], [], []
-        for r, i in enumerate(idx):
-            n = int(batch.attention_mask[r].sum())
-            for j in range(self.ctx_len[i], n):
-                pos_r.append(r)
-                pos_c.append(j - 1)
-                targets.append(int(batch.input_ids[r, j]))
-                owner.append(i)
-        if not pos_r:
-            return
-        picked = hidden[torch.tensor(pos_r, device=hidden.device), torch.tensor(pos_c, device=hidden.device)]
-        logp = F.log_softmax(lens_logits(self.lm, picked), dim=-1)
-        lp = logp.gather(1, torch.tensor(targets)[:, None])[:, 0]
-        for o, v in zip(owner, lp.tolist()):
-            self.logprob[side][o] += v
+
+@dataclass
+class Statements:
+    features: dict[str, dict[int, list[torch.Tensor]]]  # side -> layer -> one stem-end state per item
+    logprob: dict[str, list[float]]  # side -> summed log p of each (item, choice) continuation
 
 
 def _statement_pass(lm: LoadedModel, items: list[MCQItem], blind: bool, layers: list[int], plan,
-                    batch_size: int) -> tuple[StatementReducer, list[list[int]]]:
-    """Run every (stem, choice) statement once; returns the reducer and, per item, the first
-    continuation token of each choice."""
-    encoded, ctx_len, item_of, first_tokens = [], [], [], []
-    for n, it in enumerate(items):
+                    batch_size: int) -> tuple[Statements, list[list[int]]]:
+    """Probe features from one (paired) forward of the stems, and each (stem, choice)
+    statement's continuation log-likelihood for the original and the edited model from the
+    shared-context scorer (the stem once per item, not once per choice); returns them and,
+    per item, the first continuation token of each choice."""
+    stems, pairs, first_tokens = [], [], []
+    for it in items:
         stem = (it.blind_question or _blind_default(it)) if blind else it.question
         firsts = []
         for c in it.choices:
             ctx, cont = encode_pair(lm.tokenizer, stem, " " + c)
-            encoded.append((ctx + cont, [True] * (len(ctx) + len(cont))))
-            ctx_len.append(len(ctx))
-            item_of.append(n)
+            if len(ctx) + len(cont) > lm.max_length:
+                raise UserError(f"an MCQ statement is longer than the model's context ({lm.max_length} tokens)")
             firsts.append(cont[0])
+            pairs.append((stem, " " + c))
+        stems.append((ctx, [False] * (len(ctx) - 1) + [True]))
         first_tokens.append(firsts)
-    limit = lm.max_length
-    for ids, _ in encoded:
-        if len(ids) > limit:
-            raise UserError(f"an MCQ statement is longer than the model's context ({limit} tokens)")
-    last = lm.n_layers - 1
-    red = StatementReducer(lm, ctx_len, item_of, len(items), layers, last)
-    run_pass(lm, encoded, sorted(set(layers) | {last}), [red], plan=plan, pair=plan is not None,
-             batch_size=batch_size)
-    return red, first_tokens
+    red = StemReducer(len(items), layers)
+    run_pass(lm, stems, layers, [red], plan=plan, pair=plan is not None, batch_size=batch_size)
+    stop = lambda: check_stop() or False  # noqa: E731  (raises Cancelled when the analysis is stopped)
+    logprob = {side: [v for v, _ in continuation_logprobs(lm, pairs, plan=p, batch_size=batch_size, should_stop=stop)]
+               for side, p in (("original", None), ("edited", plan)) if side == "original" or plan is not None}
+    return Statements(features=red.features, logprob=logprob), first_tokens
 
 
 # ------------------------------------------------------------------------------------------
@@ -441,7 +433,7 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
             lens_floor.append(float(lens_item_accuracy(lm, xb, items, bfirsts)[is_f].mean()))
         output_floor = float(_cloze_correct(blind.logprob["original"], items)[is_f].mean())
 
-    edit_layers = sorted(set(plan.deltas) | set(plan.projections)) if plan is not None else []
+    edit_layers = plan.edited_layers() if plan is not None else []
     res = ProbeResult(layers=layers, chance=chance, n_items={"forget": len(forget), "retain": len(retain)},
                       folds=folds, probe=probe, probe_floor=probe_floor, output=output, output_floor=output_floor,
                       edit_layers=edit_layers, lens=lens, lens_floor=lens_floor)

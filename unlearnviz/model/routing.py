@@ -10,6 +10,7 @@ unchanged. This gives "original and edited in one batched forward" and isolates 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import types
 import weakref
@@ -235,6 +236,26 @@ def _fuse_delta(module: torch.nn.Module, key: int, layer: int) -> _Restore:
         module.forward = types.MethodType(forward, module)
         module._unlearnviz_fusable = True
     return _Restore(module)
+
+
+def plan_content_hash(plan: RoutingPlan | None) -> str:
+    """Content hash of everything a plan changes: deltas, site projections with their offsets
+    and position-0 rule, and a stream projection ("none" for no plan or an empty one). Caches of
+    activations and scores key on it."""
+    if plan is None or not plan.edited_layers():
+        return "none"
+    h = hashlib.blake2b(digest_size=12)
+    stream = plan.stream
+    parts = [("d", plan.deltas), ("p", plan.projections), ("o", plan.offsets),
+             ("s", {} if stream is None else {stream.last: stream.q}),
+             ("m", {} if stream is None or stream.offset is None else {stream.last: stream.offset})]
+    h.update(b"spare" if plan.spare_first else b"all")
+    for kind, tensors in parts:
+        for layer in sorted(tensors):
+            t = tensors[layer].detach().float().cpu().contiguous()
+            h.update(f"{kind}{layer}:{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 class Router:

@@ -11,9 +11,17 @@ from contextlib import contextmanager
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.analysis.activations import capture_pair, stoppable
+from unlearnviz.analysis.activations import stoppable
 from unlearnviz.analysis.geometry import layer_metrics, pca_views, umap_view
-from unlearnviz.analysis.importance import VARIANTS, edit_footprint, token_layer_map
+from unlearnviz.analysis.importance import (
+    VARIANTS,
+    SplitPass,
+    footprint_from_passes,
+    importance_from_passes,
+    pooled_points,
+    split_passes,
+    token_layer_map,
+)
 from unlearnviz.analysis.importance import importance as importance_of
 from unlearnviz.analysis.probes import logit_lens, residual_knowledge
 from unlearnviz.errors import UserError
@@ -36,6 +44,7 @@ RESIDUAL_INTRO = (
     "the right answer from each layer's activations: if the edited model's output has forgotten but a probe still "
     "reads the answer mid-model, the knowledge is *hidden, not erased*.")
 
+ANALYSIS_TEXTS = 80  # texts per split behind the importance map and footprint
 MAX_GEOMETRY_TEXTS = 4000  # the view's own ceiling; Limits.max_points (default 120) is the operator's
 
 
@@ -43,11 +52,21 @@ def _plan(session: UISession):
     return session.plan()
 
 
+def analysis_passes(session: UISession) -> tuple[SplitPass, SplitPass]:
+    """One paired pass (original and edited rows) over the forget and retain texts, cached, that
+    serves the importance map (statistics of the original rows), the edit's footprint and the
+    geometry views: at least ANALYSIS_TEXTS texts per split, more if the operator's --max-points
+    asks the geometry for more."""
+    per_split = max(ANALYSIS_TEXTS, min(MAX_GEOMETRY_TEXTS, session.limits.max_points) // 2)
+    return split_passes(session.lm, session.data, None, session.plan(), per_split)
+
+
 def importance_figures(session: UISession, variant: str = "ratio", prompt: str | None = None):
     lm, data = session.lm, session.data
     edit = session.current_edit()
-    imp = importance_of(lm, data, variant=variant, max_texts=80)
-    fp = edit_footprint(lm, data, session.plan(), imp=imp, max_texts=80) if edit is not None else None
+    f, r = analysis_passes(session)
+    imp = importance_from_passes(f, r, variant)
+    fp = footprint_from_passes(f, r, imp) if f.footprint is not None else None
     layer = edit.hparams.get("layer", imp.layers[len(imp.layers) // 4]) if edit is not None else imp.layers[len(imp.layers) // 4]
     layer = layer if layer in imp.layers else imp.layers[len(imp.layers) // 4]
     sel = imp.selectivity[imp.layers.index(layer)]
@@ -61,21 +80,18 @@ def importance_figures(session: UISession, variant: str = "ratio", prompt: str |
 
 
 def geometry_figures(session: UISession, method: str = "PCA", layer: int | None = None):
-    lm, data = session.lm, session.data
+    lm = session.lm
     half = max(2, min(MAX_GEOMETRY_TEXTS, session.limits.max_points)) // 2  # the operator's --max-points caps it
-    texts = data.forget_texts[:half] + data.retain_texts[:half]
-    groups = ["forget"] * len(data.forget_texts[:half]) + ["retain"] * len(data.retain_texts[:half])
-    pair = capture_pair(lm, texts, session.plan())
-    edited = pair.edited if session.plan() is not None else None
-    rows = layer_metrics(pair.original, edited, [g == "forget" for g in groups])
+    texts, groups, original, edited = pooled_points(*analysis_passes(session), per_group=half)
+    rows = layer_metrics(original, edited, [g == "forget" for g in groups])
     if method == "UMAP":
         layer = int(layer if layer is not None else lm.n_layers // 4)
-        if layer not in pair.original:
+        if layer not in original:
             raise UserError(f"layer {layer} is out of range 0..{lm.n_layers - 1}")
-        view = umap_view(pair.original[layer], None if edited is None else edited[layer], groups, texts, layer)
+        view = umap_view(original[layer], None if edited is None else edited[layer], groups, texts, layer)
         scatter = plots.geometry_scatter(view)
     else:
-        views = pca_views(pair.original, edited, groups, texts)
+        views = pca_views(original, edited, groups, texts)
         scatter = plots.geometry_slider(views)
     return scatter, plots.layer_metric_lines(rows)
 
