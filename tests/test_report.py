@@ -226,6 +226,7 @@ def _other_model(tmp_path: Path) -> Path:
     ("bad_relearn", "not a relearning result"),
     ("negative_chats", "chat-prompts must be 0 or more"),
     ("other_data", "fitted on other data"),
+    ("data_not_found", "pass --data to give it"),
 ])
 def test_cli_errors_are_one_line(run, tmp_path, capsys, case, message):
     folder, data = run
@@ -251,6 +252,10 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys, case, message):
         args["extra"] += ["--chat-prompts", "-1"]
     elif case == "other_data":
         args["extra"] = ["--data", "synthetic"]
+    elif case == "data_not_found":
+        shutil.copytree(folder, tmp_path / "moved")
+        (tmp_path / "moved" / "config.yaml").unlink(missing_ok=True)  # the run names its data file by name only
+        args["run"], args["extra"] = str(tmp_path / "moved"), []
     rc = main(["report", "--run", args["run"], "--out", args["out"], "--device", "cpu", *args["extra"]])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err and err[-1].startswith("error: ") and message in err[-1], err

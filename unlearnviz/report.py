@@ -760,7 +760,10 @@ def write_run_report(run_dir: Path, out: Path, model: str | None = None, data: s
     data_spec = data or saved_data
     if not data_spec:
         raise UserError(f"{run_dir} does not name its data; pass --data")
-    dataset = load_data(str(data_spec))
+    try:
+        dataset = load_data(str(data_spec))
+    except UserError as exc:
+        raise UserError(f"{exc} (the data {run_dir} names; pass --data to give it)" if not data else str(exc)) from None
     if meta.get("data_hash") and dataset.content_hash() != meta["data_hash"]:
         raise UserError(f"the edit in {run_dir} was fitted on other data than {data_spec} (content hash "
                         f"{meta['data_hash']} vs {dataset.content_hash()}); pass the run's --data")
