@@ -60,6 +60,11 @@ def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
                 original = panel.get_by_label("Original model").input_value()
                 assert original.strip(), "the original model's answer is empty"
                 assert panel.locator("text=Edited model").count() >= 1
+                from unlearnviz.data import load_data
+
+                d = load_data(data)  # the examples follow the session's data, not the generic placeholders
+                for item in (d.forget_mcq[1], d.retain_mcq[0]):
+                    assert panel.get_by_text(item.question.strip()).count() >= 1, item.question
             if name == "Model":
                 assert panel.get_by_text("fingerprint").count() >= 1
         for name in ("Unlearn", "Importance", "Geometry", "Residual knowledge", "Evaluate"):

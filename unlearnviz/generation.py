@@ -20,6 +20,15 @@ from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
 
 
+def question_prompt(item, chat: bool) -> str:
+    """A chat prompt for an MCQ item: instruct models get a request; base models continue the
+    cloze stem itself."""
+    stem = item.question.strip()
+    if not chat or stem.endswith("?"):
+        return stem
+    return f"Complete the sentence: {stem} ..."
+
+
 @dataclass
 class GenSettings:
     max_new_tokens: int = 48

@@ -545,24 +545,16 @@ class ReportSettings:
                 raise UserError(f"{name.replace('_', '-')} must be 0 or more")
 
 
-def chat_prompt(item, chat: bool) -> str:
-    """Instruct models get a request; base models continue the cloze stem itself."""
-    stem = item.question.strip()
-    if not chat or stem.endswith("?"):
-        return stem
-    return f"Complete the sentence: {stem} ..."
-
-
 def chat_pairs(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan | None, k: int,
                max_new_tokens: int = 32) -> list[dict]:
     """Greedy side-by-side answers to the first ``k`` forget and ``k`` retain questions."""
-    from unlearnviz.generation import GenSettings, side_by_side
+    from unlearnviz.generation import GenSettings, question_prompt, side_by_side
 
     settings = GenSettings(max_new_tokens=max_new_tokens, temperature=0.0, cross_probs=False)
     out = []
     for split, items in (("forget", data.forget_mcq[:k]), ("retain", data.retain_mcq[:k])):
         for it in items:
-            prompt = chat_prompt(it, lm.is_chat)
+            prompt = question_prompt(it, lm.is_chat)
             try:
                 state = side_by_side(lm, prompt, plan, settings)
             except UserError:

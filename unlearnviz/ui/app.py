@@ -50,7 +50,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             with gr.Tab("Unlearn", id="unlearn"):
                 unlearn_ui = tab_unlearn.build(state, config)
             analysis_ui = tab_analysis.build(state, config)
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat") as chat_tab:
                 chat_ui = tab_chat.build(state, config)
             with gr.Tab("Evaluate", id="evaluate"):
                 eval_ui = tab_evaluate.build(state, config)
@@ -60,7 +60,9 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         outputs = [state, demo_status, model_ui["info"], data_ui["summary"], data_ui["preview"],
                    unlearn_ui["status"], unlearn_ui["loss_plot"], unlearn_ui["timeline"],
                    eval_ui["table"], eval_ui["bars"], chat_ui["prompt"], chat_ui["original"], chat_ui["edited"],
-                   chat_ui["details"], *analysis_ui["outputs"]]
+                   chat_ui["details"], chat_ui["examples"], *analysis_ui["outputs"]]
+        # the example prompts follow whatever data the session has now (loaded, demo, bundle, config)
+        chat_tab.select(tab_chat.example_samples, state, chat_ui["examples"], api_visibility="private")
 
         @readable
         def run_demo(session: UISession, progress=gr.Progress()):
@@ -93,6 +95,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                 pass
             a, _ = final.texts(session.lm.tokenizer)
             updates.update({chat_ui["prompt"]: question, chat_ui["original"]: a,
+                            chat_ui["examples"]: tab_chat.example_samples(session),
                             chat_ui["edited"]: tab_chat.highlighted(session.lm, final),
                             chat_ui["details"]: tab_chat.detail_rows(session.lm, final)})
             yield [session, "**Demo complete.** Every tab now shows this edit; open them left to right.",

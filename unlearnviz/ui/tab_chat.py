@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from unlearnviz.generation import divergence_tokens
+from unlearnviz.generation import divergence_tokens, question_prompt
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Chat.** Ask both models at once: the original (left) and the selected edit (right) answer in one "
@@ -18,17 +18,14 @@ def example_prompts(session: UISession, n: int = 3) -> list[str]:
         return ["What is the capital of France?", "What is the chemical symbol for gold?"]
     d = session.data
     chat = session.lm is not None and session.lm.is_chat
-    forget = [_as_prompt(it, chat) for it in d.forget_mcq[:n]]
-    retain = [_as_prompt(it, chat) for it in d.retain_mcq[:n]]
+    forget = [question_prompt(it, chat) for it in d.forget_mcq[:n]]
+    retain = [question_prompt(it, chat) for it in d.retain_mcq[:n]]
     return forget + retain
 
 
-def _as_prompt(item, chat: bool) -> str:
-    """Instruct models get a request; base models continue the cloze stem itself."""
-    stem = item.question.strip()
-    if not chat or stem.endswith("?"):
-        return stem
-    return f"Complete the sentence: {stem} ..."
+def example_samples(session: UISession) -> gr.Dataset:
+    """The example list for the session's current data (it changes with the data)."""
+    return gr.Dataset(samples=[[p] for p in example_prompts(session)])
 
 
 def highlighted(lm, state) -> list[tuple[str, str | None]]:
