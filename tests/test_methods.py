@@ -67,6 +67,8 @@ def test_window_engine_matches_naive_loop(tiny_lm, tiny_data, method):
         assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), (a, b)
     if not method.startswith("mrp"):  # the first trained block is collapsed to cached output + delta·x
         assert fast.meta["linear_first"] and not naive.meta["linear_first"]
+    # forget and retain batches ran through the window as one call every step
+    assert fast.meta.get("joint", True) and not naive.meta.get("joint", False)
 
 
 @pytest.mark.parametrize("window", [1, 2])
@@ -225,3 +227,107 @@ def test_export_merges_deltas_exactly(tiny_lm, tiny_data, tmp_path):
             hooked = tiny_lm.model(**ids).logits
         plain = exported(**ids).logits
     assert (hooked - plain).abs().max() < 1e-4
+
+
+_FAMILY_LMS: dict = {}
+
+
+def _family_lm(family: str):
+    from tiny_models import byte_tokenizer, tiny_model
+
+    from unlearnviz.model import wrap_model
+
+    if family not in _FAMILY_LMS:
+        _FAMILY_LMS[family] = wrap_model(tiny_model(family, layers=4), byte_tokenizer(), name=f"tiny-{family}")
+    return _FAMILY_LMS[family]
+
+
+# widths differ between batches, some batches are padded and one is not (the model then passes no
+# mask at all), so every kind of join is exercised: longer/shorter, left-out mask on either side
+_PAIR_TEXTS = [["The capital of France is Paris.", "Hi there", "Rome is in Italy"],
+               ["Madrid, Spain", "Oslo"],
+               ["Berlin is the capital", "Vienna is the capital"],  # no padding
+               ["A much longer sentence about Lisbon and Portugal.", "Bern"]]
+
+
+@pytest.mark.parametrize("linear_first", [True, False])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2",
+                                    "gpt_neox"])
+def test_output_pair_equals_two_calls(family, linear_first):
+    """One batched call for two batches (padded to the longer width, kwargs joined) gives every
+    real position what two separate calls give, on every family, with a delta in the window."""
+    from tiny_models import one_thread
+
+    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts, zero_delta
+
+    gen = one_thread()
+    next(gen)
+    try:
+        lm = _family_lm(family)
+        batches = [make_batches(tokenize_texts(lm, texts, 64), 8, lm.tokenizer.pad_token_id)[0] for texts in _PAIR_TEXTS]
+        assert len({b.input_ids.shape[1] for b in batches}) > 2
+        eng = WindowEngine(lm, 1, 3, batches, linear_first=linear_first)
+        assert eng.linear_first == (linear_first and lm.adapter.mlp_adds_to_residual)
+        torch.manual_seed(0)
+        deltas = {layer: zero_delta(lm, layer).detach().normal_(0, 0.05) for layer in (1, 2, 3)}
+        plan = RoutingPlan(deltas=deltas)
+        with torch.no_grad():
+            for i in range(len(batches)):
+                for j in range(len(batches)):
+                    a, b = eng.output_pair(i, j, plan)
+                    assert eng.joint and eng._joined[(i, j)] is not None, (family, i, j)
+                    for got, k in ((a, i), (b, j)):
+                        want = eng.output(k, plan)
+                        real = batches[k].attention_mask.bool()  # pads are never read by a loss
+                        assert got.shape == want.shape and torch.isfinite(got).all()
+                        assert torch.allclose(got[real], want[real], rtol=1e-4, atol=1e-5), (family, i, j, k)
+        assert len(eng._join_checked) >= 3
+        # SDPA families leave the mask out of an unpadded batch; Gemma 2 (eager) always passes one
+        assert family == "gemma2" or any(kind[2] or kind[3] for kind in eng._join_checked)
+    finally:
+        next(gen, None)
+
+
+def test_output_pair_falls_back_when_kwargs_do_not_join(tiny_lm, tiny_data):
+    """A value the join does not know how to merge makes that pair run as two calls (same result)."""
+    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts
+
+    batches = make_batches(tokenize_texts(tiny_lm, tiny_data.forget_texts[:6], 32), 3, 0)
+    eng = WindowEngine(tiny_lm, 1, 2, batches)
+    for layer in eng.kwargs[1]:
+        eng.kwargs[1][layer]["opaque"] = object()
+        eng.kwargs[0][layer]["opaque"] = object()
+    with torch.no_grad():
+        a, b = eng.output_pair(0, 1, None)
+        assert eng._joined[(0, 1)] is None
+        assert torch.equal(a, eng.output(0, None)) and torch.equal(b, eng.output(1, None))
+
+
+@pytest.mark.parametrize("keep_first_out", [True, False])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "gpt2", "gpt_neox"])
+def test_capture_without_frozen_outputs_stops_early_and_keeps_the_same_window(family, keep_first_out):
+    """Without frozen outputs, captures after the first stop once the window's remaining kwargs
+    are known to be objects an earlier block got; the window then runs exactly as before."""
+    from tiny_models import one_thread
+
+    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts, zero_delta
+
+    gen = one_thread()
+    next(gen)
+    try:
+        lm = _family_lm(family)
+        batches = [make_batches(tokenize_texts(lm, texts, 64), 8, lm.tokenizer.pad_token_id)[0] for texts in _PAIR_TEXTS]
+        full = WindowEngine(lm, 0, 3, batches, keep_first_out=True)
+        cut = WindowEngine(lm, 0, 3, batches, keep_frozen=False, keep_first_out=keep_first_out)
+        assert cut._cut is not None and cut._cut < 3, family
+        torch.manual_seed(0)
+        plan = RoutingPlan(deltas={layer: zero_delta(lm, layer).detach().normal_(0, 0.05) for layer in range(4)})
+        with torch.no_grad():
+            for i in range(len(batches)):
+                assert torch.equal(cut.inputs[i], full.inputs[i])
+                if keep_first_out:
+                    assert torch.equal(cut.first_out[i], full.first_out[i])
+                assert torch.equal(cut.output(i, plan), full.output(i, plan))
+                assert cut.frozen[i] is None
+    finally:
+        next(gen, None)

@@ -102,6 +102,111 @@ def step_order(n_forget: int, n_retain: int, steps: int, seed: int) -> list[tupl
 
 # Cache the first trained block's MLP input only while it stays this small (bytes).
 LINEAR_FIRST_BUDGET = 2 * 1024**3
+# Joined (two-batch) block kwargs kept per batch pair; rebuilt past this many pairs.
+JOIN_CACHE = 4096
+MASK_KEYS = ("attention_mask",)
+
+
+class _NoJoin(Exception):
+    """Two batches' block kwargs cannot be merged into one call's (the engine runs them apart)."""
+
+
+def _pad_dims(t: torch.Tensor, size: int, dims: list[int], fill) -> torch.Tensor:
+    for d in dims:
+        if t.shape[d] < size:
+            shape = list(t.shape)
+            shape[d] = size - t.shape[d]
+            t = torch.cat([t, t.new_full(shape, fill)], dim=d)
+    return t
+
+
+def _mask_fill(m: torch.Tensor):
+    """(blocked, allowed) values of a 4-D attention mask: bool (True = attend) or additive float."""
+    if m.dtype == torch.bool:
+        return False, True
+    if m.is_floating_point():
+        return torch.finfo(m.dtype).min, 0.0
+    raise _NoJoin
+
+
+def _causal_like(other: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+    """The mask the model leaves out (None: no padding, plain causal: SDPA's ``is_causal``), built
+    in the format of the other batch's mask."""
+    if other.dim() != 4:
+        raise _NoJoin
+    blocked, allowed = _mask_fill(other)
+    keep = torch.ones(width, width, dtype=torch.bool, device=other.device).tril()
+    full = torch.full((width, width), blocked, dtype=other.dtype, device=other.device)
+    m = torch.where(keep, torch.as_tensor(allowed, dtype=other.dtype, device=other.device), full)
+    return m.expand(rows, other.shape[1], width, width)
+
+
+def _join_tensor(a: torch.Tensor, b: torch.Tensor, rows: tuple[int, int], widths: tuple[int, int],
+                 is_mask: bool) -> torch.Tensor:
+    """One tensor for both batches: shared per-position tensors (batch dim 1, e.g. rotary
+    embeddings) are kept when they agree on the common positions; per-row ones (masks) are padded
+    to the common width and concatenated."""
+    if a.dim() != b.dim() or a.dim() == 0 or a.dtype != b.dtype or a.device != b.device:
+        raise _NoJoin
+    width = max(widths)
+    seq = [d for d in range(1, a.dim()) if a.shape[d] != b.shape[d]]  # the sequence-length dims
+    if any((a.shape[d], b.shape[d]) != widths for d in seq):
+        raise _NoJoin
+    if a.shape[0] == 1 and b.shape[0] == 1:
+        long, short = (a, b) if widths[0] >= widths[1] else (b, a)
+        if torch.equal(long[tuple(slice(0, n) for n in short.shape)], short):
+            return long
+    parts = []
+    for t, r, w in zip((a, b), rows, widths):
+        if t.shape[0] == 1 and r != 1:
+            t = t.expand(r, *t.shape[1:])
+        if t.shape[0] != r:
+            raise _NoJoin
+        if w < width:
+            if is_mask:
+                blocked, allowed = _mask_fill(t)
+                t = _pad_dims(t, width, seq, blocked)
+                if t.dim() >= 2 and seq[-2:] == [t.dim() - 2, t.dim() - 1]:
+                    t[..., w:, 0] = allowed  # padded queries see position 0: finite, never read
+            else:
+                t = _pad_dims(t, width, seq, 0)
+        parts.append(t)
+    return torch.cat(parts)
+
+
+def _join_value(a, b, rows: tuple[int, int], widths: tuple[int, int], is_mask: bool = False):
+    if a is None and b is None:
+        return None
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if is_mask and a is None:
+            a = _causal_like(b, rows[0], widths[0])
+        if is_mask and b is None:
+            b = _causal_like(a, rows[1], widths[1])
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            raise _NoJoin
+        return _join_tensor(a, b, rows, widths, is_mask)
+    if isinstance(a, (tuple, list)) and type(a) is type(b) and len(a) == len(b):
+        return type(a)(_join_value(x, y, rows, widths, is_mask) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return {k: _join_value(a[k], b[k], rows, widths, is_mask or k in MASK_KEYS) for k in a}
+    if a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b):
+        return a
+    raise _NoJoin
+
+
+def join_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], rows: tuple[int, int],
+                widths: tuple[int, int]) -> dict[int, dict]:
+    """Per-block kwargs of one call over batch a's rows then batch b's, both right-padded to
+    the longer width (raises _NoJoin where a value cannot be merged exactly)."""
+    if kw_a.keys() != kw_b.keys():
+        raise _NoJoin
+    return {layer: _join_value(kw_a[layer], kw_b[layer], rows, widths) for layer in kw_a}
+
+
+def _pad_rows(h: torch.Tensor, width: int) -> torch.Tensor:
+    if h.shape[1] == width:
+        return h
+    return torch.cat([h, h.new_zeros(h.shape[0], width - h.shape[1], *h.shape[2:])], dim=1)
 
 
 class WindowEngine:
@@ -116,7 +221,7 @@ class WindowEngine:
 
     def __init__(self, lm: LoadedModel, start: int, stop: int, batches: list[Batch],
                  prior: RoutingPlan | None = None, naive: bool = False, keep_frozen: bool = True,
-                 linear_first: bool = False):
+                 linear_first: bool = False, keep_first_out: bool = False):
         self.lm, self.start, self.stop, self.naive = lm, start, stop, naive
         self.batches = batches
         self.prior = prior
@@ -130,14 +235,24 @@ class WindowEngine:
         self.frozen: list[torch.Tensor] = []
         self.first_out: list[torch.Tensor] = []
         self.first_mlp_in: list[torch.Tensor] = []
+        self.joint = True  # output_pair may run two batches as one call
+        self._joined: dict[tuple[int, int], dict | None] = {}
+        self._join_checked: set = set()
+        # Without frozen outputs, blocks past the first (or, with keep_first_out, past the
+        # second) only hand over their kwargs; once the first batch has shown which blocks get the
+        # very same kwargs objects, later batches stop there (see _capture).
+        self._keep_frozen, self._keep_first_out = keep_frozen, keep_first_out or self.linear_first
+        self._same_as: dict[int, int] | None = None
+        self._cut: int | None = None
         if not naive:
             for b in batches:
                 h_in, kw, out, first_out, mlp_in = self._capture(b)
                 self.inputs.append(h_in)
                 self.kwargs.append(kw)
                 self.frozen.append(out if keep_frozen else None)
-                if self.linear_first:
+                if self._keep_first_out:
                     self.first_out.append(first_out)
+                if self.linear_first:
                     self.first_mlp_in.append(mlp_in)
 
     @torch.no_grad()
@@ -157,10 +272,12 @@ class WindowEngine:
                 kw.pop("past_key_value", None)
                 kw.pop("layer_past", None)
                 store["kw"][layer] = kw
+                if layer == self._cut:  # the rest of the window's kwargs are these blocks' own
+                    raise StopForward
             return fn
 
-        capture = {self.stop: keep("out")}
-        if self.linear_first and self.start != self.stop:
+        capture = {} if self._cut is not None else {self.stop: keep("out")}
+        if self._keep_first_out and self.start != self.stop:
             capture[self.start] = keep("first_out")
         plan = RoutingPlan(
             block_input_hook={layer: grab_input(layer) for layer in range(self.start, self.stop + 1)},
@@ -177,7 +294,31 @@ class WindowEngine:
                               use_cache=False)
             except StopForward:
                 pass
-        return store["h"], store["kw"], store["out"], store.get("first_out", store["out"]), store.get("mlp_in")
+        kw = store["kw"]
+        if self._cut is not None:
+            for layer, same in self._same_as.items():
+                kw[layer] = kw[same]
+        elif not self._keep_frozen and self.stop > self.start:
+            self._learn_cut(kw)
+        out = store.get("out")
+        return store["h"], kw, out, store.get("first_out", out), store.get("mlp_in")
+
+    def _learn_cut(self, kw: dict[int, dict]) -> None:
+        """After the first full capture: map each block whose kwargs are the very objects an
+        earlier window block got (a model computes masks and rotary tables once per layer type)
+        to that block, and stop later captures at the deepest block still needed."""
+        same_as = {}
+        for layer in range(self.start + 1, self.stop + 1):
+            for earlier in range(self.start, layer):
+                if _same_objects(kw[layer], kw[earlier]):
+                    same_as[layer] = same_as.get(earlier, earlier)
+                    break
+        floor = self.start + 1 if self._keep_first_out else self.start
+        needed = [layer for layer in range(self.start + 1, self.stop + 1) if layer not in same_as]
+        cut = max([floor, *needed, *same_as.values()])
+        if cut < self.stop:
+            self._same_as = {layer: src for layer, src in same_as.items() if layer > cut}
+            self._cut = cut
 
     def _naive_output(self, i: int, plan: RoutingPlan | None) -> torch.Tensor:
         b = self.batches[i]
@@ -190,23 +331,79 @@ class WindowEngine:
                           use_cache=False)
         return store["out"]
 
-    def output(self, i: int, plan: RoutingPlan | None) -> torch.Tensor:
-        """Block-``stop`` output of batch i with ``plan`` (trainable deltas) on top of the prior."""
-        full = plan if self.prior is None else (self.prior if plan is None else self.prior.merged(plan))
-        if self.naive:
-            return self._naive_output(i, full)
+    def _full(self, plan: RoutingPlan | None) -> RoutingPlan | None:
+        return plan if self.prior is None else (self.prior if plan is None else self.prior.merged(plan))
+
+    def _entry(self, i: int, plan: RoutingPlan | None) -> tuple[int, torch.Tensor]:
+        """The first block that runs for batch i, and its input."""
         if not self.linear_first:
-            with self.lm.router.apply(full):
-                return run_block_window(self.lm.adapter, self.start, self.stop, self.inputs[i], self.kwargs[i])
+            return self.start, self.inputs[i]
         h = self.first_out[i]
         own = None if plan is None else plan.deltas.get(self.start)  # the prior's is in first_out
         if own is not None:
             x = self.first_mlp_in[i]
             h = h + F.linear(x.to(own.dtype), own).to(h.dtype)
-        if self.stop == self.start:
+        return self.start + 1, h
+
+    def _run(self, first: int, h: torch.Tensor, kwargs: dict[int, dict], full: RoutingPlan | None) -> torch.Tensor:
+        if first > self.stop:
             return h
         with self.lm.router.apply(full):
-            return run_block_window(self.lm.adapter, self.start + 1, self.stop, h, self.kwargs[i])
+            return run_block_window(self.lm.adapter, first, self.stop, h, kwargs)
+
+    def output(self, i: int, plan: RoutingPlan | None) -> torch.Tensor:
+        """Block-``stop`` output of batch i with ``plan`` (trainable deltas) on top of the prior."""
+        full = self._full(plan)
+        if self.naive:
+            return self._naive_output(i, full)
+        first, h = self._entry(i, plan)
+        return self._run(first, h, self.kwargs[i], full)
+
+    def output_pair(self, i: int, j: int, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs of batches i and j, from ONE call through the window where their cached
+        kwargs join (rows of i then j, right-padded to the longer width: padded keys are masked,
+        so every real position sees what it sees alone); two calls otherwise, and always in the
+        naive loop. Each new kind of join (which side is longer, which mask the model left out)
+        is checked once against the separate calls; a mismatch turns joining off for good."""
+        full = self._full(plan)
+        if self.naive or not self.joint:
+            return self.output(i, plan), self.output(j, plan)
+        first, hi = self._entry(i, plan)
+        _, hj = self._entry(j, plan)
+        kw = self._joined_kwargs(i, j) if first <= self.stop else None
+        if kw is None:
+            return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
+        ti, tj = hi.shape[1], hj.shape[1]
+        width = max(ti, tj)
+        out = self._run(first, torch.cat([_pad_rows(hi, width), _pad_rows(hj, width)]), kw, full)
+        oi, oj = out[: hi.shape[0], :ti], out[hi.shape[0]:, :tj]
+        kind = (ti > tj, ti < tj, self._left_out(i), self._left_out(j))
+        if kind not in self._join_checked:
+            with torch.no_grad():
+                si = self._run(first, hi.detach(), self.kwargs[i], full)
+                sj = self._run(first, hj.detach(), self.kwargs[j], full)
+            if not (_close(oi.detach(), si, self.batches[i]) and _close(oj.detach(), sj, self.batches[j])):
+                self.joint = False
+                return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
+            self._join_checked.add(kind)
+        return oi, oj
+
+    def _left_out(self, i: int) -> tuple:
+        """Which blocks' masks the model left out for batch i (no padding: SDPA's causal flag)."""
+        return tuple(layer for layer, kw in self.kwargs[i].items() if kw.get("attention_mask", 0) is None)
+
+    def _joined_kwargs(self, i: int, j: int) -> dict[int, dict] | None:
+        key = (i, j)
+        if key not in self._joined:
+            if len(self._joined) >= JOIN_CACHE:
+                self._joined.clear()
+            rows = (self.batches[i].input_ids.shape[0], self.batches[j].input_ids.shape[0])
+            widths = (self.batches[i].input_ids.shape[1], self.batches[j].input_ids.shape[1])
+            try:
+                self._joined[key] = join_kwargs(self.kwargs[i], self.kwargs[j], rows, widths)
+            except _NoJoin:
+                self._joined[key] = None
+        return self._joined[key]
 
     def reference(self, i: int) -> torch.Tensor:
         """The frozen (pre-edit) output at ``stop``: cached, or recomputed every step if naive."""
@@ -214,6 +411,33 @@ class WindowEngine:
             with torch.no_grad():
                 return self._naive_output(i, self.prior)
         return self.frozen[i]
+
+
+def _same_objects(a: dict, b: dict) -> bool:
+    """The same kwargs: every value the very same object (or an equal plain value). A mask the
+    model left out (None: no padding) proves nothing: with padding, the blocks' masks may differ."""
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if k in MASK_KEYS and x is None:
+            return False
+        if isinstance(x, tuple) and isinstance(y, tuple):
+            if len(x) != len(y) or any(u is not v for u, v in zip(x, y)):
+                return False
+        elif not (x is y or (isinstance(x, (bool, int, float, str)) and type(x) is type(y) and x == y)):
+            return False
+    return True
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, batch: Batch, rel: float = 1e-4) -> bool:
+    """Every real token's vector within ``rel`` (relative L2) of the other's, and all of ``a``
+    finite. Pad positions are not compared: a pad query that its mask blocks from every key
+    (a sliding window past the text's end) is garbage that depends on the width, never read."""
+    a, b = a.float(), b.float()
+    err = (a - b).norm(dim=-1) / b.norm(dim=-1).clamp(min=1e-6)
+    real = batch.attention_mask.to(err.device).bool()
+    return bool(torch.isfinite(a).all()) and float(err[real].max()) <= rel
 
 
 def _mlp_width(lm: LoadedModel, layer: int) -> int:

@@ -115,13 +115,13 @@ def train_misdirection(
     for step, (fi, ri) in enumerate(step_order(nf, len(rb), hp.steps, hp.seed), 1):
         plan = RoutingPlan(deltas=deltas)
         target, weight = target_fn(fi, engine.frozen[fi])
-        hf = engine.output(fi, plan)
+        hf, hr = engine.output_pair(fi, nf + ri, plan)  # one call through the window for both
         forget_loss = masked_mse(hf, target, fb[fi].loss_mask, weight)
-        hr = engine.output(nf + ri, plan)
         retain_loss = masked_mse(hr, engine.reference(nf + ri), rb[ri].loss_mask)
         loss = forget_loss + hp.alpha * retain_loss
         optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
     meta = {"steps": hp.steps, "train_s": time.perf_counter() - t0, "losses": history,
-            "window": [start, stop], "linear_first": engine.linear_first, **(extra_meta or {})}
+            "window": [start, stop], "linear_first": engine.linear_first,
+            "joint": engine.joint and not engine.naive, **(extra_meta or {})}
     return Edit(method=method, hparams=asdict(hp),
                 deltas={k: v.detach() for k, v in deltas.items()}, meta=meta)

@@ -192,14 +192,19 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
     # rows applied; stream placement: all sites under the prior alone (their union is the basis).
     new_rows: dict[int, torch.Tensor] = {}
     eigvals = {}
+    engine = None
+    if hparams.steps > 0 and not naive and prior is None and not stream_mode and sites[0] < last:
+        # no prior: the training window's one capture pass also yields the first site's output
+        engine = WindowEngine(lm, sites[0], last, fb + rb, keep_frozen=False, keep_first_out=True)
     for s in sites:
         if s >= last:
             raise UserError("an MRP site must be below the last block")
         base = dataclasses.replace(plan_for({} if stream_mode else new_rows), deltas=prior_deltas)
-        probe = WindowEngine(lm, s + 1, s + 1, fb + rb, prior=base, keep_frozen=False)
+        site_out = engine.first_out if engine is not None and s == sites[0] else \
+            WindowEngine(lm, s + 1, s + 1, fb + rb, prior=base, keep_frozen=False).inputs
         prior_q = _union_basis([prior_proj.get(s), prior_stream.q if stream_mode and prior_stream else None])
-        f_acts = _site_stats(probe.inputs[:nf], fb, prior_q)
-        r_acts = _site_stats(probe.inputs[nf:], rb, prior_q)
+        f_acts = _site_stats(site_out[:nf], fb, prior_q)
+        r_acts = _site_stats(site_out[nf:], rb, prior_q)
         if len(f_acts) < 2 or len(r_acts) < 2:
             raise UserError("MRP needs at least two forget and two retain tokens")
         if hparams.centered and not stream_mode and s not in offsets:
@@ -220,7 +225,8 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         start = 0 if stream_mode else sites[0]
         other_prior = RoutingPlan(deltas=prior_deltas) if prior_deltas else None
         # cached inputs to the first site's block come from the frozen stack below it
-        engine = WindowEngine(lm, start, last, fb + rb, prior=prior, naive=naive, keep_frozen=False)
+        if engine is None:
+            engine = WindowEngine(lm, start, last, fb + rb, prior=prior, naive=naive, keep_frozen=False)
         engine.prior = other_prior  # projections are rebuilt each step from prior + trainable rows
         weights = {s: torch.nn.Parameter(new_rows[s].clone()) for s in sites}
         opt = adam(list(weights.values()), hparams.lr)
@@ -234,7 +240,8 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
         for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
             plan = plan_for(weights)
-            lp_f, n_f = _seq_logprob(lm, engine.output(fi, plan), fb[fi])
+            h_f, h_r = engine.output_pair(fi, nf + ri, plan)  # one call through the window for both
+            lp_f, n_f = _seq_logprob(lm, h_f, fb[fi])
             if hparams.objective == "npo":
                 ratio = lp_f - ref[fi]
                 forget_loss = (2 / hparams.beta) * F.softplus(hparams.beta * ratio).mean()
@@ -242,12 +249,12 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
                 ce = -(lp_f / n_f.clamp(min=1))
                 forget_loss = -torch.clamp(ce, max=hparams.ga_cap).mean()
             if hparams.retain_loss == "kl":
-                edited = F.log_softmax(unembed(lm, _masked_final(lm, engine.output(nf + ri, plan), rb[ri])), -1)
+                edited = F.log_softmax(unembed(lm, _masked_final(lm, h_r, rb[ri])), -1)
                 with torch.no_grad():
                     original = F.log_softmax(unembed(lm, ref_r[ri]), -1)
                 retain_loss = F.kl_div(edited, original, log_target=True, reduction="batchmean")
             else:
-                lp_r, n_r = _seq_logprob(lm, engine.output(nf + ri, plan), rb[ri])
+                lp_r, n_r = _seq_logprob(lm, h_r, rb[ri])
                 retain_loss = -(lp_r.sum() / n_r.sum().clamp(min=1))
             loss = forget_loss + hparams.retain_weight * retain_loss
             optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
