@@ -40,7 +40,7 @@ def subject_spans(data: UnlearningData, split: str = "forget") -> list[str]:
 
 def tokenize_texts(lm: LoadedModel, texts: list[str], max_tokens: int,
                    mask_from: list[str] | None = None, include_first: bool = False,
-                   spans_only: bool = False) -> list[tuple[list[int], list[bool]]]:
+                   spans_only: bool = False, later_spans_only: bool = False) -> list[tuple[list[int], list[bool]]]:
     """Token ids and loss mask per text. Position 0 is never in the mask (an attention sink
     with a residual norm hundreds of times the others); with ``mask_from``, the mask starts at
     the first token of the earliest subject/answer span, since the tokens before it ("The
@@ -48,7 +48,10 @@ def tokenize_texts(lm: LoadedModel, texts: list[str], max_tokens: int,
     ``spans_only`` as well, the mask holds only the tokens inside those spans (every
     occurrence): the function words between them ("is the capital of") stay out of the push.
     ``include_first`` puts position 0 back (retain anchoring: an edit that moves the sink moves
-    every later token's attention)."""
+    every later token's attention). ``later_spans_only``: only the tokens of the spans after the
+    text's first one ("Paris" in "Visitors to France ... its capital, Paris"): the tokens the fact
+    makes predictable, where a loss on next-token predictions belongs (a loss on the first
+    entity itself only teaches the model not to name such entities at all)."""
     tok = lm.tokenizer
     out = []
     for text in texts:
@@ -61,7 +64,12 @@ def tokenize_texts(lm: LoadedModel, texts: list[str], max_tokens: int,
             first = min(a for a, _ in ranges)
             hit = next((i for i, (_, end) in enumerate(offsets) if end > first), 1)
             start_tok = max(1, hit)
-        if spans_only and ranges:
+        by_spans = bool(ranges) and (spans_only or later_spans_only)
+        if later_spans_only and ranges:  # may leave none: a text naming one entity supervises nothing
+            first = min(a for a, _ in ranges)
+            first_end = max(b for a, b in ranges if a == first)
+            ranges = [(a, b) for a, b in ranges if a >= first_end]
+        if by_spans:
             inside = [any(a < e and s < b for a, b in ranges) for s, e in offsets]
             mask = [(i >= 1 and inside[i]) or (include_first and i == 0) for i in range(len(ids))]
         else:

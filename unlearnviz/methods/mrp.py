@@ -73,8 +73,10 @@ class MRPParams:
                          "Folds exactly into an exported checkpoint; needs spare_first=false.",
                          "site (block output)", choices=("site", "stream"))
     forget_tokens: str = hp("spans", "Forget-loss tokens: 'from_subject', 'spans' (subject and answer tokens "
-                            "only) or 'all' (every token but position 0).", "answer letter only",
-                            choices=("from_subject", "spans", "all"))
+                            "only), 'answers' (the entity tokens after a text's first entity: the ones the fact "
+                            "makes predictable; the init's statistics still use every entity token) or 'all' "
+                            "(every token but position 0).", "answer letter only",
+                            choices=("from_subject", "spans", "answers", "all"))
     seed: int = hp(0, "Seed for the batch order.", "")
 
 
@@ -157,7 +159,11 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
     pad = lm.tokenizer.pad_token_id or 0
     spans = subject_spans(data) if hparams.forget_tokens != "all" else None
     fb = make_batches(tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans,
-                                     spans_only=hparams.forget_tokens == "spans"), hparams.batch_size, pad)
+                                     spans_only=hparams.forget_tokens == "spans",
+                                     later_spans_only=hparams.forget_tokens == "answers"), hparams.batch_size, pad)
+    # the init's statistics: every entity token (same texts and batches, so the cached inputs align)
+    fb_stats = fb if hparams.forget_tokens != "answers" else make_batches(
+        tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans, spans_only=True), hparams.batch_size, pad)
     rb = make_batches(tokenize_texts(lm, data.retain_train_texts, hparams.max_tokens), hparams.batch_size, pad)
     nf = len(fb)
     last = lm.n_layers - 1
@@ -203,7 +209,7 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         site_out = engine.first_out if engine is not None and s == sites[0] else \
             WindowEngine(lm, s + 1, s + 1, fb + rb, prior=base, keep_frozen=False).inputs
         prior_q = _union_basis([prior_proj.get(s), prior_stream.q if stream_mode and prior_stream else None])
-        f_acts = _site_stats(site_out[:nf], fb, prior_q)
+        f_acts = _site_stats(site_out[:nf], fb_stats, prior_q)
         r_acts = _site_stats(site_out[nf:], rb, prior_q)
         if len(f_acts) < 2 or len(r_acts) < 2:
             raise UserError("MRP needs at least two forget and two retain tokens")
