@@ -16,8 +16,9 @@ FAST = {"steps": 15}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path):
-    srv = Server("--model", "synthetic", "--data", "synthetic")
+def server(tiny_model_path, tmp_path_factory):
+    srv = Server("--model", "synthetic", "--data", "synthetic",
+                 env={"UNLEARNVIZ_EXPORTS": str(tmp_path_factory.mktemp("exports"))})
     yield srv
     srv.stop()
 
@@ -29,7 +30,9 @@ def client(server) -> Client:
 def test_named_endpoints_listed(server):
     api = client(server).view_api(print_info=False, return_format="dict")
     names = set(api["named_endpoints"])
-    for name in ("/load_model", "/load_data", "/run_edit", "/chat", "/evaluate", "/analyze", "/export", "/demo"):
+    for name in ("/load_model", "/load_data", "/run_edit", "/chat", "/evaluate", "/analyze", "/export", "/demo",
+                 "/relearn", "/export_config", "/export_bundle", "/import_bundle", "/export_report", "/sweep",
+                 "/cancel_sweep"):
         assert name in names, names
 
 
@@ -50,6 +53,24 @@ def test_model_data_edit_chat_evaluate_export(server):
     assert "before" in ev and "after" in ev
     exported = c.predict("client-edit", api_name="/export")[-1]
     assert exported["saved"].endswith("client-edit.zip")
+
+
+def test_relearn_settings_reach_the_exported_config(server):
+    """The Evaluate tab's relearning attack goes through Session.run_relearn, so the session's
+    config (Export tab) carries its settings and `run --config` replays the attack."""
+    from pathlib import Path
+
+    from unlearnviz.config import load_config
+
+    c = client(server)
+    c.predict("synthetic", "float32", "cpu", api_name="/load_model")
+    c.predict("synthetic", "", None, api_name="/load_data")
+    c.predict("rmu", FAST, api_name="/run_edit")
+    c.predict(10, 1e-3, api_name="/relearn")
+    saved = c.predict("relearn-config", api_name="/export_config")[-1]["saved"]
+    relearn = load_config(Path(saved)).evaluation.relearn
+    assert relearn is not None, Path(saved).read_text()
+    assert (relearn.steps, relearn.lr, relearn.eval_every) == (10, 1e-3, 2)
 
 
 def test_bad_input_is_a_readable_error_and_server_lives(server):

@@ -92,24 +92,18 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
     @readable
     def on_relearn(session: UISession, n_steps: float, rate: float, progress=gr.Progress()):
-        from unlearnviz.evaluation.relearn import finetune_attack, whitebox_attacks
-
         ensure_ready(session, config)
         if n_steps is None or not 1 <= n_steps <= config.limits.max_steps:
             raise UserError(f"steps must be 1..{config.limits.max_steps} (this server's limit)")
         if rate is None or not (math.isfinite(rate) and 0 < rate <= 1):
             raise UserError(f"the learning rate must be a number in (0, 1], got {rate}")
-        plan = session.plan()
-        if plan is None:
-            raise UserError("run an edit first (Unlearn tab): the attack compares edited with original")
-        settings = RelearnSettings(steps=int(n_steps), lr=float(rate), eval_every=max(1, int(n_steps) // 5))
-        tick = (lambda ev: progress((ev["step"], ev["total"]), desc="relearning"))
-        edited = finetune_attack(session.lm, session.data, plan, settings, progress=tick, should_stop=session.should_stop)
-        original = finetune_attack(session.lm, session.data, None, settings, progress=tick, should_stop=session.should_stop)
-        layer = max(plan.edited_layers())
-        wb = whitebox_attacks(session.lm, session.data, plan, layer)
-        session.relearn[session.current_index] = {"edited": edited, "original": original, "whitebox": wb}
-        return session, plots.relearning_curve(edited, original), wb
+        seed = config.run_config.seed if config.run_config is not None else RelearnSettings.seed
+        # Session.run_relearn keeps the settings with the result, so the exported config and bundle carry them
+        result = session.run_relearn(steps=int(n_steps), lr=float(rate), eval_every=max(1, int(n_steps) // 5),
+                                     seed=seed, progress=lambda ev: progress((ev["step"], ev["total"]),
+                                                                             desc="relearning"),
+                                     should_stop=session.should_stop)
+        return session, plots.relearning_curve(result["edited"], result["original"]), result["whitebox"]
 
     relearn.click(on_relearn, [state, steps, lr], [state, relearn_plot, whitebox], api_name="relearn")
 
