@@ -16,6 +16,7 @@ from app_server import Server
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PLOT_TABS = ("Unlearn", "Importance", "Geometry", "Residual knowledge", "Evaluate")
 TABS = ["Model", "Data", "Unlearn", "Importance", "Geometry", "Residual knowledge", "Chat", "Evaluate", "Export"]
 
 
@@ -37,6 +38,8 @@ def browser_page():
 
 
 def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     model = os.environ.get("UNLEARNVIZ_E2E_MODEL", "synthetic")
     data = "builtin:demo" if model == "default" else "synthetic"
     shots = Path(os.environ.get("UNLEARNVIZ_SCREENSHOTS", tmp_path))
@@ -52,8 +55,13 @@ def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
         seen_plots = {}
         for i, name in enumerate(TABS, 1):
             page.get_by_role("tab", name=name, exact=True).first.click()
-            page.wait_for_timeout(1200)
             panel = page.locator("[role=tabpanel]:visible").first
+            if name in PLOT_TABS:  # a plot draws after its tab shows: wait for its SVG, not a fixed time
+                try:
+                    panel.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+                except PlaywrightTimeout:
+                    pass  # counted (as missing) and asserted below, after every tab's screenshot
+            page.wait_for_timeout(800)  # the tab's transition and the plots' fonts settle
             seen_plots[name] = panel.locator(".js-plotly-plot").count()
             page.screenshot(path=str(shots / f"{i:02d}-{name.lower().replace(' ', '-')}.png"), full_page=True)
             if name == "Chat":
@@ -67,7 +75,7 @@ def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
                     assert panel.get_by_text(item.question.strip()).count() >= 1, item.question
             if name == "Model":
                 assert panel.get_by_text("fingerprint").count() >= 1
-        for name in ("Unlearn", "Importance", "Geometry", "Residual knowledge", "Evaluate"):
+        for name in PLOT_TABS:
             assert seen_plots[name] >= 1, (name, seen_plots)
         assert server.alive()
     finally:

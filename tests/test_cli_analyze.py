@@ -96,25 +96,60 @@ def test_empty_data_is_refused(tiny_model_path, tmp_path, capsys):
     assert rc == 2 and "empty" in capsys.readouterr().err
 
 
+BUILTIN_SETS = ("geo_europe_vs_world", "geo_europe_vs_science_books", "demo")
+# A shorter SRMU than the default 400 steps keeps three sets affordable; every figure section is still made
+# (UMAP included); --lens-only skips the ridge probes, not the residual-knowledge figure.
+SLOW = ["--set", "steps=60", "--max-texts", "60", "--max-items", "32", "--lens-only"]
+DEFAULT_FIGURES = ["Importance map", "Selectivity", "Footprint", "Token signature", "Per-layer geometry metrics",
+                   "PCA at layer 7", "PCA, all layers", "UMAP at layer 7", "Logit lens", "Residual knowledge",
+                   "Training losses"]
+PER_LAYER_KEYS = ("separability_original", "separability_edited", "centroid_distance_original",
+                  "centroid_distance_edited", "cka", "probe_forget_original", "probe_forget_edited",
+                  "lens_forget_original", "lens_forget_edited", "lens_forget_floor", "forget_mean_abs_delta",
+                  "retain_mean_abs_delta", "forget_retain_ratio", "corr_with_importance", "importance_share_top10",
+                  "verdict")
+
+
 @pytest.mark.slow
-def test_analyze_default_model_with_srmu(tmp_path):
-    from unlearnviz.data import builtin_names
-
-    names = builtin_names()
-    data = f"builtin:{'geo_europe_vs_world' if 'geo_europe_vs_world' in names else names[0]}" if names else "synthetic"
-    out = tmp_path / "default"
-    rc = main(["analyze", "--model", "default", "--data", data, "--device", "cpu", "--out", str(out),
-               "--set", "steps=30", "--max-texts", "80", "--max-items", "32"])
-    assert rc == 0
-    res = json.loads((out / "analysis.json").read_text())
-    assert len(res["per_layer"]) == 30 and res["geometry_layer"] == 7
-    assert res["per_layer"][3]["cka"] == 1.0 and res["per_layer"][7]["cka"] < 1.0
-    assert res["geometry"]["umap_layer"] == 7 and res["verdict"]
-    assert (out / "analysis.html").stat().st_size > 1_000_000
-
-
 @pytest.mark.browser
-def test_html_opens_offline_in_chromium(report):
+@pytest.mark.parametrize("name", BUILTIN_SETS)
+def test_analyze_default_model_on_each_builtin_set(name, default_lm, tmp_path, monkeypatch):
+    """`analyze` with an SRMU edit on the default model and each built-in set: both files, every
+    per-layer number and verdict, and a page that draws every figure in Chromium with no network."""
+    import unlearnviz.cli_analyze as cli_analyze
+
+    def one_load(args):  # the three sets share the session's one load of the default model
+        assert args.model == "default" and args.device == "cpu"
+        return default_lm
+
+    monkeypatch.setattr(cli_analyze, "load_model_from_args", one_load)
+    out = tmp_path / name
+    assert main(["analyze", "--model", "default", "--data", f"builtin:{name}", "--device", "cpu", "--out", str(out),
+                 *SLOW]) == 0
+    res = json.loads((out / "analysis.json").read_text())
+    assert res["edit"]["method"] == "srmu" and res["edit"]["hparams"]["steps"] == 60
+    assert res["layers"] == list(range(30)) and res["edit"]["layers"] == [5, 6, 7] and res["geometry_layer"] == 7
+    rows = res["per_layer"]
+    assert [r["layer"] for r in rows] == res["layers"]
+    for key in PER_LAYER_KEYS:
+        assert all(key in r for r in rows), key
+    assert all(isinstance(r["verdict"], str) and r["verdict"] for r in rows)
+    assert {r["verdict"] for r in rows[:5]} == {"before the edit (unchanged)"}
+    assert all(r["cka"] == 1.0 and r["forget_mean_abs_delta"] == 0.0 for r in rows[:5])  # nothing before the edit
+    assert rows[7]["cka"] < 1.0 and rows[7]["forget_retain_ratio"] > 1.0  # it moves forget more than retain
+    assert res["verdict"] and res["probes"]["verdict"] == res["verdict"]
+    assert res["selectivity"]["layer"] == 7 and res["selectivity"]["verdict"]
+    assert res["footprint"]["summary"] and res["logit_lens"]["gold_token"] and res["geometry"]["umap_layer"] == 7
+    assert (out / "analysis.html").stat().st_size > 1_000_000  # plotly.js inlined
+    shown = open_offline(out / "analysis.html")
+    assert shown["requests"] == [] and shown["errors"] == []
+    assert shown["titles"] == DEFAULT_FIGURES
+    assert shown["n_plots"] == shown["n_drawn"] == shown["sections"] == len(DEFAULT_FIGURES)
+
+
+def open_offline(path) -> dict:
+    """Open an HTML file in headless Chromium with every non-file request aborted; wait until every
+    plotly figure has drawn. Returns what the page fetched, its script errors, and what it shows."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         if os.environ.get("CI") == "true":
@@ -122,7 +157,7 @@ def test_html_opens_offline_in_chromium(report):
         pytest.skip("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    requests = []
+    requests, errors = [], []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
@@ -136,14 +171,24 @@ def test_html_opens_offline_in_chromium(report):
                 return route.continue_()
 
             page.route("**/*", block)
-            errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((report / "analysis.html").as_uri(), wait_until="load")
+            page.goto(path.as_uri(), wait_until="load")
             page.wait_for_selector(".main-svg", timeout=60_000)
-            n_plots = page.locator(".js-plotly-plot").count()
-            n_svgs = page.locator(".main-svg").count()
-            sections = page.locator("section").count()
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0 && "
+                                   "[...document.querySelectorAll('.js-plotly-plot')].every("
+                                   "p => p.querySelector('.main-svg'))", timeout=60_000)
+            shown = {"n_plots": page.locator(".js-plotly-plot").count(),
+                     "n_drawn": page.locator(".js-plotly-plot:has(.main-svg)").count(),
+                     "n_svgs": page.locator(".main-svg").count(),
+                     "sections": page.locator("section").count(),
+                     "titles": page.locator("section > h2").all_inner_texts()}
         finally:
             browser.close()
-    assert requests == [] and errors == []
-    assert n_plots == sections >= 10 and n_svgs >= n_plots
+    return {"requests": requests, "errors": errors, **shown}
+
+
+@pytest.mark.browser
+def test_html_opens_offline_in_chromium(report):
+    shown = open_offline(report / "analysis.html")
+    assert shown["requests"] == [] and shown["errors"] == []
+    assert shown["n_plots"] == shown["n_drawn"] == shown["sections"] >= 10 and shown["n_svgs"] >= shown["n_plots"]
