@@ -88,6 +88,10 @@ def test_footprint(tiny_lm, tiny_data, imp):
     rows = fp.per_layer()
     assert rows[2]["forget_mean_abs_delta"] > 0 and rows[0]["forget_retain_ratio"] is None
     assert "layer 1" in fp.summary and "rank correlation" in fp.summary
+    # "most at layer L" ranks layers by |Δh| relative to |h| (absolute |Δh| grows with the norm)
+    best = max(range(len(fp.relative)), key=lambda i: fp.relative[i])
+    assert f"most at layer {fp.layers[best]} (" in fp.summary and rows[best]["forget_relative_delta"] == fp.relative[best]
+    assert fp.relative[0] == 0.0 and fp.relative[2] > 0
     with pytest.raises(UserError, match="needs an edit"):
         edit_footprint(tiny_lm, tiny_data, None)
 

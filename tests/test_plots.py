@@ -51,6 +51,9 @@ def test_importance_heatmap_with_footprint(passes):
     assert fig.layout.xaxis.title.text == "feature" and fig.layout.yaxis.title.text == "layer"
     assert "importance" in titles(fig)
     assert len(plots.importance_heatmap(imp).data) == 1
+    shares = [sel.share_top10 for sel in imp.selectivity]
+    flat = max(shares) - min(shares) < 0.01  # a "most selective layer" only when one stands out
+    assert ("no layer stands out" in titles(fig)) == flat and ("most selective layer" in titles(fig)) != flat
 
 
 def test_footprint_and_selectivity(passes):
@@ -167,6 +170,9 @@ def test_behaviour_figures():
     losses = [{"loss": 3.0, "forget_loss": 2.0, "retain_loss": 0.01}, {"loss": 1.0, "forget_loss": 0.5, "retain_loss": 0.02}]
     lf = plots.loss_curves(losses)
     assert [t.name for t in lf.data] == ["loss", "forget loss", "retain loss"] and list(lf.data[0].x) == [1, 2]
+    assert lf.layout.yaxis.type == "log"  # 0.01 .. 3 spans over two decades: the terms stay readable
+    assert plots.loss_curves(losses[:1] + [{"loss": 2.0, "forget_loss": -0.5}]).layout.yaxis.type != "log"
+    assert plots.loss_curves([{"loss": 3.0}, {"loss": 2.0}]).layout.yaxis.type != "log"
     before = {"forget_cloze_acc": 0.95, "retain_cloze_acc": 0.8, "forget_floor_acc": 0.26, "chance": 0.25}
     after = {"forget_cloze_acc": 0.1, "retain_cloze_acc": 0.78}
     bars = plots.before_after_bars(before, after)
@@ -175,6 +181,8 @@ def test_behaviour_figures():
         plots.COLORS["forget"], plots.COLORS["retain"]]
     texts = " ".join(a.text for a in bars.layout.annotations)
     assert "chance 25%" in texts and "forget floor 26%" in texts
+    positions = {a.text.split()[0]: a.yanchor for a in bars.layout.annotations}
+    assert positions["chance"] != positions["forget"]  # labels of nearby lines sit on opposite sides
 
 
 def test_readable_fonts():

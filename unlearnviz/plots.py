@@ -72,10 +72,10 @@ def _edit_band(fig: go.Figure, edit_layers: Sequence[int] | None, **kw) -> None:
                       **kw)
 
 
-def _hline(fig: go.Figure, y: float | None, name: str, color: str, **kw) -> None:
+def _hline(fig: go.Figure, y: float | None, name: str, color: str, position: str = "bottom right", **kw) -> None:
     if y is not None and math.isfinite(y):
         fig.add_hline(y=y, line={"color": color, "dash": "dot", "width": 2},
-                      annotation_text=f"{name} {y:.0%}", annotation_position="bottom right", **kw)
+                      annotation_text=f"{name} {y:.0%}", annotation_position=position, **kw)
 
 
 # ------------------------------------------------------------------------------------------
@@ -93,7 +93,11 @@ def importance_heatmap(imp, footprint=None, top_n: int = 5) -> go.Figure:
     subtitle = f"SRMU {imp.variant} map; "
     if imp.selectivity:
         best = max(imp.selectivity, key=lambda s: s.share_top10)
-        subtitle += f"most selective layer {best.layer}: {best.verdict}"
+        worst = min(imp.selectivity, key=lambda s: s.share_top10)
+        if best.share_top10 - worst.share_top10 < 0.01:  # within a point: naming a "best" layer would mislead
+            subtitle += f"no layer stands out (top-10% share {worst.share_top10:.1%}–{best.share_top10:.1%}); {best.verdict}"
+        else:
+            subtitle += f"most selective layer {best.layer}: {best.verdict}"
     if footprint is not None:
         xs, ys, text = [], [], []
         f = footprint.forget.detach().float()
@@ -362,14 +366,14 @@ def probe_accuracy_lines(pr) -> go.Figure:
     out = pr.output
     for side in out:
         fig.add_trace(go.Scatter(x=[pr.layers[-1] + 0.6], y=[out[side]["forget"]], mode="markers+text",
-                                 name=f"output · forget · {side}", text=[f"output {out[side]['forget']:.0%}"],
+                                 name=f"output · forget · {side}", text=[f"{out[side]['forget']:.0%}"],
                                  textposition="middle right",
                                  marker={"symbol": "star" if side == "original" else "star-open", "size": 16,
                                          "color": COLORS["forget"]}))
     _edit_band(fig, pr.edit_layers)
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
     _layer_axis(fig, pr.layers)
-    fig.update_xaxes(range=[pr.layers[0] - 0.5, pr.layers[-1] + 2.5])
+    fig.update_xaxes(range=[pr.layers[0] - 0.5, pr.layers[-1] + 3.5])
     return _style(fig, "Residual knowledge: can a linear readout still find the forget answers?", "layer",
                   "item accuracy", pr.verdict, height=580)
 
@@ -396,8 +400,10 @@ def relearning_curve(edited: Sequence[dict], original: Sequence[dict] | None = N
                   "forget accuracy (held-out half)")
 
 
-def loss_curves(losses: Sequence[dict], log_y: bool = False) -> go.Figure:
-    """Training losses per step (total, forget term, retain term: whichever are present)."""
+def loss_curves(losses: Sequence[dict], log_y: bool | None = None) -> go.Figure:
+    """Training losses per step (total, forget term, retain term: whichever are present).
+    ``log_y`` None: a log axis when every value is positive and they span over two decades (a
+    few spikes of the total would otherwise flatten the terms)."""
     fig = go.Figure()
     steps = [r.get("step", i + 1) for i, r in enumerate(losses)]
     styles = {"loss": (COLORS["loss"], "solid"), "forget_loss": (COLORS["forget"], "solid"),
@@ -406,6 +412,9 @@ def loss_curves(losses: Sequence[dict], log_y: bool = False) -> go.Figure:
         if any(key in r for r in losses):
             fig.add_trace(go.Scatter(x=steps, y=[r.get(key, np.nan) for r in losses], mode="lines",
                                      name=key.replace("_", " "), line={"color": color, "dash": dash, "width": 3}))
+    if log_y is None:
+        values = [float(r[k]) for r in losses for k in styles if isinstance(r.get(k), (int, float))]
+        log_y = bool(values) and min(values) > 0 and max(values) / min(values) > 100
     if log_y:
         fig.update_yaxes(type="log")
     return _style(fig, "Training losses", "step", "loss")
@@ -428,7 +437,7 @@ def before_after_bars(before: dict, after: dict, metric: str = "cloze_acc", spli
         chance = before.get("chance")
     if floor is None:
         floor = before.get("forget_floor_acc")
-    _hline(fig, chance, "chance", COLORS["chance"])
+    _hline(fig, chance, "chance", COLORS["chance"], position="top left")  # apart from the floor's label
     _hline(fig, floor, "forget floor", COLORS["floor"])
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%")

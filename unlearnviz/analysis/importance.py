@@ -382,11 +382,13 @@ class Footprint:
     ratio: list[float | None]  # mean forget |Δh| / mean retain |Δh|
     top_share: list[float | None]  # share of the forget footprint on the map's top-10% features
     summary: str = ""
+    relative: list[float] | None = None  # mean forget |Δh| / mean forget |h| per layer (None: unknown)
 
     def per_layer(self) -> list[dict]:
         return [{"layer": layer, "forget_mean_abs_delta": float(self.forget[i].mean()),
                  "retain_mean_abs_delta": float(self.retain[i].mean()), "forget_retain_ratio": self.ratio[i],
-                 "corr_with_importance": self.corr_forget[i], "footprint_share_on_top10": self.top_share[i]}
+                 "corr_with_importance": self.corr_forget[i], "footprint_share_on_top10": self.top_share[i],
+                 "forget_relative_delta": None if self.relative is None else self.relative[i]}
                 for i, layer in enumerate(self.layers)]
 
 
@@ -407,20 +409,26 @@ def footprint_from_passes(forget: SplitPass, retain: SplitPass, imp: ImportanceM
         else:
             corr.append(None)
             share.append(None)
+    size = forget.abs_mean.float().mean(1)
+    relative = [float(forget.footprint[i].mean() / size[i]) if float(size[i]) > 0 else 0.0 for i in range(len(layers))]
     fp = Footprint(layers=layers, forget=forget.footprint, retain=retain.footprint, corr_forget=corr,
-                   ratio=ratio, top_share=share)
+                   ratio=ratio, top_share=share, relative=relative)
     fp.summary = footprint_summary(fp)
     return fp
 
 
 def footprint_summary(fp: Footprint) -> str:
+    """Where the edit moves activations most, relative to their size when known (|Δh| alone
+    grows with the residual norm, so it would always point at the last layers)."""
     means = fp.forget.mean(1)
     if float(means.max()) == 0.0:
         return "the edit does not move any activation at these layers"
-    i = int(means.argmax())
+    scores = fp.relative if fp.relative is not None else means.tolist()
+    i = max(range(len(scores)), key=lambda j: scores[j])
     layer = fp.layers[i]
     first = next(j for j, v in enumerate(means.tolist()) if v > 0)
-    parts = [f"the edit first moves activations at layer {fp.layers[first]} and most at layer {layer}: "
+    how = f" (|Δh| {fp.relative[i]:.2f}× the mean |h| there)" if fp.relative is not None else ""
+    parts = [f"the edit first moves activations at layer {fp.layers[first]} and most at layer {layer}{how}: "
              f"mean |Δh| {float(means[i]):.3g} per feature on forget tokens vs {float(fp.retain[i].mean()):.3g} "
              f"on retain tokens"]
     if fp.ratio[i] is not None and math.isfinite(fp.ratio[i]):
