@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 
 import pytest
+from offline_page import offline_page
 
 from unlearnviz.cli import main
 
@@ -148,43 +147,18 @@ def test_analyze_default_model_on_each_builtin_set(name, default_lm, tmp_path, m
 
 
 def open_offline(path) -> dict:
-    """Open an HTML file in headless Chromium with every non-file request aborted; wait until every
-    plotly figure has drawn. Returns what the page fetched, its script errors, and what it shows."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing in CI: `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    requests, errors = [], []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-
-            def block(route):
-                if not route.request.url.startswith("file://"):
-                    requests.append(route.request.url)
-                    return route.abort()
-                return route.continue_()
-
-            page.route("**/*", block)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(path.as_uri(), wait_until="load")
-            page.wait_for_selector(".main-svg", timeout=60_000)
-            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0 && "
-                                   "[...document.querySelectorAll('.js-plotly-plot')].every("
-                                   "p => p.querySelector('.main-svg'))", timeout=60_000)
-            shown = {"n_plots": page.locator(".js-plotly-plot").count(),
-                     "n_drawn": page.locator(".js-plotly-plot:has(.main-svg)").count(),
-                     "n_svgs": page.locator(".main-svg").count(),
-                     "sections": page.locator("section").count(),
-                     "titles": page.locator("section > h2").all_inner_texts()}
-        finally:
-            browser.close()
-    return {"requests": requests, "errors": errors, **shown}
+    """Open an HTML file offline (tests/offline_page.py); wait until every plotly figure has drawn.
+    Returns what the page fetched, its script errors, and what it shows."""
+    with offline_page(path) as (page, log):
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0 && "
+                               "[...document.querySelectorAll('.js-plotly-plot')].every("
+                               "p => p.querySelector('.main-svg'))", timeout=60_000)
+        shown = {"n_plots": page.locator(".js-plotly-plot").count(),
+                 "n_drawn": page.locator(".js-plotly-plot:has(.main-svg)").count(),
+                 "n_svgs": page.locator(".main-svg").count(),
+                 "sections": page.locator("section").count(),
+                 "titles": page.locator("section > h2").all_inner_texts()}
+    return {"requests": log.requests, "errors": log.errors, **shown}
 
 
 @pytest.mark.browser

@@ -4,13 +4,13 @@ numbers, self-contained (no network), untrusted text escaped, one-line CLI error
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from offline_page import offline_page
 
 from unlearnviz.cli import main
 from unlearnviz.report import SECTIONS, Verdict, forget_verdict, headline, relearn_verdict, retain_verdict
@@ -288,39 +288,13 @@ def test_session_report(tiny_lm, tiny_data, tmp_path):
 
 @pytest.mark.browser
 def test_report_opens_offline_in_chromium(report):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing in CI: `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    requests, errors = [], []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-
-            def block(route):
-                if not route.request.url.startswith("file://"):
-                    requests.append(route.request.url)
-                    return route.abort()
-                return route.continue_()
-
-            page.route("**/*", block)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            dialogs: list[str] = []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(report.as_uri(), wait_until="load")
-            page.wait_for_selector(".main-svg", timeout=60_000)
-            headings = [h.strip() for h in page.locator("section > h2").all_inner_texts()]
-            visible = all(page.locator(f"section#{a} > h2").is_visible() for a, _ in SECTIONS)
-            n_plots = page.locator(".js-plotly-plot").count()
-            rendered = page.locator(".js-plotly-plot .main-svg").count()
-            table = page.locator("#metrics-table tr").count()
-        finally:
-            browser.close()
+    with offline_page(report) as (page, log):
+        headings = [h.strip() for h in page.locator("section > h2").all_inner_texts()]
+        visible = all(page.locator(f"section#{a} > h2").is_visible() for a, _ in SECTIONS)
+        n_plots = page.locator(".js-plotly-plot").count()
+        rendered = page.locator(".js-plotly-plot .main-svg").count()
+        table = page.locator("#metrics-table tr").count()
+    requests, errors, dialogs = log.requests, log.errors, log.dialogs
     assert requests == [] and errors == [] and dialogs == []  # no fetch, no error, the hostile script never ran
     assert headings == [h for _, h in SECTIONS] and visible
     assert n_plots == 7 and rendered >= n_plots and table >= 5
