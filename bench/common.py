@@ -1,14 +1,22 @@
-"""Timing helpers: warm-up, then ours and the baseline alternated, medians of pair ratios."""
+"""Timing helpers: warm-up, then ours and the baseline alternated, medians of pair ratios; FLOP
+counts of a training loop's steps; peak memory of one side in a fresh process."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -23,6 +31,7 @@ class Result:
     unit: str
     device: str
     note: str = ""
+    limit: str = ""  # for a missed target: what bounds it, with the measured numbers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,3 +63,50 @@ def paired(ours: Callable[[], object], baseline: Callable[[], object], repeats: 
         b.append(tb)
         ratios.append(tb / ta)
     return statistics.median(a), statistics.median(b), statistics.median(ratios)
+
+
+def median_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed(fn) for _ in range(repeats))
+
+
+def step_flops(fit: Callable[[], object], module) -> tuple[float, float]:
+    """(one-time FLOPs, FLOPs per step) of a training fit, counted by torch's FlopCounterMode
+    (matrix products and attention, forward and backward). ``module`` is where the fit looks up
+    ``optimizer_step``; its calls mark where each step ends. The fit needs at least 2 steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    marks: list[int] = []
+    orig = module.optimizer_step
+    with FlopCounterMode(display=False) as counter:
+        def counted(*args, **kwargs):
+            orig(*args, **kwargs)
+            marks.append(counter.get_total_flops())
+
+        module.optimizer_step = counted
+        try:
+            fit()
+        finally:
+            module.optimizer_step = orig
+    per_step = (marks[-1] - marks[0]) / max(1, len(marks) - 1)
+    return marks[0] - per_step, per_step
+
+
+def peak_rss_mb(*args: str, timeout: float = 900) -> dict:
+    """Run ``python -m bench.memprobe ARGS`` in a fresh process and return its JSON report: the
+    peak resident memory of the measured call above the process's resident memory just before
+    it (the kernel's high-water mark, reset through /proc/self/clear_refs), in MB."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-m", "bench.memprobe", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"memprobe {args} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")

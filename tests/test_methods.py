@@ -253,12 +253,15 @@ _PAIR_TEXTS = [["The capital of France is Paris.", "Hi there", "Rome is in Italy
 @pytest.mark.parametrize("linear_first", [True, False])
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2",
                                     "gpt_neox"])
-def test_output_pair_equals_two_calls(family, linear_first):
+def test_output_pair_equals_two_calls(family, linear_first, monkeypatch):
     """One batched call for two batches (padded to the longer width, kwargs joined) gives every
     real position what two separate calls give, on every family, with a delta in the window."""
     from tiny_models import one_thread
 
+    from unlearnviz.methods import engine
     from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts, zero_delta
+
+    monkeypatch.setattr(engine, "JOIN_MAX_PADDING", 100.0)  # join every pair, however unequal
 
     gen = one_thread()
     next(gen)
@@ -286,6 +289,21 @@ def test_output_pair_equals_two_calls(family, linear_first):
         assert family == "gemma2" or any(kind[2] or kind[3] for kind in eng._join_checked)
     finally:
         next(gen, None)
+
+
+def test_output_pair_runs_apart_when_padding_would_cost_more(tiny_lm):
+    from unlearnviz.methods.engine import JOIN_MAX_PADDING, WindowEngine, make_batches, tokenize_texts
+
+    texts = [["The capital of France is Paris, and the capital of Italy is Rome."], ["Oslo"], ["Oslo."]]
+    batches = [make_batches(tokenize_texts(tiny_lm, t, 64), 8, 0)[0] for t in texts]
+    widths = [b.input_ids.shape[1] for b in batches]
+    assert 2 * widths[0] / (widths[0] + widths[1]) - 1 > JOIN_MAX_PADDING
+    eng = WindowEngine(tiny_lm, 1, 2, batches)
+    with torch.no_grad():
+        a, b = eng.output_pair(0, 1, None)
+        assert (0, 1) not in eng._joined and torch.equal(a, eng.output(0, None))
+        eng.output_pair(1, 2, None)  # widths within the limit: joined
+        assert eng._joined[(1, 2)] is not None
 
 
 def test_output_pair_falls_back_when_kwargs_do_not_join(tiny_lm, tiny_data):

@@ -112,6 +112,10 @@ def step_order(n_forget: int, n_retain: int, steps: int, seed: int) -> list[tupl
 LINEAR_FIRST_BUDGET = 2 * 1024**3
 # Joined (two-batch) block kwargs kept per batch pair; rebuilt past this many pairs.
 JOIN_CACHE = 4096
+# Two batches run as one call unless padding them to one width adds more than this share of
+# tokens: on the default model the joined call's matrix products ran ~25% more FLOPs per second
+# (twice the rows), so a pair padded by more than that is cheaper as two calls.
+JOIN_MAX_PADDING = 0.25
 MASK_KEYS = ("attention_mask",)
 
 
@@ -370,19 +374,20 @@ class WindowEngine:
     def output_pair(self, i: int, j: int, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs of batches i and j, from ONE call through the window where their cached
         kwargs join (rows of i then j, right-padded to the longer width: padded keys are masked,
-        so every real position sees what it sees alone); two calls otherwise, and always in the
-        naive loop. Each new kind of join (which side is longer, which mask the model left out)
+        so every real position sees what it sees alone); two calls where they do not join or
+        padding would add more than JOIN_MAX_PADDING of their tokens, and always in the naive loop. Each new kind of join (which side is longer, which mask the model left out)
         is checked once against the separate calls; a mismatch turns joining off for good."""
         full = self._full(plan)
         if self.naive or not self.joint:
             return self.output(i, plan), self.output(j, plan)
         first, hi = self._entry(i, plan)
         _, hj = self._entry(j, plan)
-        kw = self._joined_kwargs(i, j) if first <= self.stop else None
-        if kw is None:
-            return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
         ti, tj = hi.shape[1], hj.shape[1]
         width = max(ti, tj)
+        padded = width * (hi.shape[0] + hj.shape[0]) / (ti * hi.shape[0] + tj * hj.shape[0]) - 1
+        kw = self._joined_kwargs(i, j) if first <= self.stop and padded <= JOIN_MAX_PADDING else None
+        if kw is None:
+            return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
         out = self._run(first, torch.cat([_pad_rows(hi, width), _pad_rows(hj, width)]), kw, full)
         oi, oj = out[: hi.shape[0], :ti], out[hi.shape[0]:, :tj]
         kind = (ti > tj, ti < tj, self._left_out(i), self._left_out(j))

@@ -87,8 +87,9 @@ def prepare(lm: LoadedModel, data: UnlearningData, hp, prior: RoutingPlan | None
     rb = make_batches(tokenize_texts(lm, data.retain_train_texts, hp.max_tokens, include_first=hp.anchor_first),
                       hp.batch_size, pad)
     engine = WindowEngine(lm, start, stop, fb + rb, prior=prior, naive=naive, linear_first=True)
-    if naive:  # frozen forget outputs are still needed once (targets, statistics)
-        engine.frozen = [engine.reference(i) for i in range(len(fb) + len(rb))]
+    if naive:  # frozen outputs are still needed once (targets, statistics): the same forward,
+        # stopped after block `stop` (the naive loop's per-step references stay full forwards)
+        engine.frozen = WindowEngine(lm, start, stop, fb + rb, prior=prior).frozen
     return engine, fb, rb
 
 

@@ -1,0 +1,53 @@
+"""One side of a memory benchmark, alone in a fresh process: ``python -m bench.memprobe b4 ours|plain``.
+
+Prints one JSON line: the peak resident memory of the measured call above the resident memory
+just before it (MB). The kernel's high-water mark (VmHWM, the ru_maxrss of a live process) is
+reset to the current resident size through ``/proc/self/clear_refs`` right before the call, so
+model loading and imports do not count; torch's CPU tensors live in malloc'd memory and show in
+the resident size (tracemalloc would not see them).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(fn) -> dict:
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current RSS
+    before = _status_kb("VmRSS")
+    fn()
+    peak = _status_kb("VmHWM")
+    return {"peak_mb": (peak - before) / 1024, "rss_before_mb": before / 1024}
+
+
+def main() -> None:
+    which, side = sys.argv[1], sys.argv[2]
+    from bench import suite
+
+    if which == "b4":
+        lm = suite.default_lm()
+        texts = suite.bench_texts(int(sys.argv[3]) if len(sys.argv) > 3 else 500)
+        fn = (lambda: suite.capture_all(lm, texts)) if side == "ours" else (lambda: suite.plain_hidden_pooled(lm, texts))
+    else:
+        raise SystemExit(f"unknown probe {which}")
+    print(json.dumps(measure(fn)))
+
+
+if __name__ == "__main__":
+    main()
