@@ -371,11 +371,20 @@ class WindowEngine:
         first, h = self._entry(i, plan)
         return self._run(first, h, self.kwargs[i], full)
 
-    def output_pair(self, i: int, j: int, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def output_pair(self, i: int, j: int, plan: RoutingPlan | None, pad_i: bool = True,
+                    pad_j: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs of batches i and j, from ONE call through the window where their cached
         kwargs join (rows of i then j, right-padded to the longer width: padded keys are masked,
         so every real position sees what it sees alone); two calls where they do not join or
-        padding would add more than JOIN_MAX_PADDING of their tokens, and always in the naive loop. Each new kind of join (which side is longer, which mask the model left out)
+        padding would add more than JOIN_MAX_PADDING of their tokens, and always in the naive loop.
+
+        ``pad_i`` / ``pad_j`` = False keeps that batch at its own width (the pair then runs as
+        two calls when it is the shorter one). A loss that compares an output with a cached
+        reference of the same computation (the retain term: ||h − h_frozen||², zero at the start)
+        needs it: padding changes the attention kernel's rounding (~1e-7 of |h|), the term's
+        gradient at the start is then that rounding alone, and Adam scales it up to full-size
+        steps (on the default model the trajectory left the naive loop's by 2e-4 in 30 steps,
+        against 2e-6 unpadded). Each new kind of join (which side is longer, which mask the model left out)
         is checked once against the separate calls; a mismatch turns joining off for good."""
         full = self._full(plan)
         if self.naive or not self.joint:
@@ -385,7 +394,8 @@ class WindowEngine:
         ti, tj = hi.shape[1], hj.shape[1]
         width = max(ti, tj)
         padded = width * (hi.shape[0] + hj.shape[0]) / (ti * hi.shape[0] + tj * hj.shape[0]) - 1
-        kw = self._joined_kwargs(i, j) if first <= self.stop and padded <= JOIN_MAX_PADDING else None
+        allowed = (pad_i or ti == width) and (pad_j or tj == width) and padded <= JOIN_MAX_PADDING
+        kw = self._joined_kwargs(i, j) if first <= self.stop and allowed else None
         if kw is None:
             return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
         out = self._run(first, torch.cat([_pad_rows(hi, width), _pad_rows(hj, width)]), kw, full)

@@ -116,7 +116,9 @@ def train_misdirection(
     for step, (fi, ri) in enumerate(step_order(nf, len(rb), hp.steps, hp.seed), 1):
         plan = RoutingPlan(deltas=deltas)
         target, weight = target_fn(fi, engine.frozen[fi])
-        hf, hr = engine.output_pair(fi, nf + ri, plan)  # one call through the window for both
+        # one call through the window for both where the retain rows need no padding (their term
+        # is measured against cached frozen outputs: see WindowEngine.output_pair)
+        hf, hr = engine.output_pair(fi, nf + ri, plan, pad_j=False)
         forget_loss = masked_mse(hf, target, fb[fi].loss_mask, weight)
         retain_loss = masked_mse(hr, engine.reference(nf + ri), rb[ri].loss_mask)
         loss = forget_loss + hp.alpha * retain_loss

@@ -249,7 +249,9 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
         ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
         for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
             plan = plan_for(weights)
-            h_f, h_r = engine.output_pair(fi, nf + ri, plan)  # one call through the window for both
+            # one call through the window for both; a KL retain term compares with cached outputs,
+            # so its rows are never padded (see WindowEngine.output_pair)
+            h_f, h_r = engine.output_pair(fi, nf + ri, plan, pad_j=hparams.retain_loss != "kl")
             lp_f, n_f = _seq_logprob(lm, h_f, fb[fi])
             if hparams.objective == "npo":
                 ratio = lp_f - ref[fi]
