@@ -67,8 +67,8 @@ def test_window_engine_matches_naive_loop(tiny_lm, tiny_data, method):
         assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), (a, b)
     if not method.startswith("mrp"):  # the first trained block is collapsed to cached output + delta·x
         assert fast.meta["linear_first"] and not naive.meta["linear_first"]
-    # forget and retain batches ran through the window as one call every step
-    assert fast.meta.get("joint", True) and not naive.meta.get("joint", False)
+    # the naive loop never joins forget and retain batches into one call
+    assert naive.meta.get("joined_steps", 0) == 0
 
 
 @pytest.mark.parametrize("window", [1, 2])
@@ -304,6 +304,23 @@ def test_output_pair_runs_apart_when_padding_would_cost_more(tiny_lm):
         assert (0, 1) not in eng._joined and torch.equal(a, eng.output(0, None))
         eng.output_pair(1, 2, None)  # widths within the limit: joined
         assert eng._joined[(1, 2)] is not None
+
+
+def test_output_pair_keeps_a_batch_unpadded_when_asked(tiny_lm, tiny_data, monkeypatch):
+    from unlearnviz.methods import engine
+    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts
+
+    monkeypatch.setattr(engine, "JOIN_MAX_PADDING", 100.0)
+
+    texts = [["The capital of Velmora is the old harbour city"], ["The capital of Velmora is"]]
+    batches = [make_batches(tokenize_texts(tiny_lm, t, 64), 8, 0)[0] for t in texts]
+    assert batches[0].input_ids.shape[1] > batches[1].input_ids.shape[1]
+    eng = WindowEngine(tiny_lm, 1, 2, batches)
+    with torch.no_grad():
+        eng.output_pair(0, 1, None, pad_j=False)  # batch 1 is the shorter: two calls
+        assert (0, 1) not in eng._joined and eng.joined_calls == 0
+        eng.output_pair(1, 0, None, pad_j=False)  # batch 0, the longer, is not padded: one call
+        assert eng._joined[(1, 0)] is not None and eng.joined_calls == 1 and eng.pair_calls == 2
 
 
 def test_output_pair_falls_back_when_kwargs_do_not_join(tiny_lm, tiny_data):

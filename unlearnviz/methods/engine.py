@@ -248,6 +248,7 @@ class WindowEngine:
         self.first_out: list[torch.Tensor] = []
         self.first_mlp_in: list[torch.Tensor] = []
         self.joint = True  # output_pair may run two batches as one call
+        self.pair_calls = self.joined_calls = 0  # output_pair calls, and those run as one call
         self._joined: dict[tuple[int, int], dict | None] = {}
         self._join_checked: set = set()
         # Without frozen outputs, blocks past the first (or, with keep_first_out, past the
@@ -387,6 +388,7 @@ class WindowEngine:
         against 2e-6 unpadded). Each new kind of join (which side is longer, which mask the model left out)
         is checked once against the separate calls; a mismatch turns joining off for good."""
         full = self._full(plan)
+        self.pair_calls += 1
         if self.naive or not self.joint:
             return self.output(i, plan), self.output(j, plan)
         first, hi = self._entry(i, plan)
@@ -409,6 +411,7 @@ class WindowEngine:
                 self.joint = False
                 return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
             self._join_checked.add(kind)
+        self.joined_calls += 1
         return oi, oj
 
     def _left_out(self, i: int) -> tuple:

@@ -125,6 +125,6 @@ def train_misdirection(
         optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
     meta = {"steps": hp.steps, "train_s": time.perf_counter() - t0, "losses": history,
             "window": [start, stop], "linear_first": engine.linear_first,
-            "joint": engine.joint and not engine.naive, **(extra_meta or {})}
+            "joined_steps": engine.joined_calls / max(engine.pair_calls, 1), **(extra_meta or {})}
     return Edit(method=method, hparams=asdict(hp),
                 deltas={k: v.detach() for k, v in deltas.items()}, meta=meta)
