@@ -20,8 +20,9 @@ test: setup-dev prepare browser
 	$(PY) -m ruff check unlearnviz tests app.py bench scripts
 	$(PY) -m pytest -q
 
+# ~11 min on an idle 2-core machine; BENCH_ARGS="--quick" for a smoke run, "--only B1,B4" for some rows
 bench: setup-dev prepare
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 setup: $(VENV)/.runtime-ok
 setup-dev: $(VENV)/.dev-ok
