@@ -93,6 +93,39 @@ def step_flops(fit: Callable[[], object], module) -> tuple[float, float]:
     return marks[0] - per_step, per_step
 
 
+def step_profile(fit: Callable[[], object], module, skip: int = 2) -> dict:
+    """torch.profiler over a fit's training steps after the first ``skip`` (the profiler starts
+    at that step's optimizer_step): the share of CPU time in matrix products, the operator calls
+    per step, and the heaviest other operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    orig = module.optimizer_step
+    state: dict = {"n": 0, "prof": None}
+
+    def marked(*args, **kwargs):
+        orig(*args, **kwargs)
+        state["n"] += 1
+        if state["n"] == skip:
+            state["prof"] = profile(activities=[ProfilerActivity.CPU])
+            state["prof"].__enter__()
+
+    module.optimizer_step = marked
+    try:
+        fit()
+    finally:
+        module.optimizer_step = orig
+        if state["prof"] is not None:
+            state["prof"].__exit__(None, None, None)
+    steps = max(1, state["n"] - skip)
+    ops = [e for e in state["prof"].key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    mm = sum(e.self_cpu_time_total for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    others = sorted((e for e in ops if e.key not in ("aten::mm", "aten::addmm", "aten::bmm")),
+                    key=lambda e: -e.self_cpu_time_total)[:4]
+    return {"mm_share": mm / total, "ops_per_step": sum(e.count for e in ops) / steps,
+            "top": [(e.key.removeprefix("aten::"), e.self_cpu_time_total / total) for e in others]}
+
+
 def peak_rss_mb(*args: str, timeout: float = 900) -> dict:
     """Run ``python -m bench.memprobe ARGS`` in a fresh process and return its JSON report: the
     peak resident memory of the measured call above the process's resident memory just before
