@@ -260,7 +260,7 @@ def b4_capture(quick: bool = False) -> dict:
     mem_ratio = mem_o["peak_mb"] / max(mem_p["peak_mb"], 1e-9)
     met = r >= 1.0 and mem_ratio < 1.0 and err < 1e-4
     note = (f"{n} texts × {lm.n_layers} layers; {n / a:.0f} vs {n / b:.0f} texts/s; peak memory above the loaded "
-            f"model (fresh process per side, kernel RSS high-water mark): ours {mem_o['peak_mb']:.0f} MB vs "
+            f"model (fresh process per side, kernel RSS {mem_o['method']}): ours {mem_o['peak_mb']:.0f} MB vs "
             f"{mem_p['peak_mb']:.0f} MB ({mem_ratio:.2f}×); max rel. difference of the pooled vectors {err:.1e} "
             "(last block excluded: plain applies the final norm)")
     limit = "" if met else (f"throughput {r:.2f}× (needs ≥ 1), memory {mem_ratio:.2f}× (needs < 1), "
