@@ -384,3 +384,43 @@ def test_loss_masks_spans_and_later_spans(tiny_lm):
     both, later = masked(spans_only=True), masked(later_spans_only=True)
     assert both[0].replace(" ", "") == "VelmoraOstrava" and both[1].replace(" ", "") == "Velmora"
     assert later == ["Ostrava", ""]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "gpt2", "gpt_neox"])
+def test_output_pair_cuts_a_batch_after_the_positions_its_loss_reads(family, monkeypatch):
+    """With need_i, batch i comes back cut (to batch j's width, joining unpadded, or else to
+    need_i) and equals the uncut output on every real position it keeps."""
+    from tiny_models import one_thread
+
+    from unlearnviz.methods import engine
+    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts, zero_delta
+
+    monkeypatch.setattr(engine, "JOIN_MAX_PADDING", 100.0)
+    gen = one_thread()
+    next(gen)
+    try:
+        lm = _family_lm(family)
+        batches = [make_batches(tokenize_texts(lm, texts, 64), 8, lm.tokenizer.pad_token_id)[0] for texts in _PAIR_TEXTS]
+        eng = WindowEngine(lm, 1, 3, batches, linear_first=True)
+        torch.manual_seed(0)
+        plan = RoutingPlan(deltas={layer: zero_delta(lm, layer).detach().normal_(0, 0.05) for layer in (1, 2, 3)})
+        widths = [b.input_ids.shape[1] for b in batches]
+        with torch.no_grad():
+            for i in range(len(batches)):
+                for j in range(len(batches)):
+                    if widths[i] == widths[j]:
+                        continue
+                    for need in (widths[i] - 1, min(widths[i], widths[j])):
+                        a, b = eng.output_pair(i, j, plan, pad_j=False, need_i=need)
+                        assert eng.joint, (family, i, j)
+                        want_a, want_b = eng.output(i, plan), eng.output(j, plan)
+                        assert need <= a.shape[1] <= widths[i]
+                        if widths[j] < widths[i] and need <= widths[j]:
+                            assert a.shape[1] == widths[j] and eng._joined[(i, j, widths[j])] is not None
+                        real = batches[i].attention_mask.bool()[:, : a.shape[1]]
+                        assert torch.allclose(a[real], want_a[:, : a.shape[1]][real], rtol=1e-4, atol=1e-5)
+                        real_b = batches[j].attention_mask.bool()
+                        assert torch.allclose(b[real_b], want_b[real_b], rtol=1e-4, atol=1e-5)
+        assert any(kind[1] for kind in eng._join_checked)  # a cut was checked against the full call
+    finally:
+        next(gen, None)

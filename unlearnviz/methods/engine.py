@@ -215,6 +215,38 @@ def join_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], rows: tuple[int, i
     return {layer: _join_value(kw_a[layer], kw_b[layer], rows, widths) for layer in kw_a}
 
 
+def _cut_value(a, b, widths: tuple[int, int], cut: int, is_mask: bool = False):
+    """``a`` (a kwarg of batch 1, width widths[0]) for its first ``cut`` positions only. The
+    sequence-length dims are found against ``b``, batch 2's same kwarg at another width."""
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        if is_mask and b is None:  # batch 2 had no padding: its mask is the plain causal one
+            b = _causal_like(a, 1, widths[1])
+        if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
+            raise _NoJoin
+        seq = [d for d in range(1, a.dim()) if a.shape[d] != b.shape[d]]
+        if any((a.shape[d], b.shape[d]) != widths for d in seq):
+            raise _NoJoin
+        return a[tuple(slice(0, cut) if d in seq else slice(None) for d in range(a.dim()))]
+    if isinstance(a, (tuple, list)) and type(a) is type(b) and len(a) == len(b):
+        return type(a)(_cut_value(x, y, widths, cut, is_mask) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return {k: _cut_value(a[k], b[k], widths, cut, is_mask or k in MASK_KEYS) for k in a}
+    if a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b):
+        return a
+    raise _NoJoin
+
+
+def cut_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], widths: tuple[int, int], cut: int) -> dict[int, dict]:
+    """Batch a's per-block kwargs for its first ``cut`` positions (a causal model's positions
+    before ``cut`` never see the later ones). Needs batch b at another width to tell which dims
+    are the sequence length; raises _NoJoin where a value cannot be cut."""
+    if widths[0] == widths[1] or kw_a.keys() != kw_b.keys():
+        raise _NoJoin
+    return {layer: _cut_value(kw_a[layer], kw_b[layer], widths, cut) for layer in kw_a}
+
+
 def _pad_rows(h: torch.Tensor, width: int) -> torch.Tensor:
     if h.shape[1] == width:
         return h
@@ -347,14 +379,15 @@ class WindowEngine:
     def _full(self, plan: RoutingPlan | None) -> RoutingPlan | None:
         return plan if self.prior is None else (self.prior if plan is None else self.prior.merged(plan))
 
-    def _entry(self, i: int, plan: RoutingPlan | None) -> tuple[int, torch.Tensor]:
-        """The first block that runs for batch i, and its input."""
+    def _entry(self, i: int, plan: RoutingPlan | None, width: int | None = None) -> tuple[int, torch.Tensor]:
+        """The first block that runs for batch i, and its input (its first ``width`` positions)."""
+        cut = slice(None) if width is None else slice(0, width)
         if not self.linear_first:
-            return self.start, self.inputs[i]
-        h = self.first_out[i]
+            return self.start, self.inputs[i][:, cut]
+        h = self.first_out[i][:, cut]
         own = None if plan is None else plan.deltas.get(self.start)  # the prior's is in first_out
         if own is not None:
-            x = self.first_mlp_in[i]
+            x = self.first_mlp_in[i][:, cut]
             h = h + F.linear(x.to(own.dtype), own).to(h.dtype)
         return self.start + 1, h
 
@@ -373,7 +406,7 @@ class WindowEngine:
         return self._run(first, h, self.kwargs[i], full)
 
     def output_pair(self, i: int, j: int, plan: RoutingPlan | None, pad_i: bool = True,
-                    pad_j: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    pad_j: bool = True, need_i: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs of batches i and j, from ONE call through the window where their cached
         kwargs join (rows of i then j, right-padded to the longer width: padded keys are masked,
         so every real position sees what it sees alone); two calls where they do not join or
@@ -385,48 +418,78 @@ class WindowEngine:
         needs it: padding changes the attention kernel's rounding (~1e-7 of |h|), the term's
         gradient at the start is then that rounding alone, and Adam scales it up to full-size
         steps (on the default model the trajectory left the naive loop's by 2e-4 in 30 steps,
-        against 2e-6 unpadded). Each new kind of join (which side is longer, which mask the model left out)
-        is checked once against the separate calls; a mismatch turns joining off for good."""
+        against 2e-6 unpadded).
+
+        ``need_i``: the caller reads batch i's output only at positions < need_i (its loss mask
+        ends there); batch i may then be cut to fewer positions (to batch j's width, so that the
+        pair joins with no padding, or else to need_i) and comes back that wide. Each new kind of
+        join or cut (which side is longer, which mask the model left out) is checked once against
+        the separate calls; a mismatch turns joining and cutting off for good."""
         full = self._full(plan)
         self.pair_calls += 1
         if self.naive or not self.joint:
             return self.output(i, plan), self.output(j, plan)
-        first, hi = self._entry(i, plan)
+        ti, tj = self.batches[i].input_ids.shape[1], self.batches[j].input_ids.shape[1]
+        cut = ti
+        if need_i is not None and need_i < ti and tj != ti:
+            cut = tj if need_i <= tj < ti else need_i
+        kw_i = self.kwargs[i] if cut == ti else self._cut_kwargs(i, j, cut)
+        if kw_i is None:
+            cut, kw_i = ti, self.kwargs[i]
+        first, hi = self._entry(i, plan, cut)
         _, hj = self._entry(j, plan)
-        ti, tj = hi.shape[1], hj.shape[1]
-        width = max(ti, tj)
-        padded = width * (hi.shape[0] + hj.shape[0]) / (ti * hi.shape[0] + tj * hj.shape[0]) - 1
-        allowed = (pad_i or ti == width) and (pad_j or tj == width) and padded <= JOIN_MAX_PADDING
-        kw = self._joined_kwargs(i, j) if first <= self.stop and allowed else None
+        width = max(cut, tj)
+        padded = width * (hi.shape[0] + hj.shape[0]) / (cut * hi.shape[0] + tj * hj.shape[0]) - 1
+        allowed = (pad_i or cut == width) and (pad_j or tj == width) and padded <= JOIN_MAX_PADDING
+        kw = self._joined_kwargs(i, j, cut, kw_i) if first <= self.stop and allowed else None
         if kw is None:
-            return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
-        out = self._run(first, torch.cat([_pad_rows(hi, width), _pad_rows(hj, width)]), kw, full)
-        oi, oj = out[: hi.shape[0], :ti], out[hi.shape[0]:, :tj]
-        kind = (ti > tj, ti < tj, self._left_out(i), self._left_out(j))
+            oi, oj = self._run(first, hi, kw_i, full), self._run(first, hj, self.kwargs[j], full)
+        else:
+            out = self._run(first, torch.cat([_pad_rows(hi, width), _pad_rows(hj, width)]), kw, full)
+            oi, oj = out[: hi.shape[0], :cut], out[hi.shape[0]:, :tj]
+        if kw is None and cut == ti:
+            return oi, oj  # two plain calls: nothing to check
+        kind = (kw is not None, cut < ti, cut > tj, cut < tj, self._left_out(i), self._left_out(j))
         if kind not in self._join_checked:
             with torch.no_grad():
-                si = self._run(first, hi.detach(), self.kwargs[i], full)
+                si = self._run(first, self._entry(i, plan)[1].detach(), self.kwargs[i], full)[:, :cut]
                 sj = self._run(first, hj.detach(), self.kwargs[j], full)
-            if not (_close(oi.detach(), si, self.batches[i]) and _close(oj.detach(), sj, self.batches[j])):
+            real_i = Batch(*(t[:, :cut] for t in (self.batches[i].input_ids, self.batches[i].attention_mask,
+                                                   self.batches[i].loss_mask)))
+            if not (_close(oi.detach(), si, real_i) and _close(oj.detach(), sj, self.batches[j])):
                 self.joint = False
-                return self._run(first, hi, self.kwargs[i], full), self._run(first, hj, self.kwargs[j], full)
+                return self.output(i, plan), self.output(j, plan)
             self._join_checked.add(kind)
-        self.joined_calls += 1
+        self.joined_calls += kw is not None
         return oi, oj
 
     def _left_out(self, i: int) -> tuple:
         """Which blocks' masks the model left out for batch i (no padding: SDPA's causal flag)."""
         return tuple(layer for layer, kw in self.kwargs[i].items() if kw.get("attention_mask", 0) is None)
 
-    def _joined_kwargs(self, i: int, j: int) -> dict[int, dict] | None:
-        key = (i, j)
+    def _cut_kwargs(self, i: int, j: int, cut: int) -> dict[int, dict] | None:
+        key = ("cut", i, j, cut)
+        if key not in self._joined:
+            widths = (self.batches[i].input_ids.shape[1], self.batches[j].input_ids.shape[1])
+            try:
+                self._joined[key] = cut_kwargs(self.kwargs[i], self.kwargs[j], widths, cut)
+            except _NoJoin:
+                self._joined[key] = None
+        return self._joined[key]
+
+    def _joined_kwargs(self, i: int, j: int, cut: int | None = None,
+                       kw_i: dict[int, dict] | None = None) -> dict[int, dict] | None:
+        ti = self.batches[i].input_ids.shape[1]
+        cut = ti if cut is None else cut
+        key = (i, j) if cut == ti else (i, j, cut)
         if key not in self._joined:
             if len(self._joined) >= JOIN_CACHE:
                 self._joined.clear()
             rows = (self.batches[i].input_ids.shape[0], self.batches[j].input_ids.shape[0])
-            widths = (self.batches[i].input_ids.shape[1], self.batches[j].input_ids.shape[1])
+            widths = (cut, self.batches[j].input_ids.shape[1])
             try:
-                self._joined[key] = join_kwargs(self.kwargs[i], self.kwargs[j], rows, widths)
+                self._joined[key] = join_kwargs(self.kwargs[i] if kw_i is None else kw_i, self.kwargs[j], rows,
+                                                widths)
             except _NoJoin:
                 self._joined[key] = None
         return self._joined[key]

@@ -113,13 +113,17 @@ def train_misdirection(
     nf = len(fb)
     ticker = Ticker(hp.steps, progress, should_stop, method)
     history = []
+    # positions after a forget batch's last loss token never reach its loss (causal attention)
+    need = [int(b.loss_mask.any(0).nonzero().max()) + 1 if b.loss_mask.any() else 1 for b in fb]
     for step, (fi, ri) in enumerate(step_order(nf, len(rb), hp.steps, hp.seed), 1):
         plan = RoutingPlan(deltas=deltas)
         target, weight = target_fn(fi, engine.frozen[fi])
         # one call through the window for both where the retain rows need no padding (their term
-        # is measured against cached frozen outputs: see WindowEngine.output_pair)
-        hf, hr = engine.output_pair(fi, nf + ri, plan, pad_j=False)
-        forget_loss = masked_mse(hf, target, fb[fi].loss_mask, weight)
+        # is measured against cached frozen outputs: see WindowEngine.output_pair); the forget
+        # rows may come back cut after their last loss token
+        hf, hr = engine.output_pair(fi, nf + ri, plan, pad_j=False, need_i=need[fi])
+        w = hf.shape[1]
+        forget_loss = masked_mse(hf, target[:, :w], fb[fi].loss_mask[:, :w], weight)
         retain_loss = masked_mse(hr, engine.reference(nf + ri), rb[ri].loss_mask)
         loss = forget_loss + hp.alpha * retain_loss
         optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
