@@ -248,12 +248,17 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
             ref_r = ([_masked_final(lm, engine.output(nf + i, init_plan), rb[i]) for i in range(len(rb))]
                      if hparams.retain_loss == "kl" else [])
         ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
+        # positions after a forget batch's last loss token never reach its loss (causal attention)
+        need = [int(b.loss_mask.any(0).nonzero().max()) + 1 if b.loss_mask.any() else 2 for b in fb]
         for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
             plan = plan_for(weights)
-            # one call through the window for both; a KL retain term compares with cached outputs,
-            # so its rows are never padded (see WindowEngine.output_pair)
-            h_f, h_r = engine.output_pair(fi, nf + ri, plan, pad_j=hparams.retain_loss != "kl")
-            lp_f, n_f = _seq_logprob(lm, h_f, fb[fi])
+            # one call through the window for both, the forget rows possibly cut after their last
+            # loss token; a KL retain term compares with cached outputs, so its rows are never
+            # padded (see WindowEngine.output_pair)
+            h_f, h_r = engine.output_pair(fi, nf + ri, plan, pad_j=hparams.retain_loss != "kl", need_i=need[fi])
+            w = h_f.shape[1]
+            lp_f, n_f = _seq_logprob(lm, h_f, Batch(*(t[:, :w] for t in (fb[fi].input_ids, fb[fi].attention_mask,
+                                                                         fb[fi].loss_mask))))
             if hparams.objective == "npo":
                 ratio = lp_f - ref[fi]
                 forget_loss = (2 / hparams.beta) * F.softplus(hparams.beta * ratio).mean()
