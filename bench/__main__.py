@@ -72,8 +72,8 @@ def write(results: list, extra_md: dict[str, list[str]], run: dict) -> None:
 
     fmt = (lambda v: "—" if v is None else f"{v:.3g}")
     lines = ["# Benchmarks", "",
-             f"Written by `make bench` (`python -m bench`); the latest run: {device_name()}, {run['_date']}, "
-             f"{run['_mode']} mode, {run['_total_s'] / 60:.1f} min. Each row alternates ours and the baseline "
+             f"Written by `make bench` (`python -m bench`); the latest run ({run['_which']}): {device_name()}, "
+             f"{run['_date']}, {run['_mode']} mode, {run['_total_s'] / 60:.1f} min. Each row alternates ours and the baseline "
              "(after a warm-up where one is cheap) and reports medians; the ratio is the median of per-pair "
              "ratios. *other load* is the average number of cores other processes kept busy while the row ran "
              "(from /proc/stat): on a busy machine absolute times are inflated, pair-by-pair ratios much less. "
@@ -129,7 +129,8 @@ def main() -> None:
             extra[bid] = {"markdown": out["markdown"], "date": date, "mode": mode, "other_load": round(other, 2)}
         print(f"  ({time.perf_counter() - t0:.0f} s, other load {other:.1f} cores)", flush=True)
         results += out["results"]
-    run.update({"_date": date, "_mode": mode, "_total_s": time.perf_counter() - t_start})
+    run.update({"_date": date, "_mode": mode, "_total_s": time.perf_counter() - t_start,
+                "_which": "every benchmark" if not wanted else "only " + ", ".join(run["_ran"])})
     write(results, extra, run)
     print(f"bench took {(time.perf_counter() - t_start) / 60:.1f} min", flush=True)
 

@@ -129,8 +129,8 @@ def b2_mrp_fit(quick: bool = False) -> dict:
 
     lm, data = default_lm(), bench_data()
     spec = get_method("mrp")
-    steps = 4 if quick else 20
     default_steps = spec.hparams_cls().steps
+    steps = 4 if quick else default_steps
     hp = make_hparams(spec.hparams_cls, {"steps": steps})
     # FLOPs: one-time (init, cached inputs, references) and per step, from a 2-step fit of each
     hp2 = make_hparams(spec.hparams_cls, {"steps": 2})
@@ -147,7 +147,8 @@ def b2_mrp_fit(quick: bool = False) -> dict:
     ef, en = runs["fast"][-1].meta, runs["naive"][-1].meta
     at_default = (init_n + default_steps * step_n) / (init_f + default_steps * step_f)
     per_step = step_n / step_f
-    note = (f"{steps} steps (default {default_steps}); init {ef['init_s']:.1f} s vs {en['init_s']:.1f} s, training "
+    note = (f"{steps} steps{' (quick; default ' + str(default_steps) + ')' if quick else ' (the default)'}; "
+            f"init {ef['init_s']:.1f} s vs {en['init_s']:.1f} s, training "
             f"{ef['train_s'] / steps * 1000:.0f} vs {en['train_s'] / steps * 1000:.0f} ms/step")
     limit = (f"FLOPs (torch FlopCounterMode): one-time ours {init_f / 1e9:.0f} G vs naive {init_n / 1e9:.0f} G (both "
              f"run the stack below the site once per batch for the init statistics; ours also caches the window "

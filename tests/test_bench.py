@@ -68,13 +68,13 @@ def _result(rid: str, met: bool = True) -> common.Result:
 def test_partial_run_keeps_other_benchmarks_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_main, "DOCS", tmp_path)
     monkeypatch.setattr(bench_main, "EXTRA", tmp_path / "benchmarks.extra.json")
-    run = {"_ran": ["B1", "B3", "S"], "_date": "d1", "_mode": "full", "_total_s": 60.0}
+    run = {"_ran": ["B1", "B3", "S"], "_date": "d1", "_mode": "full", "_total_s": 60.0, "_which": "every benchmark"}
     for rid in ("B1", "B1s", "B3", "B3m"):
         run[rid] = {"date": "d1", "mode": "full", "other_load": 0.0}
     bench_main.write([_result("B1"), _result("B1s"), _result("B3"), _result("B3m")],
                      {"S": {"markdown": ["## Scaling", "table"], "date": "d1", "mode": "full", "other_load": 0.0}}, run)
     # a partial run of B3 alone: B1's rows and the scaling table stay, B3's are replaced
-    run = {"_ran": ["B3"], "_date": "d2", "_mode": "quick", "_total_s": 5.0,
+    run = {"_ran": ["B3"], "_date": "d2", "_mode": "quick", "_total_s": 5.0, "_which": "only B3",
            "B3": {"date": "d2", "mode": "quick", "other_load": 1.5}}
     bench_main.write([_result("B3", met=False)], {}, run)
     rows = {r["id"]: r for r in json.loads((tmp_path / "benchmarks.json").read_text())}
@@ -83,4 +83,4 @@ def test_partial_run_keeps_other_benchmarks_rows(tmp_path, monkeypatch):
     assert set(rows["B3"]) >= {"id", "what", "ours", "baseline", "ratio", "target", "met", "unit", "device"}
     md = (tmp_path / "benchmarks.md").read_text()
     assert "## Scaling" in md and "What limits the missed targets" in md and "- **B3**" in md and ": why" in md
-    assert "d2, quick, other load 1.5" in md
+    assert "d2, quick, other load 1.5" in md and "the latest run (only B3)" in md
