@@ -186,10 +186,27 @@ def _join_tensor(a: torch.Tensor, b: torch.Tensor, rows: tuple[int, int], widths
     return torch.cat(parts)
 
 
+def _walk_pair(a, b, leaf, is_mask: bool = False):
+    """Walk two per-block kwargs of the same structure together (tuples, lists, dicts with equal
+    keys), calling ``leaf(a, b, is_mask)`` where either side is a tensor or None; equal scalars
+    and shared objects pass through; anything else cannot be merged exactly (_NoJoin)."""
+    if a is None or b is None or isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return leaf(a, b, is_mask)
+    if isinstance(a, (tuple, list)) and type(a) is type(b) and len(a) == len(b):
+        return type(a)(_walk_pair(x, y, leaf, is_mask) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return {k: _walk_pair(a[k], b[k], leaf, is_mask or k in MASK_KEYS) for k in a}
+    if a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b):
+        return a
+    raise _NoJoin
+
+
 def _join_value(a, b, rows: tuple[int, int], widths: tuple[int, int], is_mask: bool = False):
-    if a is None and b is None:
-        return None
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+    def leaf(a, b, is_mask):
+        if a is None and b is None:
+            return None
+        if not (isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)):
+            raise _NoJoin
         if is_mask and a is None:
             a = _causal_like(b, rows[0], widths[0])
         if is_mask and b is None:
@@ -197,13 +214,8 @@ def _join_value(a, b, rows: tuple[int, int], widths: tuple[int, int], is_mask: b
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             raise _NoJoin
         return _join_tensor(a, b, rows, widths, is_mask)
-    if isinstance(a, (tuple, list)) and type(a) is type(b) and len(a) == len(b):
-        return type(a)(_join_value(x, y, rows, widths, is_mask) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-        return {k: _join_value(a[k], b[k], rows, widths, is_mask or k in MASK_KEYS) for k in a}
-    if a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b):
-        return a
-    raise _NoJoin
+
+    return _walk_pair(a, b, leaf, is_mask)
 
 
 def join_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], rows: tuple[int, int],
@@ -218,9 +230,11 @@ def join_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], rows: tuple[int, i
 def _cut_value(a, b, widths: tuple[int, int], cut: int, is_mask: bool = False):
     """``a`` (a kwarg of batch 1, width widths[0]) for its first ``cut`` positions only. The
     sequence-length dims are found against ``b``, batch 2's same kwarg at another width."""
-    if a is None:
-        return None
-    if isinstance(a, torch.Tensor):
+    def leaf(a, b, is_mask):
+        if a is None:
+            return None
+        if not isinstance(a, torch.Tensor):
+            raise _NoJoin
         if is_mask and b is None:  # batch 2 had no padding: its mask is the plain causal one
             b = _causal_like(a, 1, widths[1])
         if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
@@ -229,13 +243,8 @@ def _cut_value(a, b, widths: tuple[int, int], cut: int, is_mask: bool = False):
         if any((a.shape[d], b.shape[d]) != widths for d in seq):
             raise _NoJoin
         return a[tuple(slice(0, cut) if d in seq else slice(None) for d in range(a.dim()))]
-    if isinstance(a, (tuple, list)) and type(a) is type(b) and len(a) == len(b):
-        return type(a)(_cut_value(x, y, widths, cut, is_mask) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-        return {k: _cut_value(a[k], b[k], widths, cut, is_mask or k in MASK_KEYS) for k in a}
-    if a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b):
-        return a
-    raise _NoJoin
+
+    return _walk_pair(a, b, leaf, is_mask)
 
 
 def cut_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], widths: tuple[int, int], cut: int) -> dict[int, dict]:
