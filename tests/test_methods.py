@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -250,24 +251,36 @@ _PAIR_TEXTS = [["The capital of France is Paris.", "Hi there", "Rome is in Italy
                ["A much longer sentence about Lisbon and Portugal.", "Bern"]]
 
 
+@contextmanager
+def _pair_batches(family: str):
+    """The family's tiny model on one thread, with the _PAIR_TEXTS batches (one per list)."""
+    from tiny_models import one_thread
+
+    from unlearnviz.methods.engine import make_batches, tokenize_texts
+
+    gen = one_thread()
+    next(gen)
+    try:
+        lm = _family_lm(family)
+        yield lm, [make_batches(tokenize_texts(lm, texts, 64), 8, lm.tokenizer.pad_token_id)[0]
+                   for texts in _PAIR_TEXTS]
+    finally:
+        next(gen, None)
+
+
 @pytest.mark.parametrize("linear_first", [True, False])
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2",
                                     "gpt_neox"])
 def test_output_pair_equals_two_calls(family, linear_first, monkeypatch):
     """One batched call for two batches (padded to the longer width, kwargs joined) gives every
     real position what two separate calls give, on every family, with a delta in the window."""
-    from tiny_models import one_thread
 
     from unlearnviz.methods import engine
-    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts, zero_delta
+    from unlearnviz.methods.engine import WindowEngine, zero_delta
 
     monkeypatch.setattr(engine, "JOIN_MAX_PADDING", 100.0)  # join every pair, however unequal
 
-    gen = one_thread()
-    next(gen)
-    try:
-        lm = _family_lm(family)
-        batches = [make_batches(tokenize_texts(lm, texts, 64), 8, lm.tokenizer.pad_token_id)[0] for texts in _PAIR_TEXTS]
+    with _pair_batches(family) as (lm, batches):
         assert len({b.input_ids.shape[1] for b in batches}) > 2
         eng = WindowEngine(lm, 1, 3, batches, linear_first=linear_first)
         assert eng.linear_first == (linear_first and lm.adapter.mlp_adds_to_residual)
@@ -287,8 +300,6 @@ def test_output_pair_equals_two_calls(family, linear_first, monkeypatch):
         assert len(eng._join_checked) >= 3
         # SDPA families leave the mask out of an unpadded batch; Gemma 2 (eager) always passes one
         assert family == "gemma2" or any(kind[2] or kind[3] for kind in eng._join_checked)
-    finally:
-        next(gen, None)
 
 
 def test_output_pair_runs_apart_when_padding_would_cost_more(tiny_lm):
@@ -343,15 +354,10 @@ def test_output_pair_falls_back_when_kwargs_do_not_join(tiny_lm, tiny_data):
 def test_capture_without_frozen_outputs_stops_early_and_keeps_the_same_window(family, keep_first_out):
     """Without frozen outputs, captures after the first stop once the window's remaining kwargs
     are known to be objects an earlier block got; the window then runs exactly as before."""
-    from tiny_models import one_thread
 
-    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts, zero_delta
+    from unlearnviz.methods.engine import WindowEngine, zero_delta
 
-    gen = one_thread()
-    next(gen)
-    try:
-        lm = _family_lm(family)
-        batches = [make_batches(tokenize_texts(lm, texts, 64), 8, lm.tokenizer.pad_token_id)[0] for texts in _PAIR_TEXTS]
+    with _pair_batches(family) as (lm, batches):
         full = WindowEngine(lm, 0, 3, batches, keep_first_out=True)
         cut = WindowEngine(lm, 0, 3, batches, keep_frozen=False, keep_first_out=keep_first_out)
         assert cut._cut is not None and cut._cut < 3, family
@@ -364,8 +370,6 @@ def test_capture_without_frozen_outputs_stops_early_and_keeps_the_same_window(fa
                     assert torch.equal(cut.first_out[i], full.first_out[i])
                 assert torch.equal(cut.output(i, plan), full.output(i, plan))
                 assert cut.frozen[i] is None
-    finally:
-        next(gen, None)
 
 
 def test_loss_masks_spans_and_later_spans(tiny_lm):
@@ -390,17 +394,12 @@ def test_loss_masks_spans_and_later_spans(tiny_lm):
 def test_output_pair_cuts_a_batch_after_the_positions_its_loss_reads(family, monkeypatch):
     """With need_i, batch i comes back cut (to batch j's width, joining unpadded, or else to
     need_i) and equals the uncut output on every real position it keeps."""
-    from tiny_models import one_thread
 
     from unlearnviz.methods import engine
-    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts, zero_delta
+    from unlearnviz.methods.engine import WindowEngine, zero_delta
 
     monkeypatch.setattr(engine, "JOIN_MAX_PADDING", 100.0)
-    gen = one_thread()
-    next(gen)
-    try:
-        lm = _family_lm(family)
-        batches = [make_batches(tokenize_texts(lm, texts, 64), 8, lm.tokenizer.pad_token_id)[0] for texts in _PAIR_TEXTS]
+    with _pair_batches(family) as (lm, batches):
         eng = WindowEngine(lm, 1, 3, batches, linear_first=True)
         torch.manual_seed(0)
         plan = RoutingPlan(deltas={layer: zero_delta(lm, layer).detach().normal_(0, 0.05) for layer in (1, 2, 3)})
@@ -422,5 +421,3 @@ def test_output_pair_cuts_a_batch_after_the_positions_its_loss_reads(family, mon
                         real_b = batches[j].attention_mask.bool()
                         assert torch.allclose(b[real_b], want_b[real_b], rtol=1e-4, atol=1e-5)
         assert any(kind[1] for kind in eng._join_checked)  # a cut was checked against the full call
-    finally:
-        next(gen, None)
