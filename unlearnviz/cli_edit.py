@@ -165,7 +165,7 @@ def cmd_relearn(args: argparse.Namespace) -> None:
     import math
 
     from unlearnviz.data import load_data
-    from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, steps_to_recovery, whitebox_attacks
+    from unlearnviz.evaluation.relearn import RelearnSettings, relearn_record, steps_to_recovery
 
     if args.steps < 1 or args.eval_every < 1:
         raise UserError("--steps and --eval-every must be at least 1")
@@ -176,12 +176,9 @@ def cmd_relearn(args: argparse.Namespace) -> None:
     stack = _load_stack(lm, Path(args.edit))
     plan = stack.plan()
     s = RelearnSettings(steps=args.steps, lr=args.lr, eval_every=args.eval_every)
-    edited = finetune_attack(lm, data, plan, s)
-    original = finetune_attack(lm, data, None, s)
-    layer = max(plan.edited_layers())
-    result = {"edited": edited, "original": original,
-              "steps_to_half_recovery": steps_to_recovery(edited, original[0]["acc"], edited[0]["acc"]),
-              "whitebox": whitebox_attacks(lm, data, plan, layer), "settings": vars(s)}
+    result = relearn_record(lm, data, plan, s)
+    edited, original = result["edited"], result["original"]
+    result["steps_to_half_recovery"] = steps_to_recovery(edited, original[0]["acc"], edited[0]["acc"])
     write_json(args.json, result)
 
 

@@ -594,15 +594,13 @@ def gather(lm: LoadedModel, data: UnlearningData, edits: list, plan: RoutingPlan
     timings["analysis"] = time.perf_counter() - t
     note = ""
     if relearn is None and settings.relearn_steps > 0:
-        from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, whitebox_attacks
+        from unlearnviz.evaluation.relearn import RelearnSettings, relearn_record
 
         t = time.perf_counter()
         log(f"relearning attack ({settings.relearn_steps} steps, edited and original)")
         rs = RelearnSettings(steps=settings.relearn_steps, eval_every=max(1, settings.relearn_steps // 4))
         try:
-            relearn = {"edited": finetune_attack(lm, data, plan, rs), "original": finetune_attack(lm, data, None, rs),
-                       "whitebox": whitebox_attacks(lm, data, plan, max(plan.edited_layers())),
-                       "settings": {"steps": rs.steps, "lr": rs.lr, "eval_every": rs.eval_every}}
+            relearn = relearn_record(lm, data, plan, rs)
         except UserError as exc:
             note = str(exc)
         timings["relearn"] = time.perf_counter() - t

@@ -269,9 +269,7 @@ class Session:
                     progress=None, should_stop=None) -> dict:
         """Fine-tune on forget half A, edited and original, plus the white-box attacks, for the
         selected edit; kept in ``relearn`` with its settings (so configs and bundles carry them)."""
-        from dataclasses import asdict
-
-        from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, whitebox_attacks
+        from unlearnviz.evaluation.relearn import RelearnSettings, relearn_record
 
         lm, data = self.require_model(), self.require_data()
         plan = self.plan()
@@ -280,10 +278,7 @@ class Session:
         if steps > self.limits.max_steps:
             raise UserError(f"steps={steps} is over this server's limit of {self.limits.max_steps}")
         settings = RelearnSettings(steps=int(steps), lr=float(lr), eval_every=int(eval_every), seed=int(seed))
-        edited = finetune_attack(lm, data, plan, settings, progress=progress, should_stop=should_stop)
-        original = finetune_attack(lm, data, None, settings, progress=progress, should_stop=should_stop)
-        result = {"edited": edited, "original": original,
-                  "whitebox": whitebox_attacks(lm, data, plan, max(plan.edited_layers())), "settings": asdict(settings)}
+        result = relearn_record(lm, data, plan, settings, progress=progress, should_stop=should_stop)
         self.relearn[self.current_index] = result
         return result
 

@@ -131,3 +131,13 @@ def whitebox_attacks(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPl
         plan = dataclasses.replace(edit_plan, projections={k: orthonormal_rows(v) for k, v in merged.items()})
         out["shift_direction_ablated"] = _eval_b(lm, data, plan)
     return out
+
+
+def relearn_record(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan, settings: RelearnSettings, progress=None,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
+    """The relearning record the app, configs, bundles and reports keep: the fine-tune attack on
+    the edited and on the original model, the white-box attacks, and the settings used."""
+    return {"edited": finetune_attack(lm, data, plan, settings, progress=progress, should_stop=should_stop),
+            "original": finetune_attack(lm, data, None, settings, progress=progress, should_stop=should_stop),
+            "whitebox": whitebox_attacks(lm, data, plan, max(plan.edited_layers())),
+            "settings": dataclasses.asdict(settings)}
