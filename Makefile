@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: run test setup setup-dev browser prepare lint bench clean
+.PHONY: run test test-fast setup setup-dev browser prepare lint bench clean
 
 run: setup prepare
 	$(PY) app.py
@@ -19,6 +19,13 @@ run: setup prepare
 test: setup-dev prepare browser
 	$(PY) -m ruff check unlearnviz tests app.py bench scripts
 	$(PY) -m pytest -q
+
+# The inner loop (~2.5 min on 2 cores): everything but the slow and browser tests, on two workers
+# (one test file each at a time). The full, sequential `make test` stays what CI runs.
+# PYTEST_ARGS narrows it, e.g. PYTEST_ARGS="tests/test_layers.py".
+test-fast: setup-dev
+	$(PY) -m ruff check unlearnviz tests app.py bench scripts
+	$(PY) -m pytest -q -m "not slow and not browser" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # ~11 min on an idle 2-core machine; BENCH_ARGS="--quick" for a smoke run, "--only B1,B4" for some rows
 bench: setup-dev prepare

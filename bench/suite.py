@@ -227,7 +227,7 @@ def plain_hidden_pooled(lm, texts: list[str], batch_size: int = 32) -> dict:
     position 0). Layer L is ``hidden_states[L + 1]``; the last one comes out of the final norm
     (the plain API has no un-normed last block output)."""
     from unlearnviz.analysis.activations import _pool_mask, encode
-    from unlearnviz.methods.engine import make_batches
+    from unlearnviz.data.batching import make_batches
 
     enc = encode(lm, texts)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -277,7 +277,7 @@ def b4_capture(quick: bool = False) -> dict:
 def b5_naive_loop(lm, items) -> dict:
     """The naive cloze evaluation: one full forward per (item, choice), the whole vocabulary's
     log-probabilities at every position."""
-    from unlearnviz.evaluation.scoring import encode_pair
+    from unlearnviz.data.batching import encode_pair
 
     hits = 0
     for it in items:

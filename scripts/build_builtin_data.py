@@ -111,7 +111,8 @@ class Country:
 
 
 def load_countries() -> list[Country]:
-    """Countries from countryinfo's data files, filtered as the FINDINGS study did."""
+    """Countries from countryinfo's data files with population >= MIN_POPULATION whose capital is not
+    named like the country (the filter of docs/findings.md)."""
     data_dir = resources.files("countryinfo") / "data"
     out = []
     for entry in sorted(data_dir.iterdir(), key=lambda p: p.name):
@@ -820,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
         kept_r = [f for f in kept if f.domain in domains]
         retain = cap_retain(kept_r, RETAIN_CAP, args.seed)
         in_texts = texts_half(retain, args.seed, name)
-        counts = _counts(facts, status, ("europe",), domains, len(europe), len(kept_r), len(retain))
+        counts = _counts(facts, status, ("europe",), domains, len(europe), len(retain))
         sets[name] = (europe, retain, in_texts, counts)
     # demo: a stratified subsample of the high-entanglement set
     rng = random.Random(f"{args.seed}:demo")
@@ -873,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def _counts(facts, status, forget_domains, retain_domains, n_forget, n_kept_retain, n_retain) -> dict:
+def _counts(facts, status, forget_domains, retain_domains, n_forget, n_retain) -> dict:
     out = {}
     for split, doms in (("forget", forget_domains), ("retain", retain_domains)):
         fs = [f for f in facts if f.domain in doms]
@@ -1048,8 +1049,8 @@ def _readme(cards: dict) -> str:
         "- Floors lie below chance (15-20% with 4 options): items the model answers without the subject "
         "were removed and the rest is what remains. A model that has forgotten a subject is expected to fall "
         "to the floor, which is the number to compare forget accuracy with, not 25%.",
-        "- Letter scoring stays near chance for a 135M model (see FINDINGS); it is reported for comparison "
-        "with lm-eval, not as a measure of knowledge.",
+        "- Letter scoring stays near chance for a 135M model (see [docs/findings.md](../../docs/findings.md)); "
+        "it is reported for comparison with lm-eval, not as a measure of knowledge.",
         f"- Build time on 2 shared CPU cores with `--threads 1`: about {SCORING_MIN} min to score the "
         f"candidates (skipped on a rerun: scores are cached per model fingerprint under UNLEARNVIZ_CACHE) and "
         f"about {eval_min:.0f} min to measure the sets (cloze, floor, letter and perplexity).",

@@ -26,6 +26,9 @@ from unlearnviz.methods import get_method, make_hparams  # noqa: E402
 from unlearnviz.model import load_model  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+# docs/methods_results.md: the tables above this line are generated; the sweeps below it are written
+# by hand and kept across rebuilds.
+HAND_WRITTEN = "<!-- hand-written below: scripts/measure_methods.py keeps everything from this line on -->"
 SETS = ["geo_europe_vs_world", "geo_europe_vs_science_books", "demo"]
 KEYS = ["forget_cloze_acc", "forget_floor_acc", "forget_b_cloze_acc", "retain_cloze_acc", "retain_floor_acc", "chance",
         "forget_gold_logprob", "retain_gold_logprob", "retain_ppl", "forget_mcq_acc", "retain_mcq_acc"]
@@ -114,7 +117,8 @@ def _pct(x: float) -> str:
 
 
 def write_markdown(results: dict) -> None:
-    """docs/methods_results.md: the tables the README quotes."""
+    """docs/methods_results.md: the tables the README quotes (the hand-written sweeps after
+    HAND_WRITTEN are kept)."""
     lines = ["# Methods on the default model (measured by scripts/measure_methods.py)", "",
              "Cloze accuracy (lm-eval acc_norm), before → after; forget half B in brackets; held-out retain "
              "perplexity; 'bar' = forget within 10 points of chance, retain drop ≤ 3 points, perplexity rise ≤ 10%.",
@@ -141,7 +145,10 @@ def write_markdown(results: dict) -> None:
         lines += ["", "White-box attacks (half B accuracy):", ""]
         for method, v in rel["methods"].items():
             lines.append(f"- {method}: " + ", ".join(f"{k} {_pct(x)}" for k, x in v["whitebox"].items()))
-    (DOCS / "methods_results.md").write_text("\n".join(lines) + "\n")
+    path = DOCS / "methods_results.md"
+    old = path.read_text() if path.exists() else ""
+    tail = old[old.index(HAND_WRITTEN):] if HAND_WRITTEN in old else ""
+    path.write_text("\n".join(lines) + "\n" + ("\n" + tail if tail else ""))
 
 
 if __name__ == "__main__":

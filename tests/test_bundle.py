@@ -262,10 +262,10 @@ def test_cli_export_verify_import(tiny_model_path, tmp_path, capsys):
     assert json.loads((run / "chats.json").read_text()) == json.loads((back / "chats.json").read_text())
     assert load(run / "config.yaml") == load(back / "config.yaml")
     # the imported folder is a run folder: relearn/export/--stack-on read its whole stack
-    from unlearnviz.cli_edit import _load_stack
     from unlearnviz.model import LoadOptions, load_model
+    from unlearnviz.runs import load_stack
 
-    assert len(_load_stack(load_model(str(tiny_model_path), LoadOptions(device="cpu")), back).edits) == 2
+    assert len(load_stack(load_model(str(tiny_model_path), LoadOptions(device="cpu")), back).edits) == 2
     # errors: one line, exit 2, nothing written
     capsys.readouterr()
     bad = _flip_byte(z, tmp_path / "bad.zip")

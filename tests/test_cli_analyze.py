@@ -115,7 +115,7 @@ PER_LAYER_KEYS = ("separability_original", "separability_edited", "centroid_dist
 def test_analyze_default_model_on_each_builtin_set(name, default_lm, tmp_path, monkeypatch):
     """`analyze` with an SRMU edit on the default model and each built-in set: both files, every
     per-layer number and verdict, and a page that draws every figure in Chromium with no network."""
-    import unlearnviz.cli_analyze as cli_analyze
+    import unlearnviz.cli.analyze as cli_analyze
 
     def one_load(args):  # the three sets share the session's one load of the default model
         assert args.model == "default" and args.device == "cpu"

@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from unlearnviz.cli import main
-from unlearnviz.config import Config, load_config, parse_config, replay
+from unlearnviz.config import Config, load_config, parse_config
 from unlearnviz.errors import UserError
+from unlearnviz.methods import get_method, make_hparams
+from unlearnviz.session.replay import replay
 
 FAST = {"steps": 6}
 PROMPT = "The capital of Velmora is"
@@ -73,6 +75,53 @@ def test_each_error_names_its_key(case):
     msg = str(info.value)
     assert "\n" not in msg
     assert re.search(pattern, msg), msg
+
+
+def test_the_first_problem_is_the_one_reported():
+    """Pydantic finds every problem; the message is the first a reader would meet: a section's
+    unknown keys before its values, fields in declaration order, an unknown or unreadable
+    hyperparameter before one out of range."""
+    assert _error({"seed": -1, "modle": "x"}).startswith("modle: unknown key")
+    assert _error({"analysis": {"top_k": 0, "max_texts": 0}}).startswith("analysis.max_texts: 0 is below")
+    assert _error({"chat": [{"prompt": "hi", "temperature": 9}, {"prompt": 5}]}).startswith("chat[0].temperature")
+    with pytest.raises(UserError, match="unknown hyperparameter 'bogus'"):
+        make_hparams(get_method("rmu").hparams_cls, {"steps": 0, "bogus": 1})
+    with pytest.raises(UserError, match="'lr'=-1.0 is below"):  # lr is declared before steps
+        make_hparams(get_method("rmu").hparams_cls, {"steps": 0, "lr": -1})
+
+
+def _error(raw) -> str:
+    with pytest.raises(UserError) as info:
+        parse_config(raw)
+    return str(info.value)
+
+
+# Hyperparameters: one reader for configs, --set, sweep grids and the UI's JSON (text or typed).
+READ = [("rmu", "steps", "3", 3), ("rmu", "steps", " 3 ", 3), ("rmu", "steps", 2.0, 2), ("rmu", "lr", "1e-3", 0.001),
+        ("rmu", "alpha", 5, 5.0), ("rmu", "adaptive", "On", True), ("rmu", "adaptive", "no", False),
+        ("rmu", "adaptive", 1, True), ("mrp", "layers", "[1, 2]", [1, 2]), ("mrp", "layers", "3", [3]),
+        ("mrp", "layers", ["2", 3], [2, 3]), ("mrp", "layers", "", [])]
+
+
+@pytest.mark.parametrize("method,key,given,want", READ)
+def test_hparams_read_text_and_typed_values_alike(method, key, given, want):
+    got = getattr(make_hparams(get_method(method).hparams_cls, {key: given}), key)
+    assert got == want and type(got) is type(want)
+
+
+# Refusals. New with the pydantic reader: a bool is true/false, 0/1 or one of its words (any value
+# went through bool() before), a list item is an integer (1.5 was cut to 1), a list is not a dict.
+REFUSED = [("rmu", "adaptive", 2, "cannot read 2 as bool"), ("rmu", "adaptive", None, "cannot read None as bool"),
+           ("rmu", "adaptive", "t", "cannot read 't' as bool"), ("rmu", "steps", "3.0", "cannot read '3.0' as int"),
+           ("mrp", "layers", [1.5], r"cannot read \[1\.5\] as list"), ("mrp", "layers", {"1": 2}, "as list"),
+           ("mrp", "layers", "1,x", r"cannot read \['1', 'x'\] as list"), ("mrp", "layers", [-2], "'layers'=-2 is below"),
+           ("rmu", "steps", 1e30, r"'steps'=1\d{30} is above its maximum 5000")]
+
+
+@pytest.mark.parametrize("method,key,given,match", REFUSED)
+def test_hparams_refusals_name_the_edit_and_key(method, key, given, match):
+    msg = _error({"edits": [{"method": method, "hparams": {key: given}}]})
+    assert msg.startswith(f"edits[0].hparams.{key}: hyperparameter '{key}'") and re.search(match, msg), msg
 
 
 def test_file_errors_name_the_file_and_key(tmp_path):
@@ -146,8 +195,8 @@ def test_run_config_equals_flags_and_repeats_exactly(tiny_model_path, tmp_path):
 
 
 def test_run_config_stack_fits_in_order_into_a_relocatable_folder(tiny_model_path, tmp_path):
-    from unlearnviz.cli_edit import _load_stack
     from unlearnviz.model import LoadOptions
+    from unlearnviz.runs import load_stack
     from unlearnviz.session import STORE, Session
 
     raw = {"model": {"source": "synthetic", "device": "cpu"}, "data": "synthetic", "seed": 1,
@@ -164,7 +213,7 @@ def test_run_config_stack_fits_in_order_into_a_relocatable_folder(tiny_model_pat
     moved.parent.mkdir()
     shutil.move(str(out), moved)
     lm = STORE.get(str(tiny_model_path), LoadOptions(device="cpu"))
-    stack = _load_stack(lm, moved)
+    stack = load_stack(lm, moved)
     assert [e.method for e in stack.edits] == ["rmu", "srmu"]
     # the same config replayed in a session gives the run's numbers and chats, edit by edit
     session = replay(load_config(raw), Session())
@@ -179,7 +228,7 @@ def test_run_config_stack_fits_in_order_into_a_relocatable_folder(tiny_model_pat
                                    "hparams": {"steps": 2}}], "evaluation": {"letter": False}}))
     top = _run(tmp_path, "top", "--config", str(one), "--stack-on", str(moved))
     assert metrics_of(top["before"]) == metrics_of(m["after"])  # "before" = the stack this run sat on
-    assert [e.method for e in _load_stack(lm, tmp_path / "top").edits] == ["rmu", "srmu", "rmu"]
+    assert [e.method for e in load_stack(lm, tmp_path / "top").edits] == ["rmu", "srmu", "rmu"]
 
 
 def test_session_config_replays_to_the_same_metrics_and_chats(tiny_model_path):
@@ -218,7 +267,7 @@ def test_run_config_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 def test_sweep_reads_the_same_schema(tmp_path):
-    from unlearnviz.cli_sweep import read_run_config
+    from unlearnviz.runs import read_run_config
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({"model": "synthetic", "data": "synthetic",
                                                      "edits": [{"method": "srmu", "hparams": {"steps": 3}}]}))

@@ -99,6 +99,7 @@ def test_layer_metrics():
         layer_metrics(x, None, [True] * 200)
 
 
+@pytest.mark.slow
 def test_umap_fits_original_and_transforms_edited():
     x = structured(n=80, shift=8.0)
     groups = ["forget"] * 40 + ["retain"] * 40

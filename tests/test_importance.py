@@ -102,3 +102,15 @@ def test_spearman():
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert spearman(a, torch.zeros(10)) is None
     assert math.isfinite(spearman(a, torch.randn(10)))
+
+
+def test_spearman_ties_share_their_average_rank():
+    """Tied values take their average rank (scipy.stats.spearmanr): [1, 1, 2, 3] has ranks
+    [1.5, 1.5, 3, 4], which correlate 3/√10 with [1, 2, 3, 4]; breaking the tie by position
+    would rank it [1, 2, 3, 4] and give exactly 1."""
+    from scipy.stats import spearmanr
+
+    a, b = torch.tensor([1.0, 1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert spearman(a, b) == pytest.approx(3 / math.sqrt(10))
+    assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic)
+    assert spearman(b, a) == pytest.approx(spearman(a, b))  # symmetric: the tie's position does not matter

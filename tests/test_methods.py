@@ -256,7 +256,7 @@ def _pair_batches(family: str):
     """The family's tiny model on one thread, with the _PAIR_TEXTS batches (one per list)."""
     from tiny_models import one_thread
 
-    from unlearnviz.methods.engine import make_batches, tokenize_texts
+    from unlearnviz.data.batching import make_batches, tokenize_texts
 
     gen = one_thread()
     next(gen)
@@ -303,7 +303,8 @@ def test_output_pair_equals_two_calls(family, linear_first, monkeypatch):
 
 
 def test_output_pair_runs_apart_when_padding_would_cost_more(tiny_lm):
-    from unlearnviz.methods.engine import JOIN_MAX_PADDING, WindowEngine, make_batches, tokenize_texts
+    from unlearnviz.data.batching import make_batches, tokenize_texts
+    from unlearnviz.methods.engine import JOIN_MAX_PADDING, WindowEngine
 
     texts = [["The capital of France is Paris, and the capital of Italy is Rome."], ["Oslo"], ["Oslo."]]
     batches = [make_batches(tokenize_texts(tiny_lm, t, 64), 8, 0)[0] for t in texts]
@@ -318,8 +319,9 @@ def test_output_pair_runs_apart_when_padding_would_cost_more(tiny_lm):
 
 
 def test_output_pair_keeps_a_batch_unpadded_when_asked(tiny_lm, tiny_data, monkeypatch):
+    from unlearnviz.data.batching import make_batches, tokenize_texts
     from unlearnviz.methods import engine
-    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts
+    from unlearnviz.methods.engine import WindowEngine
 
     monkeypatch.setattr(engine, "JOIN_MAX_PADDING", 100.0)
 
@@ -336,7 +338,8 @@ def test_output_pair_keeps_a_batch_unpadded_when_asked(tiny_lm, tiny_data, monke
 
 def test_output_pair_falls_back_when_kwargs_do_not_join(tiny_lm, tiny_data):
     """A value the join does not know how to merge makes that pair run as two calls (same result)."""
-    from unlearnviz.methods.engine import WindowEngine, make_batches, tokenize_texts
+    from unlearnviz.data.batching import make_batches, tokenize_texts
+    from unlearnviz.methods.engine import WindowEngine
 
     batches = make_batches(tokenize_texts(tiny_lm, tiny_data.forget_texts[:6], 32), 3, 0)
     eng = WindowEngine(tiny_lm, 1, 2, batches)
@@ -370,24 +373,6 @@ def test_capture_without_frozen_outputs_stops_early_and_keeps_the_same_window(fa
                     assert torch.equal(cut.first_out[i], full.first_out[i])
                 assert torch.equal(cut.output(i, plan), full.output(i, plan))
                 assert cut.frozen[i] is None
-
-
-def test_loss_masks_spans_and_later_spans(tiny_lm):
-    """'spans' holds every entity token; 'answers' (later spans only) holds the entities after a
-    text's first one, the tokens the fact makes predictable, and nothing in a one-entity text."""
-    from unlearnviz.methods.engine import tokenize_texts
-
-    texts = ["Visitors to Velmora often begin their trip in Ostrava.", "Far away lies Velmora."]
-    spans = ["Velmora", "Ostrava"]
-    tok = tiny_lm.tokenizer
-
-    def masked(**kw):
-        return [tok.decode([i for i, m in zip(ids, mask) if m]).strip()
-                for ids, mask in tokenize_texts(tiny_lm, texts, 64, spans, **kw)]
-
-    both, later = masked(spans_only=True), masked(later_spans_only=True)
-    assert both[0].replace(" ", "") == "VelmoraOstrava" and both[1].replace(" ", "") == "Velmora"
-    assert later == ["Ostrava", ""]
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "gpt2", "gpt_neox"])

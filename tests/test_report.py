@@ -13,7 +13,8 @@ import pytest
 from offline_page import offline_page
 
 from unlearnviz.cli import main
-from unlearnviz.report import SECTIONS, Verdict, forget_verdict, headline, relearn_verdict, retain_verdict
+from unlearnviz.evaluation.verdicts import forget_verdict
+from unlearnviz.report import SECTIONS
 
 HOSTILE_Q = 'The capital of <script>alert("pwned")</script> Drokand is'
 HOSTILE_TEXT = '<script>alert("text")</script> Drokand lies far to the north.'
@@ -187,29 +188,6 @@ def test_reuses_the_runs_relearn_json_and_says_when_skipped(run, tmp_path):
     assert "the edit had not removed enough on half B for the attack to say more" in page
 
 
-def test_verdicts_in_plain_words():
-    before = {"forget_cloze_acc": 1.0, "forget_floor_acc": 0.3, "chance": 0.25, "retain_cloze_acc": 1.0,
-              "retain_ppl": 100.0}
-    assert forget_verdict(before, {"forget_cloze_acc": 0.35}).ok is True
-    v = forget_verdict(before, {"forget_cloze_acc": 0.6})
-    assert v.ok is False and v.text.startswith("The edit did not forget") and "30%" in v.text
-    assert forget_verdict({**before, "forget_cloze_acc": 0.35}, {"forget_cloze_acc": 0.3}).ok is None
-    assert retain_verdict(before, {"retain_cloze_acc": 0.98, "retain_ppl": 105.0}).ok is True
-    assert retain_verdict(before, {"retain_cloze_acc": 0.9, "retain_ppl": 105.0}).ok is False
-    assert retain_verdict(before, {"retain_cloze_acc": 1.0, "retain_ppl": 130.0}).ok is False
-    kept, damaged = Verdict(True, ""), Verdict(False, "")
-    assert headline(Verdict(True, ""), kept).text == "In one line: The edit forgot the forget facts and kept the rest."
-    assert headline(Verdict(True, ""), damaged).ok is False and "but it also damaged" in \
-        headline(Verdict(True, ""), damaged).text
-    assert headline(Verdict(False, ""), kept).text == "In one line: The edit did not forget."
-    curve = {"edited": [{"step": 0, "acc": 0.25}, {"step": 20, "acc": 0.3}], "original": [{"step": 0, "acc": 1.0}]}
-    assert relearn_verdict(curve, True).ok is True
-    assert relearn_verdict(curve, False).ok is None  # nothing forgotten: the attack cannot say more
-    back = {"edited": [{"step": 0, "acc": 0.25}, {"step": 10, "acc": 0.875}], "original": [{"step": 0, "acc": 1.0}]}
-    v = relearn_verdict(back, True)
-    assert v.ok is False and v.text.startswith("The knowledge came back: after 10 fine-tuning steps")
-
-
 def _other_model(tmp_path: Path) -> Path:
     from tiny_models import save_tiny
 
@@ -264,8 +242,8 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys, case, message):
 
 def test_session_report(tiny_lm, tiny_data, tmp_path):
     from unlearnviz.errors import UserError
-    from unlearnviz.report import write_session_report
     from unlearnviz.session import Session
+    from unlearnviz.session.reporting import write_session_report
 
     s = Session(lm=tiny_lm, data=tiny_data)
     with pytest.raises(UserError, match="no edit yet"):

@@ -21,37 +21,33 @@ made anywhere can be replayed anywhere. YAML or JSON::
       - {prompt: "The capital of France is", max_new_tokens: 32, temperature: 0.0, edit: null}
     analysis: {enabled: false, layers: null, max_texts: 150}   # `run` only: analysis.json/html
 
-Every key is checked: an unknown key, a wrong type or a value out of range is one ``UserError``
-that names the dotted key (``edits[0].hparams.steps: ...``). Hyperparameters are validated by
-``make_hparams`` (the methods' own rules), not here. The old flat form ``{method, model, data,
+Every key is checked by a pydantic schema generated from the sections' ``opt`` metadata: an
+unknown key, a wrong type or a value out of range is one ``UserError`` that names the dotted key
+(``edits[0].hparams.steps: ...``). Hyperparameters are validated by ``make_hparams`` (the same
+way as the CLI's ``--set``), not here. The old flat form ``{method, model, data,
 hparams}`` (and the Export tab's old ``stack``/``history`` keys) is still read and mapped onto
 this schema.
 
-This module also replays a config into a Session (``replay``), and writes a run folder from a
-Session (``save_run``): the layout ``run`` produces and ``bundle import`` restores.
+Replaying a config into a Session is ``unlearnviz.session.replay``; the run folder it becomes is
+``unlearnviz.runs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
-import random
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from unlearnviz.errors import UserError
 
 CONFIG_VERSION = 1
 MAX_CONFIG_BYTES = 1 << 20
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-CHATS_FILE = "chats.json"
-RELEARN_FILE = "relearn.json"
-STACK_DIR = "stack"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -167,69 +163,92 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_value(key: str, value: Any, meta: dict) -> Any:
-    """One field's value, type-checked (no silent string-to-number guessing) and range-checked."""
-    kind = meta["kind"]
-    if value is None:
-        if meta["optional"]:
-            return None
-        raise UserError(f"{key}: must not be null")
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_EXPECTED = {"int": "an integer, got {v!r}", "float": "a number, got {v!r}", "bool": "true or false, got {v!r}",
+             "str": "a string, got {t} {v!r}", "ints": "a list of integers, got {v!r}",
+             "hparams": "a mapping of name: value, got {t}", "list": "a list, got {t}", "section": "a mapping, got {t}"}
+
+
+def _field_type(meta: dict) -> Any:
+    """The pydantic type of one ``opt`` field: its kind, range, choices and nullability."""
+    kind, limits = meta["kind"], Field(ge=meta["min"], le=meta["max"])
     if kind.startswith("list:"):
-        if not isinstance(value, list):
-            raise UserError(f"{key}: expected a list, got {_type_name(value)}")
-        cls = SECTIONS[kind[5:]]
-        return [_section(cls, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if kind in SECTIONS:
-        return _section(SECTIONS[kind], value, key)
-    if kind == "hparams":
-        if not isinstance(value, dict):
-            raise UserError(f"{key}: expected a mapping of name: value, got {_type_name(value)}")
-        return dict(value)
-    if kind == "ints":
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise UserError(f"{key}: expected a list of integers, got {value!r}")
-        items = value
-    elif kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise UserError(f"{key}: expected an integer, got {value!r}")
-        items = [value]
-    elif kind == "float":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise UserError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise UserError(f"{key}: expected a finite number, got {value!r}")
-        value = float(value)
-        items = [value]
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise UserError(f"{key}: expected true or false, got {value!r}")
-        return value
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise UserError(f"{key}: expected a string, got {_type_name(value)} {value!r}")
-        if meta["choices"] and value not in meta["choices"]:
-            raise UserError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}")
-        return value
-    else:  # pragma: no cover - a schema bug, not a user error
-        raise AssertionError(f"unknown kind {kind}")
-    for v in items:
-        if meta["min"] is not None and v < meta["min"]:
-            raise UserError(f"{key}: {v} is below the minimum {meta['min']}")
-        if meta["max"] is not None and v > meta["max"]:
-            raise UserError(f"{key}: {v} is above the maximum {meta['max']}")
-    return value
+        t: Any = list[_schema(SECTIONS[kind[5:]])]
+    elif kind in SECTIONS:
+        t = _schema(SECTIONS[kind])
+    elif kind == "hparams":
+        t = dict  # checked by make_hparams, key by key
+    elif meta["choices"]:
+        t = Literal[meta["choices"]]
+    elif kind == "ints":
+        t = list[Annotated[int, limits]]
+    else:
+        t = Annotated[_TYPES[kind], limits]
+    return t | None if meta["optional"] else t
 
 
-def _section(cls: type, raw: Any, path: str):
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping, got {_type_name(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise UserError(f"{path + '.' if path else ''}{key}: unknown key; known: {', '.join(fields)}")
-    values = {name: _check_value(f"{path + '.' if path else ''}{name}", raw[name], f.metadata)
-              for name, f in fields.items() if name in raw}
-    return cls(**values)
+@functools.cache
+def _schema(cls: type) -> type:
+    """A section as a pydantic TypedDict generated from its ``opt`` metadata. Strict: a file's
+    YAML/JSON carries types, so "3" is no integer here (CLI text is read by make_hparams)."""
+    td = TypedDict(cls.__name__, {f.name: _field_type(dict(f.metadata)) for f in dataclasses.fields(cls)},
+                   total=False)
+    td.__pydantic_config__ = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    return td
+
+
+@functools.cache
+def _adapter() -> TypeAdapter:
+    return TypeAdapter(_schema(Config))
+
+
+def _build(cls: type, values: dict):
+    """The validated mapping as the section's dataclass, nested sections included."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            kind, v = f.metadata["kind"], values[f.name]
+            if kind.startswith("list:"):
+                v = [_build(SECTIONS[kind[5:]], x) for x in v]
+            elif kind in SECTIONS and v is not None:
+                v = _build(SECTIONS[kind], v)
+            out[f.name] = v
+    return cls(**out)
+
+
+def _problem(raw: dict, e: dict) -> tuple[list, str]:
+    """One pydantic error as (reading order, the one-line message naming its dotted key). The
+    order is a section's unknown keys first, then its fields in declaration order, depth first."""
+    cls, meta, key, value, order = Config, None, "", raw, []
+    for part in e["loc"]:
+        if isinstance(part, int):  # an item: of a list of sections, or of an ints field (one message)
+            if meta["kind"] == "ints":
+                break
+            cls, meta, key, value = SECTIONS[meta["kind"][5:]], None, f"{key}[{part}]", value[part]
+            order.append((1, part))
+            continue
+        names = [f.name for f in dataclasses.fields(cls)]
+        key = f"{key}.{part}" if key else part
+        if part not in names:
+            return order + [(0, list(value).index(part))], f"{key}: unknown key; known: {', '.join(names)}"
+        meta, value = cls.__dataclass_fields__[part].metadata, value[part]
+        order.append((1, names.index(part)))
+        cls = SECTIONS.get(meta["kind"], cls)
+    if meta is None:
+        return order, f"{key}: expected a mapping, got {_type_name(value)}"
+    kind, err = meta["kind"], e["type"]
+    if value is None:
+        return order, f"{key}: must not be null"
+    if err in ("greater_than_equal", "less_than_equal"):
+        v = float(e["input"]) if kind == "float" else e["input"]
+        return order, (f"{key}: {v} is below the minimum {meta['min']}" if err == "greater_than_equal"
+                       else f"{key}: {v} is above the maximum {meta['max']}")
+    if err == "finite_number":
+        return order, f"{key}: expected a finite number, got {value!r}"
+    if err == "literal_error" and isinstance(value, str):
+        return order, f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}"
+    group = "list" if kind.startswith("list:") else "section" if kind in SECTIONS else kind
+    return order, f"{key}: expected " + _EXPECTED[group].format(v=value, t=_type_name(value))
 
 
 def _check_edit(edit: EditSection, path: str) -> None:
@@ -311,7 +330,11 @@ def parse_config(raw: Any, method: str | None = None) -> Config:
         flat = raw.pop("_flat_hparams", None)
         if flat is not None and method:
             raw["edits"] = [{"method": method, "hparams": flat}]
-    cfg = _section(Config, _shorthand(raw), "")
+    raw = _shorthand(raw)
+    try:
+        cfg = _build(Config, _adapter().validate_python(raw))
+    except ValidationError as exc:
+        raise UserError(min(_problem(raw, e) for e in exc.errors())[1]) from None
     for i, edit in enumerate(cfg.edits):
         _check_edit(edit, f"edits[{i}]")
     for i, chat in enumerate(cfg.chat):
@@ -355,139 +378,3 @@ def config_from_args(method: str | None, model: str, dtype: str, device: str, da
            "data": {"spec": data}, "edits": [{"method": method, "hparams": hparams}] if method else [],
            "evaluation": {"letter": letter}}
     return parse_config(raw)
-
-
-# ---- replay -----------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seeds of the global generators (methods, attacks and sampling also take explicit seeds)."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class _FixedStore:
-    """A ModelStore that hands out one already loaded model (the CLI's, with its operator flags)."""
-
-    def __init__(self, lm):
-        self.lm = lm
-
-    def get(self, source, opts):
-        return self.lm
-
-
-def edit_hparams(edit: EditSection, seed: int) -> dict:
-    """The overrides an edit is fitted with: the config's seed where the edit sets none."""
-    import dataclasses as dc
-
-    from unlearnviz.methods.base import get_method
-
-    hp = dict(edit.hparams)
-    if "seed" not in hp and "seed" in {f.name for f in dc.fields(get_method(edit.method).hparams_cls)}:
-        hp["seed"] = seed
-    return hp
-
-
-def replay(cfg: Config, session=None, *, lm=None, store=None, prior=None, progress=None, should_stop=None,
-           log: Callable[[str], None] | None = None, chats: bool = True):
-    """Fit a config into a Session: load model and data, evaluate the original, fit every edit in
-    order on top of the ones before (and of ``prior``, an EditStack), evaluate each, run the
-    relearning attack and the chats. ``lm``: an already loaded model to use (the CLI's); else the
-    config's model is loaded through ``store``. Returns the session."""
-    from unlearnviz.methods.edit import EditStack
-    from unlearnviz.session import STORE, Session
-
-    log = log or (lambda _m: None)
-    session = session if session is not None else Session()
-    if not cfg.data.spec:
-        raise UserError("data.spec: the config names no data (data: builtin:NAME, a file, ...)")
-    seed_everything(cfg.seed)
-    session.load_model(cfg.model.source, cfg.model.dtype, cfg.model.device,
-                       store=_FixedStore(lm) if lm is not None else (store or STORE))
-    session.load_data(cfg.data.spec)
-    if prior is not None and len(prior):
-        session.stack = EditStack(list(prior.edits))
-    letter = cfg.evaluation.letter
-    log("evaluating the original model")
-    session.evaluate(letter=letter, should_stop=should_stop)  # before (and the prior stack): fails fast
-    first = len(session.stack)
-    for i, edit in enumerate(cfg.edits):
-        log(f"fitting edit {i + 1}/{len(cfg.edits)}: {edit.method}")
-        session.run_edit(edit.method, edit_hparams(edit, cfg.seed), progress=progress, should_stop=should_stop,
-                         evaluate=False, data_spec=edit.data if edit.data and edit.data != cfg.data.spec else None)
-    for i in range(first, len(session.stack)):
-        log(f"evaluating edit {i + 1}/{len(session.stack)}")
-        session.select(i)
-        session.evaluate(letter=letter, should_stop=should_stop)
-    session.select(None)
-    if cfg.evaluation.relearn is not None and len(session.stack):
-        r = cfg.evaluation.relearn
-        log(f"relearning attack ({r.steps} steps)")
-        session.run_relearn(steps=r.steps, lr=r.lr, eval_every=r.eval_every, seed=cfg.seed, should_stop=should_stop)
-    if chats:
-        for c in cfg.chat:
-            session.select(None if c.edit is None else first + c.edit)
-            try:
-                session.chat(c.prompt, c.max_new_tokens, c.temperature)
-            finally:
-                session.select(None)
-    return session
-
-
-# ---- run folders ------------------------------------------------------------------------------
-def save_run(session, out: Path, cfg: Config, first: int = 0, stacked_on: Path | None = None,
-             wall_s: float | None = None) -> dict:
-    """Write a run folder from a session whose edits ``first..`` are this run's.
-
-    Layout (one edit: exactly what ``run`` always wrote, plus config.yaml)::
-
-        OUT/config.yaml        the config that reproduces this run (every hyperparameter explicit)
-        OUT/metrics.json       before (the model below this run's edits), after (the whole stack),
-                               original (no edit), edits: [{method, hparams, after, fit_s, steps}]
-        OUT/manifest.json      the LAST edit of the stack (save_edit): so `relearn/export --edit OUT`
-        OUT/edit.safetensors   and `run --stack-on OUT` act on the whole stack
-        OUT/stacked_on.txt     the edit below it: stack/NN (relative) or the --stack-on folder
-        OUT/stack/00, 01, ...  the run's earlier edits, each with its own stacked_on.txt
-        OUT/chats.json, OUT/relearn.json   when the config asks for chats or a relearning attack
-    """
-    from unlearnviz.io import atomic_write_text
-    from unlearnviz.methods.edit import save_edit
-
-    lm, n = session.require_model(), len(session.stack)
-    if n <= first:
-        raise UserError("nothing to save: the run fitted no edit")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / STACK_DIR, ignore_errors=True)  # an earlier run's files in the same folder
-    for name in ("stacked_on.txt", CHATS_FILE, RELEARN_FILE):
-        (out / name).unlink(missing_ok=True)
-    original = session.before or {}
-    before = session.after.get(first - 1, original) if first else original
-    records = []
-    for i in range(first, n):
-        edit = session.stack.edits[i]
-        edit.meta["metrics"] = {"before": original, "after": session.after.get(i)}
-        folder = out if i == n - 1 else out / STACK_DIR / f"{i - first:02d}"
-        save_edit(edit, folder, lm, stack_index=i)
-        below = (f"{STACK_DIR}/{i - 1 - first:02d}" if i == n - 1 else f"../{i - 1 - first:02d}") if i > first \
-            else (str(Path(stacked_on).resolve()) if stacked_on else None)
-        if below is not None:
-            atomic_write_text(folder / "stacked_on.txt", below + "\n")
-        records.append({"method": edit.method, "hparams": edit.hparams, "after": session.after.get(i),
-                        "fit_s": edit.meta.get("fit_s"), "steps": edit.meta.get("steps")})
-    last = session.stack.edits[-1]
-    data = session.require_data()
-    metrics = {"method": last.method, "hparams": last.hparams, "model": lm.name, "data": data.name,
-               "before": before, "after": session.after.get(n - 1), "original": original,
-               "steps": last.meta.get("steps"), "fit_s": sum(r["fit_s"] or 0 for r in records),
-               "wall_s": wall_s, "seed": cfg.seed, "edits": records}
-    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, default=float) + "\n")
-    atomic_write_text(out / CONFIG_FILE, session.to_config(base=cfg).to_yaml())
-    if session.chats:
-        atomic_write_text(out / CHATS_FILE, json.dumps(session.chats, indent=2) + "\n")
-    if session.relearn:
-        rel = {str(k): v for k, v in session.relearn.items()}
-        atomic_write_text(out / RELEARN_FILE, json.dumps(rel, indent=2, default=float) + "\n")
-    return metrics
-

@@ -35,10 +35,6 @@ HEATMAP = "Viridis"
 DIVERGING = [[0.0, COLORS["retain"]], [0.5, "#F7F7F7"], [1.0, COLORS["forget"]]]
 
 
-def _wrap(text: str, width: int = 90) -> str:
-    return "<br>".join(textwrap.wrap(text, width)) if text else ""
-
-
 def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = None,
            subtitle: str = "", height: int | None = None) -> go.Figure:
     lines = textwrap.wrap(subtitle, 120) if subtitle else []

@@ -5,7 +5,7 @@ router's capture hooks. The forward stops right after the deepest layer asked fo
 (``RoutingPlan.stop_after``), so capturing layer 7 of 30 costs a quarter of a full forward.
 
 - **Pooling.** ``"mean"`` averages the non-pad tokens *excluding position 0*: position 0 is an
-  attention sink whose residual norm is ~100× the others' on SmolLM2 (FINDINGS), so including it
+  attention sink whose residual norm is ~100× the others' on SmolLM2 (docs/findings.md), so including it
   makes every pooled vector the sink's. A one-token text falls back to its only token.
   ``"last"`` takes the last non-pad token, ``"tokens"`` returns every token (a list of
   [T_i, d] tensors per layer, position 0 included).
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
+from unlearnviz.data.batching import Batch, make_batches, tokenize_texts
 from unlearnviz.errors import UserError
 from unlearnviz.methods.base import Cancelled
-from unlearnviz.methods.engine import Batch, make_batches, tokenize_texts
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan, StopForward, plan_content_hash
 

@@ -3,8 +3,10 @@
 - **PCA / UMAP**: fitted on the *original* model's pooled activations at a layer (forget, retain
   and probe prompts together); the edited model's activations of the same texts are projected
   with the same fitted transform (PCA's mean and components; UMAP's ``.transform``), so a point
-  that moves in the figure moved in the model. PCA runs for every layer at once with a batched
-  randomized SVD (``torch.pca_lowrank``): 2,000 points × 30 layers × 576 dims in well under 2 s.
+  that moves in the figure moved in the model. PCA runs for every layer at once with our own
+  batched randomized SVD (Halko, Martinsson and Tropp 2011: a Gaussian range finder with QR power
+  iterations, then ``torch.linalg.eigh`` of the small Gram matrix; see :func:`_randomized_pca`):
+  2,000 points × 30 layers × 576 dims in well under 2 s.
 - **Per-layer metrics**: cross-validated logistic-regression separability of forget vs retain,
   centroid distance (absolute and relative to the mean norm), mean norm, and linear CKA between
   original and edited activations (1.0 = the edit changed nothing at that layer, up to rotation
@@ -26,9 +28,6 @@ import numpy as np
 import torch
 
 from unlearnviz.errors import UserError
-
-GROUPS = ("forget", "retain", "probe")
-
 
 # ------------------------------------------------------------------------------------------
 # PCA
@@ -162,10 +161,6 @@ def warm_umap(background: bool = True) -> threading.Thread | None:
     if not background:
         t.join()
     return t
-
-
-def umap_ready() -> bool:
-    return bool(_UMAP_STATE["ready"])
 
 
 def fit_umap(original: torch.Tensor, edited: torch.Tensor | None = None, dims: int = 2, n_neighbors: int = 15,

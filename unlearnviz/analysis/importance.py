@@ -35,9 +35,9 @@ from unlearnviz.analysis.activations import (
     resolve_layers,
     run_pass,
 )
+from unlearnviz.data.batching import subject_spans
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
-from unlearnviz.methods.engine import subject_spans
 from unlearnviz.methods.srmu import importance_map, selectivity
 from unlearnviz.model.loading import LoadedModel
 
@@ -361,14 +361,15 @@ def token_layer_map(lm: LoadedModel, prompt: str, imp: ImportanceMap, plan=None)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """Rank correlation (ties broken by position); None when either side is constant."""
+    """Spearman rank correlation, tied values sharing their average rank (scipy's rule, so many
+    equal footprint or map values do not get an order they do not have); None when either side
+    is constant."""
+    from scipy.stats import spearmanr
+
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
     if float(a.std()) == 0.0 or float(b.std()) == 0.0:
         return None
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra @ rb) / (ra.norm() * rb.norm()))
+    return float(spearmanr(a.cpu().numpy(), b.cpu().numpy()).statistic)
 
 
 @dataclass

@@ -73,11 +73,13 @@ from unlearnviz.analysis.activations import (
     resolve_layers,
     run_pass,
 )
+from unlearnviz.data.batching import encode_pair
 from unlearnviz.data.schema import MCQItem, UnlearningData
 from unlearnviz.errors import UserError
-from unlearnviz.evaluation.mcq import _blind_default
-from unlearnviz.evaluation.scoring import continuation_logprobs, encode_pair, unembed
+from unlearnviz.evaluation.mcq import blind_default
+from unlearnviz.evaluation.scoring import continuation_logprobs
 from unlearnviz.model.loading import LoadedModel
+from unlearnviz.model.readout import unembed
 
 MARGIN = 0.10  # "well above" the floor: ten accuracy points
 
@@ -201,7 +203,7 @@ def _statement_pass(lm: LoadedModel, items: list[MCQItem], blind: bool, layers: 
     per item, the first continuation token of each choice."""
     stems, pairs, first_tokens = [], [], []
     for it in items:
-        stem = (it.blind_question or _blind_default(it)) if blind else it.question
+        stem = (it.blind_question or blind_default(it)) if blind else it.question
         firsts = []
         for c in it.choices:
             ctx, cont = encode_pair(lm.tokenizer, stem, " " + c)

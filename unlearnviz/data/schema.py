@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -120,30 +119,6 @@ class UnlearningData:
             "unigram_overlap": round(ov["unigram"], 4),
             "bigram_overlap": round(ov["bigram"], 4),
         }
-
-    def subsample(self, max_items: int, seed: int = 0) -> UnlearningData:
-        """A smaller copy (for quick demos and tests): at most ``max_items`` per list."""
-        rng = random.Random(seed)
-
-        def pick(n: int) -> list[int]:
-            idx = list(range(n))
-            if n > max_items:
-                idx = sorted(rng.sample(idx, max_items))
-            return idx
-
-        fi, ri, fm, rm = (pick(len(x)) for x in
-                          (self.forget_texts, self.retain_texts, self.forget_mcq, self.retain_mcq))
-        return UnlearningData(
-            name=self.name,
-            forget_texts=[self.forget_texts[i] for i in fi],
-            retain_texts=[self.retain_texts[i] for i in ri],
-            forget_mcq=[self.forget_mcq[i] for i in fm],
-            retain_mcq=[self.retain_mcq[i] for i in rm],
-            forget_half=[self.forget_half[i] for i in fm],
-            forget_text_half=[self.forget_text_half[i] for i in fi],
-            provenance=self.provenance + f" (subsampled to {max_items}, seed {seed})",
-            card=self.card,
-        )
 
 
 _WORD = re.compile(r"[A-Za-z0-9']+")

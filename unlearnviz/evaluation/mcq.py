@@ -55,7 +55,7 @@ def score_items(
     for it in items:
         pairs += [(it.question, " " + c) for c in it.choices]
         if floor:
-            pairs += [(it.blind_question or _blind_default(it), " " + c) for c in it.choices]
+            pairs += [(it.blind_question or blind_default(it), " " + c) for c in it.choices]
         if letter:
             pairs += [(letter_prompt(it), " " + LETTERS[i]) for i in range(len(it.choices))]
     scores = iter(continuation_logprobs(lm, pairs, plan=plan, batch_size=batch_size,
@@ -89,7 +89,9 @@ def summarise(per_item: Sequence[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _blind_default(item: MCQItem) -> str:
+def blind_default(item: MCQItem) -> str:
+    """The floor's stem when an item has no blind question: its subject replaced by "this one",
+    so what the model still answers is what it gets from the choices and the frame alone."""
     if item.subject and item.subject in item.question:
         return item.question.replace(item.subject, "this one")
     return item.question

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
+from unlearnviz.data.batching import make_batches, subject_spans, tokenize_texts
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.mcq import score_items, summarise
 from unlearnviz.methods.base import Ticker
-from unlearnviz.methods.engine import adam, make_batches, tokenize_texts, zero_delta
+from unlearnviz.methods.engine import adam, zero_delta
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
 
@@ -102,7 +103,7 @@ def steps_to_recovery(curve: list[dict], original_acc: float, base_acc: float, s
 @torch.no_grad()
 def mean_shift_direction(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPlan, layer: int) -> torch.Tensor:
     """Unit vector of the mean change the edit makes to forget activations at ``layer``."""
-    from unlearnviz.methods.engine import WindowEngine, subject_spans
+    from unlearnviz.methods.engine import WindowEngine
 
     pad = lm.tokenizer.pad_token_id or 0
     fb = make_batches(tokenize_texts(lm, data.forget_texts, 32, subject_spans(data)), 16, pad)

@@ -1,6 +1,6 @@
 """Log-likelihood of continuations, batched, with the LM head only where it is needed.
 
-Evaluation is compute-bound on a CPU (FINDINGS: ~550 tokens/s on 2 cores), so requests are
+Evaluation is compute-bound on a CPU (docs/findings.md: ~550 tokens/s on 2 cores), so requests are
 sorted by length, padded per batch, and the unembedding runs only at continuation positions
 (vocabulary 49k × every position would dominate otherwise).
 """
@@ -15,41 +15,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from unlearnviz.data.batching import encode_pair
 from unlearnviz.model.loading import LoadedModel
+from unlearnviz.model.readout import base_model, hidden_final, unembed
 from unlearnviz.model.routing import RoutingPlan, plan_content_hash
 
 Progress = Callable[[int, int, str], None]
-
-
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's convention: encode context+continuation whole, split at the context length."""
-    ctx = tokenizer(context, add_special_tokens=True).input_ids
-    whole = tokenizer(context + continuation, add_special_tokens=True).input_ids
-    cont = whole[len(ctx):]
-    if not cont:  # merged into the context token: fall back to separate encoding
-        cont = tokenizer(continuation, add_special_tokens=False).input_ids
-        whole = ctx + cont
-    return whole[: len(whole) - len(cont)], cont
-
-
-def _base_model(lm: LoadedModel) -> torch.nn.Module:
-    """The decoder stack without the LM head (its outputs are after the final norm)."""
-    return lm.model.base_model if lm.model.base_model is not lm.model else lm.model
-
-
-def hidden_final(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden state after the final norm (the input of the unembedding)."""
-    out = _base_model(lm)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
-def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits from final hidden states, with Gemma-2/3's final soft-capping where configured."""
-    logits = lm.adapter.unembed(hidden).float()
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 def _token_logprobs(lm: LoadedModel, hidden: torch.Tensor, rows: list[int], cols: list[int],
@@ -139,7 +110,7 @@ def _shared_context_logprobs(lm: LoadedModel, pairs: Sequence[tuple[str, str]], 
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     pad = lm.tokenizer.pad_token_id or 0
     device = lm.device
-    base = _base_model(lm)
+    base = base_model(lm)
     tail_plan = None if plan is None else dataclasses.replace(plan, spare_first=False)
     done = 0
     for chunk in chunks:

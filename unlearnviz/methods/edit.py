@@ -278,8 +278,8 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
     output projection up to its deepest block; lm_head untied), checked against the hooked model
     on a probe batch, and a plain ``from_pretrained`` of the folder is the edited model.
     Projections at block outputs (placement "site") cannot be folded exactly (the next block
-    reads the stream through RMSNorm/LayerNorm, whose scale depends on the removed component:
-    METHODS.md §3.4): they are written beside the weights as
+    reads the stream through RMSNorm/LayerNorm, whose scale depends on the removed component):
+    they are written beside the weights as
     ``unlearnviz_projections.safetensors`` and applied by ``load_exported``; the manifest says
     so, and a plain ``from_pretrained`` of such a folder is the model *without* them.
     """

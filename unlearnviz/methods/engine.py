@@ -3,7 +3,8 @@
 Inputs to the first trained block do not change during training (earlier blocks are frozen), so
 they are computed once per batch, together with the kwargs each block receives (rotary
 embeddings, masks) and the frozen reference outputs at the loss layer. Each step then runs only
-blocks start..stop. No frozen model copy is ever held. ``naive=True`` runs the reference
+blocks start..stop, a forget and a retain batch as one call where their kwargs join
+(:mod:`unlearnviz.methods.pairing`). No frozen model copy is ever held. ``naive=True`` runs the reference
 algorithm instead (a full forward of the edited model and of the frozen model every step), for
 the equivalence test and the benchmark.
 """
@@ -11,87 +12,15 @@ the equivalence test and the benchmark.
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from unlearnviz.data.schema import UnlearningData
+from unlearnviz.data.batching import Batch
+from unlearnviz.methods.pairing import MASK_KEYS, NoJoin, cut_kwargs, join_kwargs, pad_rows
 from unlearnviz.model.adapter import linear_weight
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan, StopForward, run_block_window
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T]
-    loss_mask: torch.Tensor  # [B, T] bool: tokens the loss is taken on
-
-
-def subject_spans(data: UnlearningData, split: str = "forget") -> list[str]:
-    """The entity strings of a split's facts (subjects and answers), longest first: where a
-    forget text's loss mask starts (or, with spans only, the only tokens it holds)."""
-    items = data.forget_mcq if split == "forget" else data.retain_mcq
-    spans = {it.subject for it in items if it.subject} | {it.gold for it in items}
-    return sorted((s for s in spans if len(s) >= 2), key=len, reverse=True)
-
-
-def tokenize_texts(lm: LoadedModel, texts: list[str], max_tokens: int,
-                   mask_from: list[str] | None = None, include_first: bool = False,
-                   spans_only: bool = False, later_spans_only: bool = False) -> list[tuple[list[int], list[bool]]]:
-    """Token ids and loss mask per text. Position 0 is never in the mask (an attention sink
-    with a residual norm hundreds of times the others); with ``mask_from``, the mask starts at
-    the first token of the earliest subject/answer span, since the tokens before it ("The
-    capital of") are shared with retain text and pushing them fights the retain loss. With
-    ``spans_only`` as well, the mask holds only the tokens inside those spans (every
-    occurrence): the function words between them ("is the capital of") stay out of the push.
-    ``include_first`` puts position 0 back (retain anchoring: an edit that moves the sink moves
-    every later token's attention). ``later_spans_only``: only the tokens of the spans after the
-    text's first one ("Paris" in "Visitors to France ... its capital, Paris"): the tokens the fact
-    makes predictable, where a loss on next-token predictions belongs (a loss on the first
-    entity itself only teaches the model not to name such entities at all)."""
-    tok = lm.tokenizer
-    out = []
-    for text in texts:
-        enc = tok(text, add_special_tokens=True, return_offsets_mapping=True, truncation=True,
-                  max_length=max_tokens)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        start_tok = 1
-        ranges = [(m.start(), m.end()) for s in (mask_from or []) for m in re.finditer(re.escape(s), text)]
-        if ranges:
-            first = min(a for a, _ in ranges)
-            hit = next((i for i, (_, end) in enumerate(offsets) if end > first), 1)
-            start_tok = max(1, hit)
-        by_spans = bool(ranges) and (spans_only or later_spans_only)
-        if later_spans_only and ranges:  # may leave none: a text naming one entity supervises nothing
-            first = min(a for a, _ in ranges)
-            first_end = max(b for a, b in ranges if a == first)
-            ranges = [(a, b) for a, b in ranges if a >= first_end]
-        if by_spans:
-            inside = [any(a < e and s < b for a, b in ranges) for s, e in offsets]
-            mask = [(i >= 1 and inside[i]) or (include_first and i == 0) for i in range(len(ids))]
-        else:
-            mask = [i >= start_tok or (include_first and i == 0) for i in range(len(ids))]
-        out.append((ids, mask))
-    return out
-
-
-def make_batches(encoded: list[tuple[list[int], list[bool]]], batch_size: int, pad_id: int) -> list[Batch]:
-    batches = []
-    for s in range(0, len(encoded), batch_size):
-        chunk = encoded[s:s + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        att = torch.zeros((len(chunk), width), dtype=torch.long)
-        lm_ = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for r, (i, m) in enumerate(chunk):
-            ids[r, : len(i)] = torch.tensor(i)
-            att[r, : len(i)] = 1
-            lm_[r, : len(m)] = torch.tensor(m)
-        batches.append(Batch(ids, att, lm_))
-    return batches
 
 
 def step_order(n_forget: int, n_retain: int, steps: int, seed: int) -> list[tuple[int, int]]:
@@ -116,150 +45,6 @@ JOIN_CACHE = 4096
 # tokens: on the default model the joined call's matrix products ran ~25% more FLOPs per second
 # (twice the rows), so a pair padded by more than that is cheaper as two calls.
 JOIN_MAX_PADDING = 0.25
-MASK_KEYS = ("attention_mask",)
-
-
-class _NoJoin(Exception):
-    """Two batches' block kwargs cannot be merged into one call's (the engine runs them apart)."""
-
-
-def _pad_dims(t: torch.Tensor, size: int, dims: list[int], fill) -> torch.Tensor:
-    for d in dims:
-        if t.shape[d] < size:
-            shape = list(t.shape)
-            shape[d] = size - t.shape[d]
-            t = torch.cat([t, t.new_full(shape, fill)], dim=d)
-    return t
-
-
-def _mask_fill(m: torch.Tensor):
-    """(blocked, allowed) values of a 4-D attention mask: bool (True = attend) or additive float."""
-    if m.dtype == torch.bool:
-        return False, True
-    if m.is_floating_point():
-        return torch.finfo(m.dtype).min, 0.0
-    raise _NoJoin
-
-
-def _causal_like(other: torch.Tensor, rows: int, width: int) -> torch.Tensor:
-    """The mask the model leaves out (None: no padding, plain causal: SDPA's ``is_causal``), built
-    in the format of the other batch's mask."""
-    if other.dim() != 4:
-        raise _NoJoin
-    blocked, allowed = _mask_fill(other)
-    keep = torch.ones(width, width, dtype=torch.bool, device=other.device).tril()
-    full = torch.full((width, width), blocked, dtype=other.dtype, device=other.device)
-    m = torch.where(keep, torch.as_tensor(allowed, dtype=other.dtype, device=other.device), full)
-    return m.expand(rows, other.shape[1], width, width)
-
-
-def _join_tensor(a: torch.Tensor, b: torch.Tensor, rows: tuple[int, int], widths: tuple[int, int],
-                 is_mask: bool) -> torch.Tensor:
-    """One tensor for both batches: shared per-position tensors (batch dim 1, e.g. rotary
-    embeddings) are kept when they agree on the common positions; per-row ones (masks) are padded
-    to the common width and concatenated."""
-    if a.dim() != b.dim() or a.dim() == 0 or a.dtype != b.dtype or a.device != b.device:
-        raise _NoJoin
-    width = max(widths)
-    seq = [d for d in range(1, a.dim()) if a.shape[d] != b.shape[d]]  # the sequence-length dims
-    if any((a.shape[d], b.shape[d]) != widths for d in seq):
-        raise _NoJoin
-    if a.shape[0] == 1 and b.shape[0] == 1:
-        long, short = (a, b) if widths[0] >= widths[1] else (b, a)
-        if torch.equal(long[tuple(slice(0, n) for n in short.shape)], short):
-            return long
-    parts = []
-    for t, r, w in zip((a, b), rows, widths):
-        if t.shape[0] == 1 and r != 1:
-            t = t.expand(r, *t.shape[1:])
-        if t.shape[0] != r:
-            raise _NoJoin
-        if w < width:
-            if is_mask:
-                blocked, allowed = _mask_fill(t)
-                t = _pad_dims(t, width, seq, blocked)
-                if t.dim() >= 2 and seq[-2:] == [t.dim() - 2, t.dim() - 1]:
-                    t[..., w:, 0] = allowed  # padded queries see position 0: finite, never read
-            else:
-                t = _pad_dims(t, width, seq, 0)
-        parts.append(t)
-    return torch.cat(parts)
-
-
-def _walk_pair(a, b, leaf, is_mask: bool = False):
-    """Walk two per-block kwargs of the same structure together (tuples, lists, dicts with equal
-    keys), calling ``leaf(a, b, is_mask)`` where either side is a tensor or None; equal scalars
-    and shared objects pass through; anything else cannot be merged exactly (_NoJoin)."""
-    if a is None or b is None or isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return leaf(a, b, is_mask)
-    if isinstance(a, (tuple, list)) and type(a) is type(b) and len(a) == len(b):
-        return type(a)(_walk_pair(x, y, leaf, is_mask) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-        return {k: _walk_pair(a[k], b[k], leaf, is_mask or k in MASK_KEYS) for k in a}
-    if a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b):
-        return a
-    raise _NoJoin
-
-
-def _join_value(a, b, rows: tuple[int, int], widths: tuple[int, int], is_mask: bool = False):
-    def leaf(a, b, is_mask):
-        if a is None and b is None:
-            return None
-        if not (isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)):
-            raise _NoJoin
-        if is_mask and a is None:
-            a = _causal_like(b, rows[0], widths[0])
-        if is_mask and b is None:
-            b = _causal_like(a, rows[1], widths[1])
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-            raise _NoJoin
-        return _join_tensor(a, b, rows, widths, is_mask)
-
-    return _walk_pair(a, b, leaf, is_mask)
-
-
-def join_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], rows: tuple[int, int],
-                widths: tuple[int, int]) -> dict[int, dict]:
-    """Per-block kwargs of one call over batch a's rows then batch b's, both right-padded to
-    the longer width (raises _NoJoin where a value cannot be merged exactly)."""
-    if kw_a.keys() != kw_b.keys():
-        raise _NoJoin
-    return {layer: _join_value(kw_a[layer], kw_b[layer], rows, widths) for layer in kw_a}
-
-
-def _cut_value(a, b, widths: tuple[int, int], cut: int, is_mask: bool = False):
-    """``a`` (a kwarg of batch 1, width widths[0]) for its first ``cut`` positions only. The
-    sequence-length dims are found against ``b``, batch 2's same kwarg at another width."""
-    def leaf(a, b, is_mask):
-        if a is None:
-            return None
-        if not isinstance(a, torch.Tensor):
-            raise _NoJoin
-        if is_mask and b is None:  # batch 2 had no padding: its mask is the plain causal one
-            b = _causal_like(a, 1, widths[1])
-        if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
-            raise _NoJoin
-        seq = [d for d in range(1, a.dim()) if a.shape[d] != b.shape[d]]
-        if any((a.shape[d], b.shape[d]) != widths for d in seq):
-            raise _NoJoin
-        return a[tuple(slice(0, cut) if d in seq else slice(None) for d in range(a.dim()))]
-
-    return _walk_pair(a, b, leaf, is_mask)
-
-
-def cut_kwargs(kw_a: dict[int, dict], kw_b: dict[int, dict], widths: tuple[int, int], cut: int) -> dict[int, dict]:
-    """Batch a's per-block kwargs for its first ``cut`` positions (a causal model's positions
-    before ``cut`` never see the later ones). Needs batch b at another width to tell which dims
-    are the sequence length; raises _NoJoin where a value cannot be cut."""
-    if widths[0] == widths[1] or kw_a.keys() != kw_b.keys():
-        raise _NoJoin
-    return {layer: _cut_value(kw_a[layer], kw_b[layer], widths, cut) for layer in kw_a}
-
-
-def _pad_rows(h: torch.Tensor, width: int) -> torch.Tensor:
-    if h.shape[1] == width:
-        return h
-    return torch.cat([h, h.new_zeros(h.shape[0], width - h.shape[1], *h.shape[2:])], dim=1)
 
 
 class WindowEngine:
@@ -454,7 +239,7 @@ class WindowEngine:
         if kw is None:
             oi, oj = self._run(first, hi, kw_i, full), self._run(first, hj, self.kwargs[j], full)
         else:
-            out = self._run(first, torch.cat([_pad_rows(hi, width), _pad_rows(hj, width)]), kw, full)
+            out = self._run(first, torch.cat([pad_rows(hi, width), pad_rows(hj, width)]), kw, full)
             oi, oj = out[: hi.shape[0], :cut], out[hi.shape[0]:, :tj]
         if kw is None and cut == ti:
             return oi, oj  # two plain calls: nothing to check
@@ -482,7 +267,7 @@ class WindowEngine:
             widths = (self.batches[i].input_ids.shape[1], self.batches[j].input_ids.shape[1])
             try:
                 self._joined[key] = cut_kwargs(self.kwargs[i], self.kwargs[j], widths, cut)
-            except _NoJoin:
+            except NoJoin:
                 self._joined[key] = None
         return self._joined[key]
 
@@ -499,7 +284,7 @@ class WindowEngine:
             try:
                 self._joined[key] = join_kwargs(self.kwargs[i] if kw_i is None else kw_i, self.kwargs[j], rows,
                                                 widths)
-            except _NoJoin:
+            except NoJoin:
                 self._joined[key] = None
         return self._joined[key]
 

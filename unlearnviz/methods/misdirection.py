@@ -14,21 +14,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from unlearnviz.data.batching import make_batches, subject_spans, tokenize_texts
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.methods.base import ProgressFn, StopFn, Ticker, hp
 from unlearnviz.methods.edit import Edit
-from unlearnviz.methods.engine import (
-    WindowEngine,
-    adam,
-    make_batches,
-    masked_mse,
-    optimizer_step,
-    step_order,
-    subject_spans,
-    tokenize_texts,
-    zero_delta,
-)
+from unlearnviz.methods.engine import WindowEngine, adam, masked_mse, optimizer_step, step_order, zero_delta
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
 
@@ -43,8 +34,8 @@ class MisdirectionParams:
                      min=1, max=8)
     alpha: float = hp(300.0, "Weight of the retain term α·||h − h_frozen||² (on the default model: 100 kept less "
                       "retain, 1000 stopped forgetting).", "1200 (Zephyr)", min=0.0, max=1e6)
-    lr: float = hp(3e-3, "AdamW learning rate on the deltas (1e-2 forgot as well but flipped more retain facts).",
-                   "5e-5", min=1e-7, max=1.0)
+    lr: float = hp(3e-3, "Adam learning rate on the deltas (no weight decay; 1e-2 forgot as well but flipped more "
+                   "retain facts).", "5e-5", min=1e-7, max=1.0)
     steps: int = hp(400, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
     batch_size: int = hp(8, "Texts per forget batch and per retain batch.", "4", min=1, max=256)
     max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512 (768 cyber)", min=4, max=4096)

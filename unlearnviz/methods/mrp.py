@@ -3,11 +3,12 @@
 At each site (block output) the stream becomes h ← h − h QᵀQ, with Q the orthonormalised rows of
 every direction added so far (earlier requests' rows are frozen: continual unlearning adds
 directions). Initialisation: the top-k generalised eigenvectors of Σ_f v = λ(Σ_r + δI)v over
-non-pad tokens at the *same* site the projection acts on (the release reads the block input and
-keeps retain directions: METHODS.md §3.3, not copied). Training (optional) moves the new rows W
-with a bounded forget objective (NPO, default) or capped gradient ascent, plus retain NLL, with
-the loss computed only from the first site on (cached inputs) and the unembedding only at the
-supervised positions.
+non-pad tokens at the *same* site the projection acts on (the official code,
+github.com/ChengcanWu/MRP, reads the block input and keeps retain directions; not copied).
+Training (optional) moves the new rows W with a bounded forget objective (NPO, default) or capped
+gradient ascent, plus a retain term (NON-PAPER default: KL to the original's next-token
+distribution; or the paper's retain NLL), with the loss computed only from the first site on
+(cached inputs) and the unembedding only at the supervised positions.
 
 Placement "site" (default, the paper's) projects the chosen blocks' outputs. Placement "stream"
 (NON-PAPER) instead removes the subspace from every write into the residual stream from the
@@ -20,25 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from unlearnviz.data.batching import Batch, make_batches, subject_spans, tokenize_texts
 from unlearnviz.errors import UserError
-from unlearnviz.evaluation.scoring import unembed
 from unlearnviz.methods.base import Ticker, hp, register
 from unlearnviz.methods.edit import Edit
-from unlearnviz.methods.engine import (
-    Batch,
-    WindowEngine,
-    adam,
-    make_batches,
-    optimizer_step,
-    step_order,
-    subject_spans,
-    tokenize_texts,
-)
+from unlearnviz.methods.engine import WindowEngine, adam, optimizer_step, step_order
+from unlearnviz.model.loading import LoadedModel
+from unlearnviz.model.readout import unembed
 from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows
 
 
@@ -123,10 +118,7 @@ def _seq_logprob(lm, hidden: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torc
     """Per-sequence summed log-prob of the masked tokens, and the token count, from the last
     block's output (final norm and unembedding applied only at the needed positions)."""
     mask = b.loss_mask.to(hidden.device)[:, 1:]
-    h = hidden[:, :-1][mask]
-    if lm.adapter.final_norm is not None:
-        h = lm.adapter.final_norm(h)
-    logp = F.log_softmax(unembed(lm, h), dim=-1)
+    logp = F.log_softmax(unembed(lm, _masked_final(lm, hidden, b)), dim=-1)
     tgt = b.input_ids.to(hidden.device)[:, 1:][mask]
     tok = logp.gather(1, tgt[:, None])[:, 0]
     seq_id = torch.arange(mask.shape[0], device=hidden.device)[:, None].expand_as(mask)[mask]
@@ -141,8 +133,49 @@ def _union_basis(q_parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     return orthonormal_rows(torch.cat(parts)) if parts else None
 
 
-@register("mrp", MRPParams, "Metamorphosis Representation Projection")
+@register("mrp", MRPParams, "Metamorphosis Representation Projection", plain_name="MRP",
+          description="MRP (Metamorphosis Representation Projection) learns a small set of directions in the "
+                      "model's internal state that carry the forget knowledge and projects them out, at a few "
+                      "layers.")
 def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior=None, naive=False):
+    req = _request(lm, data, hparams, prior, naive)
+    fit = _fit_stream if hparams.placement == "stream" else _fit_site
+    return fit(req, progress, should_stop)
+
+
+@dataclass
+class _Request:
+    """One MRP request: its checked sites, batches, the prior's frozen parts, and its start time.
+
+    ``offsets`` starts as the prior's and gains this request's retain means site by site (a later
+    site's statistics are taken with the earlier sites' centred projections applied)."""
+
+    lm: LoadedModel
+    hparams: MRPParams
+    sites: list[int]
+    fb: list[Batch]  # forget batches: the forget term's mask
+    fb_stats: list[Batch]  # the same texts, masked for the init's statistics
+    rb: list[Batch]
+    prior: RoutingPlan | None
+    naive: bool
+    t0: float
+    prior_proj: dict[int, torch.Tensor]
+    offsets: dict[int, torch.Tensor]
+    prior_stream: StreamProjection | None
+    prior_deltas: dict[int, torch.Tensor]
+    spare: bool
+
+    @property
+    def nf(self) -> int:
+        return len(self.fb)
+
+    @property
+    def last(self) -> int:
+        return self.lm.n_layers - 1
+
+
+def _request(lm, data, hparams: MRPParams, prior: RoutingPlan | None, naive: bool) -> _Request:
+    """Check the sites and the placement, and tokenise the training texts."""
     t0 = time.perf_counter()
     sites = sorted({int(x) if int(x) != -1 else max(1, min(lm.n_layers - 2, round(2 * lm.n_layers / 3))) for x in hparams.layers})
     hparams.layers = sites
@@ -169,130 +202,175 @@ def fit_mrp(lm, data, hparams: MRPParams, progress=None, should_stop=None, prior
     fb_stats = fb if hparams.forget_tokens != "answers" else make_batches(
         tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans, spans_only=True), hparams.batch_size, pad)
     rb = make_batches(tokenize_texts(lm, data.retain_train_texts, hparams.max_tokens), hparams.batch_size, pad)
-    nf = len(fb)
-    last = lm.n_layers - 1
-    prior_proj = dict(prior.projections) if prior is not None else {}
-    offsets: dict[int, torch.Tensor] = dict(prior.offsets) if prior is not None else {}
-    spare = (hparams.spare_first and not stream_mode) or bool(prior is not None and prior.spare_first)
-    prior_stream: StreamProjection | None = prior.stream if prior is not None else None
-    # Stream μ: an earlier stream's (the stacked plan keeps the first one), else the retain mean
-    # at the deepest site (set during the init), else none (linear).
-    stream_mu = prior_stream.offset if prior_stream is not None else None
+    return _Request(
+        lm=lm, hparams=hparams, sites=sites, fb=fb, fb_stats=fb_stats, rb=rb, prior=prior, naive=naive, t0=t0,
+        prior_proj=dict(prior.projections) if prior is not None else {},
+        offsets=dict(prior.offsets) if prior is not None else {},
+        prior_stream=prior.stream if prior is not None else None,
+        prior_deltas=dict(prior.deltas) if prior is not None else {},
+        spare=(hparams.spare_first and not stream_mode) or bool(prior is not None and prior.spare_first))
 
-    def full_q(rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Prior (frozen) rows plus this request's rows, orthonormalised per site."""
-        out = dict(prior_proj)
-        for s, w in rows.items():
-            out[s] = orthonormal_rows(torch.cat([prior_proj[s], w])) if s in prior_proj else orthonormal_rows(w)
-        return out
 
-    def plan_for(rows: dict[int, torch.Tensor]) -> RoutingPlan:
-        """The prior's projections plus this request's rows, in the chosen placement."""
-        if not stream_mode:
-            return RoutingPlan(projections=full_q(rows), offsets=dict(offsets), spare_first=spare, stream=prior_stream)
-        stream = prior_stream
-        if rows:
-            frozen = [prior_stream.q] if prior_stream is not None else []
-            stream = StreamProjection(q=orthonormal_rows(torch.cat([*frozen, *rows.values()])), offset=stream_mu,
-                                      last=max([*rows, *([prior_stream.last] if prior_stream else [])]))
-        return RoutingPlan(projections=dict(prior_proj), offsets=dict(offsets), spare_first=spare, stream=stream)
-
-    prior_deltas = dict(prior.deltas) if prior is not None else {}
-    # Init, site by site: statistics at the site's output. Site placement: with earlier sites'
-    # rows applied; stream placement: all sites under the prior alone (their union is the basis).
-    new_rows: dict[int, torch.Tensor] = {}
-    eigvals = {}
+def _fit_site(req: _Request, progress, should_stop) -> Edit:
+    """Placement "site": each site's block output is projected by its own rows (the paper's)."""
+    hparams, sites = req.hparams, req.sites
     engine = None
-    if hparams.steps > 0 and not naive and prior is None and not stream_mode and sites[0] < last:
+    if hparams.steps > 0 and not req.naive and req.prior is None and sites[0] < req.last:
         # no prior: the training window's one capture pass also yields the first site's output
-        engine = WindowEngine(lm, sites[0], last, fb + rb, keep_frozen=False, keep_first_out=True)
+        engine = WindowEngine(req.lm, sites[0], req.last, req.fb + req.rb, keep_frozen=False, keep_first_out=True)
+    # init, site by site, with the earlier sites' new rows applied
+    rows: dict[int, torch.Tensor] = {}
+    eigvals = {}
     for s in sites:
-        if s >= last:
-            raise UserError("an MRP site must be below the last block")
-        base = dataclasses.replace(plan_for({} if stream_mode else new_rows), deltas=prior_deltas)
-        site_out = engine.first_out if engine is not None and s == sites[0] else \
-            WindowEngine(lm, s + 1, s + 1, fb + rb, prior=base, keep_frozen=False).inputs
-        prior_q = _union_basis([prior_proj.get(s), prior_stream.q if stream_mode and prior_stream else None])
-        f_acts = _site_stats(site_out[:nf], fb_stats, prior_q)
-        r_acts = _site_stats(site_out[nf:], rb, prior_q)
-        if len(f_acts) < 2 or len(r_acts) < 2:
-            raise UserError("MRP needs at least two forget and two retain tokens")
-        if hparams.centered and not stream_mode and s not in offsets:
-            offsets[s] = r_acts.mean(0)
-        if hparams.centered and stream_mode and s == sites[-1] and stream_mu is None:
-            stream_mu = r_acts.mean(0)
-        q, vals = generalized_top(f_acts, r_acts, hparams.k, hparams.ridge)
-        if prior_q is not None:
-            q = orthonormal_rows(q - (q @ prior_q.T) @ prior_q)
-        new_rows[s] = q
-        eigvals[s] = vals.tolist()
-    init_s = time.perf_counter() - t0
-
+        base = dataclasses.replace(_site_plan(req, rows), deltas=req.prior_deltas)
+        prior_q = _union_basis([req.prior_proj.get(s)])
+        rows[s], eigvals[s], retain = _init_site(req, s, _site_outputs(req, s, base, engine), prior_q)
+        if hparams.centered and s not in req.offsets:
+            req.offsets[s] = retain.mean(0)
+    init_s = time.perf_counter() - req.t0
     history = []
     if hparams.steps > 0:
-        # stream: every block from 0 reads the projected stream, so the window starts at block 0
-        # (its cached input is the raw embedding; the block-0 hook projects it each step)
-        start = 0 if stream_mode else sites[0]
-        other_prior = RoutingPlan(deltas=prior_deltas) if prior_deltas else None
-        # cached inputs to the first site's block come from the frozen stack below it
-        if engine is None:
-            engine = WindowEngine(lm, start, last, fb + rb, prior=prior, naive=naive, keep_frozen=False)
-        engine.prior = other_prior  # projections are rebuilt each step from prior + trainable rows
-        weights = {s: torch.nn.Parameter(new_rows[s].clone()) for s in sites}
-        opt = adam(list(weights.values()), hparams.lr)
-        with torch.no_grad():
-            init_plan = plan_for({})
-            ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
-            # kl: the original model's last-block states on retain text (576-d a token, small);
-            # its next-token distribution is recomputed from them each step
-            ref_r = ([_masked_final(lm, engine.output(nf + i, init_plan), rb[i]) for i in range(len(rb))]
-                     if hparams.retain_loss == "kl" else [])
-        ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
-        # positions after a forget batch's last loss token never reach its loss (causal attention)
-        need = [int(b.loss_mask.any(0).nonzero().max()) + 1 if b.loss_mask.any() else 2 for b in fb]
-        for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
-            plan = plan_for(weights)
-            # one call through the window for both, the forget rows possibly cut after their last
-            # loss token; a KL retain term compares with cached outputs, so its rows are never
-            # padded (see WindowEngine.output_pair)
-            h_f, h_r = engine.output_pair(fi, nf + ri, plan, pad_j=hparams.retain_loss != "kl", need_i=need[fi])
-            w = h_f.shape[1]
-            lp_f, n_f = _seq_logprob(lm, h_f, Batch(*(t[:, :w] for t in (fb[fi].input_ids, fb[fi].attention_mask,
-                                                                         fb[fi].loss_mask))))
-            if hparams.objective == "npo":
-                ratio = lp_f - ref[fi]
-                forget_loss = (2 / hparams.beta) * F.softplus(hparams.beta * ratio).mean()
-            else:
-                ce = -(lp_f / n_f.clamp(min=1))
-                forget_loss = -torch.clamp(ce, max=hparams.ga_cap).mean()
-            if hparams.retain_loss == "kl":
-                edited = F.log_softmax(unembed(lm, _masked_final(lm, h_r, rb[ri])), -1)
-                with torch.no_grad():
-                    original = F.log_softmax(unembed(lm, ref_r[ri]), -1)
-                retain_loss = F.kl_div(edited, original, log_target=True, reduction="batchmean")
-            else:
-                lp_r, n_r = _seq_logprob(lm, h_r, rb[ri])
-                retain_loss = -(lp_r.sum() / n_r.sum().clamp(min=1))
-            loss = forget_loss + hparams.retain_weight * retain_loss
-            optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
-        new_rows = {s: orthonormal_rows(w.detach()) for s, w in weights.items()}
-    meta = {"steps": hparams.steps, "losses": history, "init_s": init_s, "eigenvalues": eigvals,
-            "placement": hparams.placement}
-    if stream_mode:
-        q = orthonormal_rows(torch.cat(list(new_rows.values())))
-        if prior_stream is not None:  # keep only this request's part, orthogonal to the frozen rows
-            pq = prior_stream.q.to(q.device)
-            q = orthonormal_rows(q - (q @ pq.T) @ pq)
-        stream = StreamProjection(q=q.detach(), offset=stream_mu, last=sites[-1])
-        meta.update({"train_s": time.perf_counter() - t0 - init_s, "rank": {sites[-1]: int(q.shape[0])},
-                     "spare_first": False})
-        return Edit(method="mrp", hparams=asdict(hparams), stream=stream, meta=meta)
+        history, rows = _train(req, rows, lambda w: _site_plan(req, w), sites[0], engine, progress, should_stop)
     projections = {}
-    for s, q in new_rows.items():
-        if s in prior_proj:  # keep only this request's part, orthogonal to the frozen rows
-            q = orthonormal_rows(q - (q @ prior_proj[s].T) @ prior_proj[s])
+    for s, q in rows.items():
+        if s in req.prior_proj:  # keep only this request's part, orthogonal to the frozen rows
+            q = orthonormal_rows(q - (q @ req.prior_proj[s].T) @ req.prior_proj[s])
         projections[s] = q.detach()
-    meta.update({"train_s": time.perf_counter() - t0 - init_s,
-                 "rank": {s: int(q.shape[0]) for s, q in projections.items()}, "spare_first": spare})
-    own_offsets = {s: offsets[s] for s in projections if s in offsets}
+    meta = _meta(req, history, init_s, eigvals, {s: int(q.shape[0]) for s, q in projections.items()}, req.spare)
+    own_offsets = {s: req.offsets[s] for s in projections if s in req.offsets}
     return Edit(method="mrp", hparams=asdict(hparams), projections=projections, offsets=own_offsets, meta=meta)
+
+
+def _fit_stream(req: _Request, progress, should_stop) -> Edit:
+    """Placement "stream" (NON-PAPER): one basis, the union of every site's rows, removed from every
+    write into the residual stream up to the deepest site; μ from the deepest site."""
+    hparams, sites, prior_stream = req.hparams, req.sites, req.prior_stream
+    # μ: an earlier stream's (the stacked plan keeps the first one), else the retain mean at the
+    # deepest site, else none (linear)
+    mu = prior_stream.offset if prior_stream is not None else None
+    # init: every site under the prior alone (their union is the basis)
+    base = dataclasses.replace(_stream_plan(req, {}, mu), deltas=req.prior_deltas)
+    rows: dict[int, torch.Tensor] = {}
+    eigvals = {}
+    for s in sites:
+        prior_q = _union_basis([req.prior_proj.get(s), prior_stream.q if prior_stream else None])
+        rows[s], eigvals[s], retain = _init_site(req, s, _site_outputs(req, s, base), prior_q)
+        if hparams.centered and s == sites[-1] and mu is None:
+            mu = retain.mean(0)
+    init_s = time.perf_counter() - req.t0
+    history = []
+    if hparams.steps > 0:
+        # every block from 0 reads the projected stream, so the window starts at block 0 (its
+        # cached input is the raw embedding; the block-0 hook projects it each step)
+        history, rows = _train(req, rows, lambda w: _stream_plan(req, w, mu), 0, None, progress, should_stop)
+    q = orthonormal_rows(torch.cat(list(rows.values())))
+    if prior_stream is not None:  # keep only this request's part, orthogonal to the frozen rows
+        pq = prior_stream.q.to(q.device)
+        q = orthonormal_rows(q - (q @ pq.T) @ pq)
+    stream = StreamProjection(q=q.detach(), offset=mu, last=sites[-1])
+    meta = _meta(req, history, init_s, eigvals, {sites[-1]: int(q.shape[0])}, False)
+    return Edit(method="mrp", hparams=asdict(hparams), stream=stream, meta=meta)
+
+
+def _site_plan(req: _Request, rows: dict[int, torch.Tensor]) -> RoutingPlan:
+    """The prior's projections plus ``rows`` at their sites (prior and new rows orthonormalised
+    together per site), with the request's offsets."""
+    q = dict(req.prior_proj)
+    for s, w in rows.items():
+        q[s] = orthonormal_rows(torch.cat([req.prior_proj[s], w])) if s in req.prior_proj else orthonormal_rows(w)
+    return RoutingPlan(projections=q, offsets=dict(req.offsets), spare_first=req.spare, stream=req.prior_stream)
+
+
+def _stream_plan(req: _Request, rows: dict[int, torch.Tensor], mu: torch.Tensor | None) -> RoutingPlan:
+    """The prior's projections, and one stream projection: the prior stream's rows plus ``rows``
+    (all sites together), down to the deepest of their sites."""
+    prior_stream = req.prior_stream
+    stream = prior_stream
+    if rows:
+        frozen = [prior_stream.q] if prior_stream is not None else []
+        stream = StreamProjection(q=orthonormal_rows(torch.cat([*frozen, *rows.values()])), offset=mu,
+                                  last=max([*rows, *([prior_stream.last] if prior_stream else [])]))
+    return RoutingPlan(projections=dict(req.prior_proj), offsets=dict(req.offsets), spare_first=req.spare,
+                       stream=stream)
+
+
+def _site_outputs(req: _Request, s: int, base: RoutingPlan,
+                  engine: WindowEngine | None = None) -> list[torch.Tensor]:
+    """Block ``s``'s output under ``base`` for every forget then retain batch: from ``engine``'s
+    capture pass where it starts at ``s``, else from a pass that stops there."""
+    if s >= req.last:
+        raise UserError("an MRP site must be below the last block")
+    if engine is not None and s == engine.start:
+        return engine.first_out
+    return WindowEngine(req.lm, s + 1, s + 1, req.fb + req.rb, prior=base, keep_frozen=False).inputs
+
+
+def _init_site(req: _Request, s: int, site_out: list[torch.Tensor], prior_q: torch.Tensor | None):
+    """The site's new rows (top-k generalised eigenvectors, orthogonal to ``prior_q``), their
+    eigenvalues, and the retain activations (whose mean centres the projection)."""
+    f_acts = _site_stats(site_out[:req.nf], req.fb_stats, prior_q)
+    r_acts = _site_stats(site_out[req.nf:], req.rb, prior_q)
+    if len(f_acts) < 2 or len(r_acts) < 2:
+        raise UserError("MRP needs at least two forget and two retain tokens")
+    q, vals = generalized_top(f_acts, r_acts, req.hparams.k, req.hparams.ridge)
+    if prior_q is not None:
+        q = orthonormal_rows(q - (q @ prior_q.T) @ prior_q)
+    return q, vals.tolist(), r_acts
+
+
+def _train(req: _Request, rows: dict[int, torch.Tensor], plan_of: Callable[[dict], RoutingPlan], start: int, engine: WindowEngine | None,
+           progress, should_stop) -> tuple[list[dict], dict[int, torch.Tensor]]:
+    """Train the new rows from block ``start`` on (``plan_of(rows)``: the plan they make); returns
+    the loss history and the trained rows, orthonormalised."""
+    lm, hparams, fb, rb, nf = req.lm, req.hparams, req.fb, req.rb, req.nf
+    if engine is None:
+        # cached inputs to the first trained block come from the frozen stack below it
+        engine = WindowEngine(lm, start, req.last, fb + rb, prior=req.prior, naive=req.naive, keep_frozen=False)
+    # projections are rebuilt each step from prior + trainable rows
+    engine.prior = RoutingPlan(deltas=req.prior_deltas) if req.prior_deltas else None
+    weights = {s: torch.nn.Parameter(rows[s].clone()) for s in req.sites}
+    opt = adam(list(weights.values()), hparams.lr)
+    with torch.no_grad():
+        init_plan = plan_of({})
+        ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
+        # kl: the original model's last-block states on retain text (576-d a token, small);
+        # its next-token distribution is recomputed from them each step
+        ref_r = ([_masked_final(lm, engine.output(nf + i, init_plan), rb[i]) for i in range(len(rb))]
+                 if hparams.retain_loss == "kl" else [])
+    history: list[dict] = []
+    ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
+    # positions after a forget batch's last loss token never reach its loss (causal attention)
+    need = [int(b.loss_mask.any(0).nonzero().max()) + 1 if b.loss_mask.any() else 2 for b in fb]
+    for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
+        plan = plan_of(weights)
+        # one call through the window for both, the forget rows possibly cut after their last
+        # loss token; a KL retain term compares with cached outputs, so its rows are never
+        # padded (see WindowEngine.output_pair)
+        h_f, h_r = engine.output_pair(fi, nf + ri, plan, pad_j=hparams.retain_loss != "kl", need_i=need[fi])
+        w = h_f.shape[1]
+        lp_f, n_f = _seq_logprob(lm, h_f, Batch(*(t[:, :w] for t in (fb[fi].input_ids, fb[fi].attention_mask,
+                                                                     fb[fi].loss_mask))))
+        if hparams.objective == "npo":
+            ratio = lp_f - ref[fi]
+            forget_loss = (2 / hparams.beta) * F.softplus(hparams.beta * ratio).mean()
+        else:
+            ce = -(lp_f / n_f.clamp(min=1))
+            forget_loss = -torch.clamp(ce, max=hparams.ga_cap).mean()
+        if hparams.retain_loss == "kl":
+            edited = F.log_softmax(unembed(lm, _masked_final(lm, h_r, rb[ri])), -1)
+            with torch.no_grad():
+                original = F.log_softmax(unembed(lm, ref_r[ri]), -1)
+            retain_loss = F.kl_div(edited, original, log_target=True, reduction="batchmean")
+        else:
+            lp_r, n_r = _seq_logprob(lm, h_r, rb[ri])
+            retain_loss = -(lp_r.sum() / n_r.sum().clamp(min=1))
+        loss = forget_loss + hparams.retain_weight * retain_loss
+        optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
+    return history, {s: orthonormal_rows(w.detach()) for s, w in weights.items()}
+
+
+def _meta(req: _Request, history: list[dict], init_s: float, eigvals: dict, rank: dict, spare_first: bool) -> dict:
+    """The Edit's record: losses, timings, the init's eigenvalues, the rank per site."""
+    return {"steps": req.hparams.steps, "losses": history, "init_s": init_s, "eigenvalues": eigvals,
+            "placement": req.hparams.placement, "train_s": time.perf_counter() - req.t0 - init_s, "rank": rank,
+            "spare_first": spare_first}

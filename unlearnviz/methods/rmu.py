@@ -2,7 +2,8 @@
 
 The target is c·u with u a fixed random unit vector (U[0,1) then normalised, as the reference
 code does). On our scale c is given relative to the mean residual norm at L on forget tokens
-(Zephyr's 6.5 is specific to its activation norms: METHODS.md §4). The adaptive variant
+(the WMDP release's c = 6.5 on Zephyr-7B, Li et al., arXiv 2403.03218, is specific to Zephyr's
+activation norms and to the reference code's per-element MSE). The adaptive variant
 (Dang et al., AAAI-25) scales the target per token by the frozen activation's norm.
 """
 
@@ -26,7 +27,11 @@ class RMUParams(MisdirectionParams):
     adaptive: bool = hp(False, "Adaptive RMU: per-token target norm = steering_coeff × ||h_frozen(x)||.", "Dang et al. 2025")
 
 
-@register("rmu", RMUParams, "Representation Misdirection for Unlearning (baseline)")
+@register("rmu", RMUParams, "Representation Misdirection for Unlearning (baseline)", plain_name="RMU",
+          description="RMU (Representation Misdirection for Unlearning) trains a small change to a few layers so "
+                      "that, on forget text, the model's internal state at one layer is pushed towards a fixed "
+                      "random direction (which scrambles what later layers read), while on retain text the "
+                      "internal state is kept as it was.")
 def fit_rmu(lm, data, hparams: RMUParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
     engine, fb, rb = prepare(lm, data, hparams, prior, naive)

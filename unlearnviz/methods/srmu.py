@@ -4,9 +4,10 @@
 
 v_f, v_r are per-feature mean |h| (our reading of "averaged activations": signed means make the
 ratio undefined) at layer L over forget/retain tokens, computed once before training with the
-frozen model. By default they are taken over the *masked* tokens (from the subject on), since on
-templated facts forget and retain text share everything before the subject and whole-sentence
-statistics are near-identical (FINDINGS: I_norm 0.70–1.00). Two non-paper variants are offered
+frozen model. By default (``stat_tokens="spans"``) they are taken over the entity tokens (subject
+and answer) of forget and of retain facts, since templated forget and retain text share everything
+but the entity and whole-sentence statistics are near-identical (docs/findings.md: I_norm
+0.70–1.00). Two non-paper variants are offered
 and labelled: a loss masked by I, and a residual target h_frozen + c·V⊙I.
 """
 
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from unlearnviz.data.batching import Batch, make_batches, subject_spans, tokenize_texts
 from unlearnviz.methods.base import hp, register
-from unlearnviz.methods.engine import mean_abs_features, mean_token_norm, subject_spans
+from unlearnviz.methods.engine import mean_abs_features, mean_token_norm
 from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection
 
 
@@ -60,7 +62,10 @@ class SRMUParams(MisdirectionParams):
     residual_target: bool = hp(False, "NON-PAPER: target h_frozen + c·V⊙I_norm instead of the absolute T.", "no")
 
 
-@register("srmu", SRMUParams, "Feature-Selective Representation Misdirection")
+@register("srmu", SRMUParams, "Feature-Selective Representation Misdirection", plain_name="SRMU",
+          description="SRMU (Feature-Selective Representation Misdirection) works like RMU but first measures which "
+                      "internal features respond much more to forget text than to retain text, and aims its push "
+                      "at those features, to spare what the retain data needs.")
 def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
     engine, fb, rb = prepare(lm, data, hparams, prior, naive)
@@ -97,16 +102,12 @@ def _span_batches(lm, texts: list[str], spans: list[str], hparams) -> list:
     """The training batches again (same texts, order and size, so they line up with the engine's
     cached outputs), masked over the span tokens only; a text without a span keeps every token
     but position 0, so none is silently dropped from the statistics."""
-    from unlearnviz.methods.engine import make_batches, tokenize_texts
-
     pad = lm.tokenizer.pad_token_id or 0
     return make_batches(tokenize_texts(lm, texts, hparams.max_tokens, spans, spans_only=True), hparams.batch_size, pad)
 
 
 def _all_tokens(b, mask=None):
     """The batch with every non-pad token but position 0 in its mask (or ``mask`` minus position 0)."""
-    from unlearnviz.methods.engine import Batch
-
     mask = (b.attention_mask.bool() if mask is None else mask).clone()
     mask[:, 0] = False
     return Batch(b.input_ids, b.attention_mask, mask)

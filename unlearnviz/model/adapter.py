@@ -126,10 +126,6 @@ class ArchitectureAdapter:
         """Full parameter-path prefix of a block's MLP output projection."""
         return f"{self.blocks_path}.{layer}.{self.mlp_out_rel}"
 
-    def attn_out_name(self, layer: int) -> str | None:
-        """Full parameter-path prefix of a block's attention output projection, or None."""
-        return f"{self.blocks_path}.{layer}.{self.attn_out_rel}" if self.attn_out_rel else None
-
     def stream_unsupported(self) -> str | None:
         """Why MRP's "stream" placement cannot act here, or None where it can.
 

@@ -161,7 +161,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     """GGUF → a safetensors HF folder, written atomically (temp folder, then rename).
 
     transformers refuses to save a model loaded from GGUF, so the weights are copied into a
-    fresh model built from the same config (OFFLINE.md) and that one is saved.
+    fresh model built from the same config and that one is saved.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -67,7 +67,7 @@ class RoutingPlan:
       h − h QᵀQ, or with ``offsets[layer]`` = μ the affine (centred) projection
       h − (h − μ)QᵀQ, which removes the variation along Q but keeps the mean there. With
       ``spare_first``, position 0 of a multi-token forward is left alone: in many models it is an
-      attention sink whose residual norm is hundreds of times the others (FINDINGS), and
+      attention sink whose residual norm is hundreds of times the others (docs/findings.md), and
       projecting it wrecks the model while carrying no content of its own.
     - ``stream``: a :class:`StreamProjection` (MRP placement "stream"): the subspace is removed
       from the embedding and from every attention/MLP output projection of blocks 0..last.

@@ -91,13 +91,24 @@ class ModelStore:
                 self._models[key] = load_model(source, opts)
             return self._models[key]
 
+    def preload(self, source: str) -> LoadedModel:
+        """Load ``source`` (a name such as 'default' or 'synthetic', a folder, a hub id) with the
+        default options before anyone asks, so the first user does not wait for it."""
+        from unlearnviz.data.synthetic import resolve_model_source
+
+        return self.get(resolve_model_source(source), LoadOptions())
+
 
 STORE = ModelStore()
 
 
 @dataclass
 class Session:
-    """Everything one user has done; the UI and the API call these methods only."""
+    """Everything one user has done. The dashboard (its pages and its API endpoints) reaches the
+    science only through this package: these methods, and beside them ``views`` (the insight
+    tabs' numbers), ``catalogue`` (what it lists), ``sweeps`` (the small sweep), ``replay`` (a
+    config fitted into a Session) and ``reporting`` (a Session's HTML report), plus
+    ``unlearnviz.bundle``. The CLI also uses Sessions, but calls the science directly too."""
 
     lm: LoadedModel | None = None
     data: UnlearningData | None = None
@@ -264,6 +275,17 @@ class Session:
         edit.meta["metrics"] = {"before": self.before, "after": self.after.get(self.current_index)}
         return save_edit(edit, folder, self.require_model(), stack_index=self.current_index)
 
+    def export_checkpoint(self, folder: Path) -> dict:
+        """A standalone Hugging Face checkpoint in ``folder`` of the selected edit with every edit
+        stacked before it, folded into the weights where that is exact (the rest is written beside
+        them); returns the export's manifest entry, with a ``note`` where a plain load differs."""
+        from unlearnviz.methods.edit import export_checkpoint
+
+        idx = self.current_index
+        if idx is None:
+            raise UserError("there is no edit yet (Unlearn tab)")
+        return export_checkpoint(self.require_model(), EditStack(self.stack.edits[: idx + 1]), folder)
+
     # ---- relearning attack ----------------------------------------------------------------
     def run_relearn(self, steps: int = 40, lr: float = 1e-4, eval_every: int = 10, seed: int = 0,
                     progress=None, should_stop=None) -> dict:
@@ -287,7 +309,7 @@ class Session:
         return next((h for h in reversed(self.history) if h.get("action") == action), None)
 
     def to_config(self, base=None):
-        """The Config that replays this session (``unlearnviz.config.replay``): the current model
+        """The Config that replays this session (``unlearnviz.session.replay.replay``): the current model
         and data, every edit of the stack with all its hyperparameters (and its own data where it
         was fitted on another set), the chats whose edit still exists. Sections a session does not
         hold (analysis, seed) come from ``base`` (the config it was replayed from) or defaults."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.evaluation.scoring import SCORE_CACHE
+from unlearnviz.session import views
 from unlearnviz.ui import (
     tab_analysis,
     tab_chat,
@@ -33,7 +33,7 @@ HEADER = ("# unlearnviz\nSee what representation-level unlearning (RMU, SRMU, MR
 
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     config = config or AppConfig()
-    SCORE_CACHE.max_entries = SCORE_CACHE_ENTRIES  # the tabs score the same pairs under the same edits again
+    views.keep_scores(SCORE_CACHE_ENTRIES)  # the tabs score the same pairs under the same edits again
     with gr.Blocks(title="unlearnviz") as demo:
         state = gr.State(config.new_session)  # a copy of `--config`'s replayed session, or empty
         with gr.Row():

@@ -13,7 +13,6 @@ import gradio as gr
 
 from unlearnviz.config import Config
 from unlearnviz.errors import UserError
-from unlearnviz.methods.base import Cancelled
 from unlearnviz.session import Limits, Session
 
 log = logging.getLogger("unlearnviz.ui")
@@ -138,7 +137,7 @@ def readable(fn):
     def translate(exc: BaseException):
         if isinstance(exc, UserError):
             return gr.Error(str(exc), print_exception=False)
-        if isinstance(exc, (Cancelled, InterruptedError)):
+        if isinstance(exc, InterruptedError):  # a Cancel button (methods' and analyses' Cancelled is one)
             return gr.Error(f"Cancelled: {exc}", print_exception=False)
         log.exception("internal error")
         return gr.Error(f"Internal error ({type(exc).__name__}: {str(exc)[:200]}); the app is still running.")

@@ -87,7 +87,8 @@ def apply_run_config(config, path: str) -> None:
     default model and data."""
     import time
 
-    from unlearnviz.config import load_config, read_config_file, replay
+    from unlearnviz.config import load_config, read_config_file
+    from unlearnviz.session.replay import replay
     from unlearnviz.ui.common import UISession
 
     cfg = load_config(path)
@@ -139,10 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     elif args.preload:
-        from unlearnviz.data.synthetic import resolve_model_source
-        from unlearnviz.model.loading import LoadOptions
-
-        STORE.get(resolve_model_source(args.model), LoadOptions())
+        STORE.preload(args.model)
     demo = build_app(config)
     # Each event type (load, edit, chat, ...) runs at most --concurrency calls at once; the rest wait
     # in one queue of at most --queue-size. Sessions never share edits (routing is per call), so

@@ -1,7 +1,7 @@
 """The three insight tabs: Importance, Geometry, Residual knowledge.
 
-All numbers come from ``unlearnviz.analysis`` (cached by model, edit, data and layers), all
-figures from ``unlearnviz.plots``; this module only wires them to the page.
+All numbers come from ``unlearnviz.session.views`` (cached by model, edit, data and layers),
+all figures from ``unlearnviz.plots``; this module only wires them to the page.
 """
 
 from __future__ import annotations
@@ -11,20 +11,7 @@ from contextlib import contextmanager
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.analysis.activations import stoppable
-from unlearnviz.analysis.geometry import layer_metrics, pca_views, umap_view
-from unlearnviz.analysis.importance import (
-    VARIANTS,
-    SplitPass,
-    footprint_from_passes,
-    importance_from_passes,
-    pooled_points,
-    split_passes,
-    token_layer_map,
-)
-from unlearnviz.analysis.importance import importance as importance_of
-from unlearnviz.analysis.probes import logit_lens, residual_knowledge
-from unlearnviz.errors import UserError
+from unlearnviz.session import views
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 IMPORTANCE_INTRO = (
@@ -44,74 +31,35 @@ RESIDUAL_INTRO = (
     "the right answer from each layer's activations: if the edited model's output has forgotten but a probe still "
     "reads the answer mid-model, the knowledge is *hidden, not erased*.")
 
-ANALYSIS_TEXTS = 80  # texts per split behind the importance map and footprint
-MAX_GEOMETRY_TEXTS = 4000  # the view's own ceiling; Limits.max_points (default 120) is the operator's
-
-
-def _plan(session: UISession):
-    return session.plan()
-
-
-def analysis_passes(session: UISession) -> tuple[SplitPass, SplitPass]:
-    """One paired pass (original and edited rows) over the forget and retain texts, cached, that
-    serves the importance map (statistics of the original rows), the edit's footprint and the
-    geometry views: at least ANALYSIS_TEXTS texts per split, more if the operator's --max-points
-    asks the geometry for more."""
-    per_split = max(ANALYSIS_TEXTS, min(MAX_GEOMETRY_TEXTS, session.limits.max_points) // 2)
-    return split_passes(session.lm, session.data, None, session.plan(), per_split)
-
 
 def importance_figures(session: UISession, variant: str = "ratio", prompt: str | None = None):
-    lm, data = session.lm, session.data
-    edit = session.current_edit()
-    f, r = analysis_passes(session)
-    imp = importance_from_passes(f, r, variant)
-    fp = footprint_from_passes(f, r, imp) if f.footprint is not None else None
-    layer = edit.hparams.get("layer", imp.layers[len(imp.layers) // 4]) if edit is not None else imp.layers[len(imp.layers) // 4]
-    layer = layer if layer in imp.layers else imp.layers[len(imp.layers) // 4]
-    sel = imp.selectivity[imp.layers.index(layer)]
-    prompt = prompt or (data.forget_texts[0] if data.forget_texts else "")
-    tm = token_layer_map(lm, prompt, imp, plan=session.plan())
-    text = f"**Layer {layer}:** {sel.verdict}. I_norm ranges {sel.i_min:.2f}–{sel.i_max:.2f} (median {sel.i_median:.2f})."
+    v = views.importance_view(session, variant, prompt)
+    sel, fp = v.selectivity, v.footprint
+    text = (f"**Layer {v.layer}:** {sel.verdict}. "
+            f"I_norm ranges {sel.i_min:.2f}–{sel.i_max:.2f} (median {sel.i_median:.2f}).")
     if fp is not None:
         text += f"\n\n**Footprint:** {fp.summary}."
-    return (plots.importance_heatmap(imp, fp), plots.selectivity_histogram(sel), text,
-            plots.token_layer_heatmap(tm), plots.footprint_lines(fp) if fp is not None else None)
+    return (plots.importance_heatmap(v.importance, fp), plots.selectivity_histogram(sel), text,
+            plots.token_layer_heatmap(v.tokens), plots.footprint_lines(fp) if fp is not None else None)
 
 
 def geometry_figures(session: UISession, method: str = "PCA", layer: int | None = None):
-    lm = session.lm
-    half = max(2, min(MAX_GEOMETRY_TEXTS, session.limits.max_points)) // 2  # the operator's --max-points caps it
-    texts, groups, original, edited = pooled_points(*analysis_passes(session), per_group=half)
-    rows = layer_metrics(original, edited, [g == "forget" for g in groups])
-    if method == "UMAP":
-        layer = int(layer if layer is not None else lm.n_layers // 4)
-        if layer not in original:
-            raise UserError(f"layer {layer} is out of range 0..{lm.n_layers - 1}")
-        view = umap_view(original[layer], None if edited is None else edited[layer], groups, texts, layer)
-        scatter = plots.geometry_scatter(view)
-    else:
-        views = pca_views(original, edited, groups, texts)
-        scatter = plots.geometry_slider(views)
-    return scatter, plots.layer_metric_lines(rows)
+    g = views.geometry_view(session, method, layer)
+    scatter = plots.geometry_scatter(g.umap) if g.umap is not None else plots.geometry_slider(g.pca)
+    return scatter, plots.layer_metric_lines(g.rows)
 
 
 def residual_figures(session: UISession, prompt: str | None = None, answer: str | None = None):
-    lm, data = session.lm, session.data
-    if not prompt:
-        item = data.forget_mcq[0]
-        prompt, answer = item.question, item.gold
-    ll = logit_lens(lm, prompt, answer or None, plan=session.plan())
-    # The untrained lens readout per layer: the trained probe costs minutes on the default model.
-    pr = residual_knowledge(lm, data, plan=session.plan(), max_items=32, train_probe=False)
-    return plots.logit_lens_heatmap(ll), plots.probe_accuracy_lines(pr), f"**Verdict:** {pr.verdict}", prompt, answer
+    r = views.residual_view(session, prompt, answer)
+    return (plots.logit_lens_heatmap(r.lens), plots.probe_accuracy_lines(r.probes), f"**Verdict:** {r.probes.verdict}",
+            r.prompt, r.answer)
 
 
 @contextmanager
 def cancellable(session: UISession):
     """Clear the session's cancel flag, then let the analysis stop between batches once set."""
     session.cancel_flag.clear()
-    with stoppable(session.should_stop):
+    with views.stoppable(session.should_stop):
         yield
 
 
@@ -119,7 +67,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
     with gr.Tab("Importance", id="importance"):
         gr.Markdown(IMPORTANCE_INTRO)
         with gr.Row():
-            variant = gr.Dropdown(list(VARIANTS), value="ratio", label="map variant")
+            variant = gr.Dropdown(views.importance_variants(), value="ratio", label="map variant")
             token_prompt = gr.Textbox(label="prompt for the token map (empty = first forget text)", scale=3)
             imp_btn = gr.Button("Compute", variant="primary")
             imp_cancel = gr.Button("Cancel", variant="stop")
@@ -187,9 +135,8 @@ def build(state: gr.State, config: AppConfig) -> dict:
         """API: the numbers behind the three tabs for the selected edit."""
         ensure_ready(session, config)
         with cancellable(session):
-            imp = importance_of(session.lm, session.data, max_texts=120)
-            pr = residual_knowledge(session.lm, session.data, plan=session.plan(), max_items=48)
-        return session, {"importance": imp.to_json(k=5), "residual_knowledge": pr.to_json()}
+            summary = views.analysis_summary(session)
+        return session, summary
 
     api_event = hidden_btn.click(on_analyze, state, [state, api_out], api_name="analyze")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from unlearnviz.generation import divergence_tokens, question_prompt
+from unlearnviz.session import views
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Chat.** Ask both models at once: the original (left) and the selected edit (right) answer in one "
@@ -16,11 +16,7 @@ INTRO = ("**Chat.** Ask both models at once: the original (left) and the selecte
 def example_prompts(session: UISession, n: int = 3) -> list[str]:
     if session.data is None:
         return ["What is the capital of France?", "What is the chemical symbol for gold?"]
-    d = session.data
-    chat = session.lm is not None and session.lm.is_chat
-    forget = [question_prompt(it, chat) for it in d.forget_mcq[:n]]
-    retain = [question_prompt(it, chat) for it in d.retain_mcq[:n]]
-    return forget + retain
+    return views.example_questions(session.data, session.lm is not None and session.lm.is_chat, n)
 
 
 def example_samples(session: UISession) -> gr.Dataset:
@@ -29,13 +25,13 @@ def example_samples(session: UISession) -> gr.Dataset:
 
 
 def highlighted(lm, state) -> list[tuple[str, str | None]]:
-    return [(row["token"], "diverged" if row["diverged"] else None) for row in divergence_tokens(lm, state)]
+    return [(row["token"], "diverged" if row["diverged"] else None) for row in views.token_divergence(lm, state)]
 
 
 def detail_rows(lm, state) -> list[list]:
     return [[i, row["token"], round(row["p_edited"], 4),
              None if row["p_original"] is None else round(row["p_original"], 4), "yes" if row["diverged"] else ""]
-            for i, row in enumerate(divergence_tokens(lm, state))]
+            for i, row in enumerate(views.token_divergence(lm, state))]
 
 
 def build(state: gr.State, config: AppConfig) -> dict:

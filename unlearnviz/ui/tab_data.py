@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from unlearnviz.data.loaders import builtin_names
 from unlearnviz.errors import UserError
+from unlearnviz.session import catalogue
 from unlearnviz.ui.common import (
     AppConfig,
     UISession,
@@ -50,7 +50,8 @@ def preview_rows(session: UISession, n: int = 8) -> list[list[str]]:
 
 def build(state: gr.State, config: AppConfig) -> dict:
     gr.Markdown(INTRO)
-    names = [f"builtin:{n}" for n in builtin_names()] + [f"synthetic:{e}" for e in ("0.0", "0.1", "0.2", "0.3")]
+    names = ([f"builtin:{n}" for n in catalogue.builtin_data_names()]
+             + [f"synthetic:{e}" for e in ("0.0", "0.1", "0.2", "0.3")])
     if config.default_data not in names:
         names.insert(0, config.default_data)
     with gr.Row():

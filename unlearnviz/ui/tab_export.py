@@ -12,7 +12,7 @@ import gradio as gr
 
 from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_text, safe_child
-from unlearnviz.model.loading import cache_dir
+from unlearnviz.session import catalogue
 from unlearnviz.ui.common import AppConfig, UISession, check_upload, confine_model_source, readable
 
 INTRO = ("**Export.** Save the selected edit (safetensors + manifest with checksums and the model's "
@@ -24,7 +24,7 @@ INTRO = ("**Export.** Save the selected edit (safetensors + manifest with checks
 
 
 def export_root() -> Path:
-    root = Path(os.environ.get("UNLEARNVIZ_EXPORTS", cache_dir() / "exports"))
+    root = Path(os.environ.get("UNLEARNVIZ_EXPORTS", catalogue.cache_folder() / "exports"))
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -81,12 +81,10 @@ def build(state: gr.State, config: AppConfig) -> dict:
             path = zip_folder(folder, safe_child(root, f"{label}.zip"))
             msg = f"Saved the edit in `{folder}` and `{path.name}`."
         elif kind == "checkpoint":
-            from unlearnviz.methods.edit import EditStack, export_checkpoint
-
             if session.current_edit() is None:
                 raise UserError("there is no edit yet (Unlearn tab)")
             folder = safe_child(root, f"{label}-checkpoint")
-            info = export_checkpoint(session.lm, EditStack(session.stack.edits[: session.current_index + 1]), folder)
+            info = session.export_checkpoint(folder)
             path = folder / "unlearnviz_export.json"
             msg = (f"Wrote a Hugging Face checkpoint to `{folder}` (load it with "
                    f"`AutoModelForCausalLM.from_pretrained`). {info.get('note', '')}")
@@ -106,7 +104,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
                    f"{len(session.stack)} edit(s), {len(session.chats)} chat(s)); import it here or with "
                    f"`python -m unlearnviz bundle import {path.name} --out DIR`.")
         else:
-            from unlearnviz.report import write_session_report
+            from unlearnviz.session.reporting import write_session_report
 
             session.require_model()
             path = write_session_report(session, safe_child(root, f"{label}.html"))

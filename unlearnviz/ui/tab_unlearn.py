@@ -10,7 +10,7 @@ import time
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.methods.base import REGISTRY, describe_hparams, get_method
+from unlearnviz.session import catalogue
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Unlearn.** Run an edit on the loaded model. *RMU* pushes forget activations at one layer toward a "
@@ -47,20 +47,8 @@ def _pct(v):
 
 
 def overrides_from(method: str, names: list[str], values: list) -> dict:
-    """Only the fields that differ from the method's defaults."""
-    defaults = {r["name"]: r["default"] for r in describe_hparams(get_method(method).hparams_cls)}
-    out = {}
-    for name, value in zip(names, values):
-        d = defaults[name]
-        if isinstance(d, list):
-            value = [int(v) for v in str(value).replace(" ", "").split(",") if v]
-        elif isinstance(d, bool):
-            value = bool(value)
-        elif isinstance(d, int) and value is not None and float(value).is_integer():
-            value = int(value)
-        if value != d:
-            out[name] = value
-    return out
+    """Only the fields that differ from the method's defaults, read as a config file would be."""
+    return catalogue.changed_hparams(method, dict(zip(names, values)))
 
 
 def run_with_live_updates(session: UISession, method: str, overrides: dict, progress=None):
@@ -124,14 +112,14 @@ def edit_summary(session: UISession) -> str:
 
 def build(state: gr.State, config: AppConfig) -> dict:
     gr.Markdown(INTRO)
-    methods = sorted(REGISTRY)
+    methods = catalogue.method_names()
     method = gr.Radio(methods, value=config.demo_method, label="Method",
-                      info="; ".join(f"{m}: {REGISTRY[m].summary}" for m in methods))
+                      info="; ".join(f"{m}: {catalogue.method_summary(m)}" for m in methods))
     fields: dict[str, tuple[list[str], list]] = {}
     groups = {}
     for m in methods:
         with gr.Accordion(f"{m.upper()} hyperparameters", open=False, visible=(m == config.demo_method)) as group:
-            rows = describe_hparams(REGISTRY[m].hparams_cls)
+            rows = catalogue.hparam_rows(m)
             comps = []
             with gr.Row(equal_height=False):
                 cols = [gr.Column(), gr.Column()]

@@ -7,31 +7,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from unlearnviz.cli import _EXTRA_COMMANDS, add_model_args, load_model_from_args
+from unlearnviz.cli.common import add_model_args, load_model_from_args
 from unlearnviz.errors import UserError
 
 
-def read_run_config(path: str | None, method: str | None = None) -> dict:
-    """A run config (unlearnviz.config: the new schema or the old flat form) as what a sweep uses:
-    {method, model, dtype, device, data, hparams}. A sweep varies one edit, so the config has at
-    most one."""
-    if not path:
-        return {}
-    from unlearnviz.config import load_config
-
-    cfg = load_config(path, method=method)
-    if len(cfg.edits) > 1:
-        raise UserError(f"config {Path(path).name}: edits: a sweep varies one edit; this config has {len(cfg.edits)}")
-    edit = cfg.edits[0] if cfg.edits else None
-    return {"method": edit.method if edit else None, "hparams": dict(edit.hparams) if edit else {},
-            "model": cfg.model.source, "dtype": cfg.model.dtype, "device": cfg.model.device, "data": cfg.data.spec}
-
-
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from unlearnviz.cli_analyze import page
     from unlearnviz.data import load_data
     from unlearnviz.io import atomic_write_text
     from unlearnviz.plots import tradeoff_figure
+    from unlearnviz.report.page import figures_page
+    from unlearnviz.runs import read_run_config
     from unlearnviz.sweep import before_metrics, expand, pareto_front, parse_grid, run_sweep
 
     cfg = read_run_config(args.config, args.method)
@@ -61,8 +46,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     notes = ["Each point is one edit fitted with the settings on hover; lower forget accuracy and higher "
              "retain accuracy are better, so the best trade-offs lie towards the top left.",
              "Ringed points are the Pareto front: no other point forgets more while keeping more."]
-    atomic_write_text(out / "tradeoff.html", page("unlearnviz sweep: forget vs retain", header,
-                                                  [("Trade-off", fig)], notes))
+    atomic_write_text(out / "tradeoff.html", figures_page("unlearnviz sweep: forget vs retain", header,
+                                                          [("Trade-off", fig)], notes))
     print(f"{len(rows)} points in {out / 'results.csv'}; trade-off page {out / 'tradeoff.html'}")
 
 
@@ -79,6 +64,3 @@ def register(sub) -> None:
     p.add_argument("--letter", action="store_true", help="also score lettered (lm-eval) multiple choice")
     p.add_argument("--max-points", type=int, default=200, help="refuse larger grids")
     p.set_defaults(fn=cmd_sweep)
-
-
-_EXTRA_COMMANDS.append(register)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from unlearnviz.cli import _EXTRA_COMMANDS, add_model_args
+from unlearnviz.cli.common import add_model_args
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -50,6 +50,3 @@ def register(sub) -> None:
     p.add_argument("--max-texts", type=int, default=60, help="texts per split for the activation views")
     p.add_argument("--max-items", type=int, default=32, help="questions per split for the residual-knowledge probes")
     p.set_defaults(fn=cmd_report)
-
-
-_EXTRA_COMMANDS.append(register)

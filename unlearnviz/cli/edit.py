@@ -7,34 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from unlearnviz.cli import _EXTRA_COMMANDS, add_model_args, load_model_from_args, write_json
+from unlearnviz.cli.common import add_model_args, load_model_from_args, parse_sets, tqdm_progress, write_json
 from unlearnviz.errors import UserError
-
-
-def parse_sets(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UserError(f"--set {pair!r}: use key=value")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def _tqdm_progress(total_hint: int = 0):
-    from tqdm import tqdm
-
-    # disable=None: no bar when stderr is not a terminal, so logs and errors stay one clean line each
-    bar = tqdm(total=total_hint or None, desc="training", leave=False, disable=None)
-
-    def progress(event: dict) -> None:
-        if bar.total != event.get("total"):
-            bar.total = event.get("total")
-        bar.n = event["step"]
-        bar.set_postfix(loss=f"{event.get('loss', 0):.3g}")
-        bar.refresh()
-
-    return progress, bar
 
 
 def _run_config(args: argparse.Namespace):
@@ -73,11 +47,12 @@ def _run_config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> None:
     """Fit the config's edit stack in order (each on top of the ones before) and write the run
-    folder (layout: unlearnviz.config.save_run)."""
-    from unlearnviz.config import replay, save_run
+    folder (layout: unlearnviz.runs)."""
     from unlearnviz.data import load_data
     from unlearnviz.methods import EditStack
+    from unlearnviz.runs import load_stack, save_run
     from unlearnviz.session import Limits, Session
+    from unlearnviz.session.replay import replay
 
     cfg = _run_config(args)
     out = Path(args.out)
@@ -87,11 +62,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     args.model, args.dtype, args.device = cfg.model.source, cfg.model.dtype, cfg.model.device
     lm = load_model_from_args(args)
     fp = lm.fingerprint(refresh=False)
-    prior = _load_stack(lm, Path(args.stack_on)) if args.stack_on else EditStack()
+    prior = load_stack(lm, Path(args.stack_on)) if args.stack_on else EditStack()
     unlimited = Limits(max_prompt_chars=10**9, max_new_tokens=10**6, max_steps=10**9, max_points=10**6,
                        max_upload_mb=10**6)  # the operator's own command: the server's caps do not apply
     t0 = time.perf_counter()
-    progress, bar = _tqdm_progress(0)
+    progress, bar = tqdm_progress(0)
     try:
         session = replay(cfg, Session(limits=unlimited), lm=lm, prior=prior, progress=progress)
     finally:
@@ -112,8 +87,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 def _run_analysis(lm, session, cfg, out: Path) -> None:
     """The config's analysis section on the final stack: analysis.json and analysis.html."""
     from unlearnviz.analysis import run_analysis
-    from unlearnviz.cli_analyze import page
     from unlearnviz.io import atomic_write_text
+    from unlearnviz.report.page import figures_page
 
     a = cfg.analysis
     res = run_analysis(lm, session.data, session.stack, layers=a.layers, geometry_layer=a.geometry_layer,
@@ -124,41 +99,8 @@ def _run_analysis(lm, session, cfg, out: Path) -> None:
     atomic_write_text(out / "analysis.json", json.dumps(report, indent=2) + "\n")
     header = {"model": lm.name, "data": session.data.name, "edits": len(session.stack),
               "verdict": report.get("verdict") or "n/a"}
-    atomic_write_text(out / "analysis.html", page(f"unlearnviz analysis: {lm.name} on {session.data.name}", header,
-                                                  res.figures(), res.notes))
-
-
-def _read_edit(folder: Path, lm):
-    """load_edit, with any structural damage it does not itself check reported as one line."""
-    from unlearnviz.methods import load_edit
-
-    try:
-        return load_edit(folder, lm)
-    except (UserError, MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # a manifest of the wrong shape, a tensor under a bad name, ...
-        raise UserError(f"{folder}: damaged or tampered edit ({type(exc).__name__}: {str(exc)[:120]})") from None
-
-
-def _load_stack(lm, folder: Path):
-    from unlearnviz.methods import EditStack
-
-    chain, seen = [], set()
-    current = folder
-    while True:
-        if current.resolve() in seen:
-            raise UserError(f"{folder}: stacked_on.txt chain loops back to {current} (damaged or tampered edit)")
-        seen.add(current.resolve())
-        chain.append(_read_edit(current, lm))
-        prev = current / "stacked_on.txt"
-        if not prev.exists():
-            break
-        try:
-            below = Path(prev.read_text(encoding="utf-8").strip())
-            current = below if below.is_absolute() else current / below  # relative: a run's own stack/NN
-        except (OSError, UnicodeDecodeError):
-            raise UserError(f"{prev}: unreadable (damaged or tampered edit)") from None
-    return EditStack(list(reversed(chain)))
+    atomic_write_text(out / "analysis.html", figures_page(f"unlearnviz analysis: {lm.name} on {session.data.name}",
+                                                          header, res.figures(), res.notes))
 
 
 def cmd_relearn(args: argparse.Namespace) -> None:
@@ -166,6 +108,7 @@ def cmd_relearn(args: argparse.Namespace) -> None:
 
     from unlearnviz.data import load_data
     from unlearnviz.evaluation.relearn import RelearnSettings, relearn_record, steps_to_recovery
+    from unlearnviz.runs import load_stack
 
     if args.steps < 1 or args.eval_every < 1:
         raise UserError("--steps and --eval-every must be at least 1")
@@ -173,7 +116,7 @@ def cmd_relearn(args: argparse.Namespace) -> None:
         raise UserError(f"--lr must be a positive finite number, got {args.lr}")
     data = load_data(args.data)
     lm = load_model_from_args(args)
-    stack = _load_stack(lm, Path(args.edit))
+    stack = load_stack(lm, Path(args.edit))
     plan = stack.plan()
     s = RelearnSettings(steps=args.steps, lr=args.lr, eval_every=args.eval_every)
     result = relearn_record(lm, data, plan, s)
@@ -184,13 +127,14 @@ def cmd_relearn(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from unlearnviz.methods.edit import export_checkpoint
+    from unlearnviz.runs import load_stack
 
     out = Path(args.out)
     if out.exists() and not (out / "unlearnviz_export.json").exists():
         # export_checkpoint replaces its target folder: never one that holds something else
         raise UserError(f"--out {out} exists and is not an earlier unlearnviz export; choose a new folder")
     lm = load_model_from_args(args)
-    info = export_checkpoint(lm, _load_stack(lm, Path(args.edit)), out)
+    info = export_checkpoint(lm, load_stack(lm, Path(args.edit)), out)
     print(json.dumps(info, indent=2, default=float))
 
 
@@ -221,6 +165,3 @@ def register(sub) -> None:
     p.add_argument("--edit", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)
-
-
-_EXTRA_COMMANDS.append(register)

@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from unlearnviz.cli import _EXTRA_COMMANDS, add_model_args, load_model_from_args
+from unlearnviz.cli.common import add_model_args, load_model_from_args
 from unlearnviz.errors import UserError
 
 
@@ -29,51 +29,24 @@ def _model_args(args: argparse.Namespace, cfg) -> None:
     args.device = args.device or "auto"
 
 
-def session_from_run(run: Path, args: argparse.Namespace):
-    """A Session holding a run folder's edit stack, metrics, chats and relearning results."""
-    from unlearnviz.cli_edit import _load_stack
-    from unlearnviz.config import CHATS_FILE, CONFIG_FILE, METRICS_FILE, RELEARN_FILE, load_config
+def _session_from_run(run: Path, args: argparse.Namespace):
+    """A Session holding a run folder's edit stack, metrics, chats and relearning results, on the
+    model and data its config names (or the flags); and that config (None in an older run)."""
     from unlearnviz.data import load_data
-    from unlearnviz.session import Session
+    from unlearnviz.runs import CONFIG_FILE, read_run
+    from unlearnviz.session.replay import session_from_run
 
-    if not run.is_dir():
-        raise UserError(f"--run {run} is not a folder")
-    cfg = load_config(run / CONFIG_FILE) if (run / CONFIG_FILE).exists() else None
+    records = read_run(run)
+    cfg = records.config
     spec = args.data or (cfg.data.spec if cfg is not None else None)
     if not spec:
         raise UserError(f"{run} has no {CONFIG_FILE} naming its data (an older run): pass --data")
     data = load_data(spec)
     _model_args(args, cfg)
     lm = load_model_from_args(args)
-    stack = _load_stack(lm, run)
-    session = Session()
-    session.lm, session.data, session.stack = lm, data, stack
-    session.history = [{"action": "load_model", "model": args.model, "dtype": args.dtype, "device": args.device},
-                       {"action": "load_data", "data": spec}]
-    metrics = _read_json(run / METRICS_FILE, dict) or {}
-    if metrics.get("data") in (None, data.name):  # metrics measured on other data would mislabel the session
-        first = stack.edits[0].meta.get("metrics") or {}
-        session.before = metrics.get("original") or first.get("before")
-        for i, edit in enumerate(stack.edits):
-            after = (edit.meta.get("metrics") or {}).get("after")
-            if after:
-                session.after[i] = after
-    session.chats = _read_json(run / CHATS_FILE, list) or []
-    relearn = _read_json(run / RELEARN_FILE, dict) or {}
-    session.relearn = {int(k): v for k, v in relearn.items() if k.isdigit() and int(k) < len(stack)}
-    return session, cfg
-
-
-def _read_json(path: Path, kind: type):
-    if not path.exists():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{path}: not valid JSON (damaged run folder)") from None
-    if not isinstance(value, kind):
-        raise UserError(f"{path}: expected a JSON {kind.__name__} (damaged run folder)")
-    return value
+    history = [{"action": "load_model", "model": args.model, "dtype": args.dtype, "device": args.device},
+               {"action": "load_data", "data": spec}]
+    return session_from_run(records, lm, data, history), cfg
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -84,7 +57,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise UserError(f"--out {out}: a bundle is a .zip file")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; name the .zip file to write")
-    session, cfg = session_from_run(Path(args.run), args)
+    session, cfg = _session_from_run(Path(args.run), args)
     export_bundle(session, out, base=cfg)
     print(json.dumps({"bundle": str(out), "bytes": out.stat().st_size, "edits": len(session.stack),
                       "chats": len(session.chats)}, indent=2))
@@ -114,7 +87,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from unlearnviz.bundle import unique_tmp
-    from unlearnviz.config import save_run
+    from unlearnviz.runs import save_run
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -157,6 +130,3 @@ def register(sub) -> None:
         else:
             q.add_argument("--archive-only", action="store_true", help="check the archive only (no model load)")
         q.set_defaults(fn=fn)
-
-
-_EXTRA_COMMANDS.append(register)

@@ -11,14 +11,13 @@ original/edited, footprint; importance top-k; selectivity; logit-lens summary; v
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import re
 import sys
 import time
 from pathlib import Path
 
-from unlearnviz.cli import _EXTRA_COMMANDS, add_model_args, load_model_from_args
+from unlearnviz.cli.common import add_model_args, load_model_from_args, parse_sets
 from unlearnviz.errors import UserError
 
 
@@ -37,25 +36,6 @@ def _parse_layers(text: str | None) -> list[int] | None:
     return out
 
 
-def _sets(pairs: list[str]) -> dict:
-    from unlearnviz.cli_edit import parse_sets
-
-    return parse_sets(pairs)
-
-
-def page(title: str, header: dict, sections: list[tuple[str, object]], notes: list[str]) -> str:
-    """One self-contained HTML page: plotly.js inlined with the first figure, then every figure."""
-    from unlearnviz.report import FigureWriter, html_document
-
-    figure = FigureWriter()
-    parts = [f"<section><h2>{html.escape(name)}</h2>{figure(fig)}</section>" for name, fig in sections]
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in header.items())
-    note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return html_document(title, f"<h1>{html.escape(title)}</h1>\n<table>{rows}</table>\n<ul>{note_items}</ul>\n"
-                                + "".join(parts))
-
-
 def cmd_analyze(args: argparse.Namespace) -> None:
     from unlearnviz.data import load_data
 
@@ -66,11 +46,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from unlearnviz.analysis import encode, resolve_layers, run_analysis
     from unlearnviz.io import atomic_write_text
     from unlearnviz.methods import get_method, load_edit, make_hparams
+    from unlearnviz.report.page import figures_page
 
     spec = hparams = None
     if not args.edit:
         spec = get_method(args.method)
-        hparams = make_hparams(spec.hparams_cls, _sets(args.set))
+        hparams = make_hparams(spec.hparams_cls, parse_sets(args.set))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -85,7 +66,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     if args.edit:
         edit = load_edit(Path(args.edit), lm)
     else:
-        print(f"fitting {args.method} ({', '.join(f'{k}={v}' for k, v in _sets(args.set).items()) or 'defaults'})",
+        print(f"fitting {args.method} ({', '.join(f'{k}={v}' for k, v in parse_sets(args.set).items()) or 'defaults'})",
               file=sys.stderr)
         edit = spec.fit(lm, data, hparams)
     fit_s = time.perf_counter() - t0
@@ -105,8 +86,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
               "layers analysed": f"{layers[0]}..{layers[-1]} ({len(layers)})",
               "verdict": report.get("verdict") or "n/a"}
     sections = res.figures()
-    atomic_write_text(out / "analysis.html", page(f"unlearnviz analysis: {lm.name} on {data.name}", header,
-                                                  sections, res.notes))
+    atomic_write_text(out / "analysis.html", figures_page(f"unlearnviz analysis: {lm.name} on {data.name}", header,
+                                                          sections, res.notes))
     summary = {"out": str(out), "wall_s": report["wall_s"], "verdict": report.get("verdict"),
                "selectivity": report["selectivity"]["verdict"], "figures": len(sections)}
     print(json.dumps(summary, indent=2))
@@ -137,6 +118,3 @@ def register(sub) -> None:
     p.add_argument("--lens-only", action="store_true", help="residual knowledge from the untrained lens readout only "
                                                             "(skips the ridge probes: much faster on large models)")
     p.set_defaults(fn=cmd_analyze)
-
-
-_EXTRA_COMMANDS.append(register)

@@ -1,0 +1,84 @@
+"""What every command group of the command line shares: the parser that fails in one line, the
+model flags, ``--set`` pairs, JSON output and the training progress bar.
+
+Nothing heavy is imported at module level: ``unlearnviz.cli`` sets the hub's offline defaults
+before any command imports transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from unlearnviz.errors import UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags of every command that loads a model (the dashboard's model choices)."""
+    p.add_argument("--model", default="default",
+                   help="'default' (built-in SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
+    p.add_argument("--device-map", default=None, help="'auto' spreads the model over several GPUs")
+    p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes")
+    p.add_argument("--trust-remote-code", action="store_true", help="operator opt-in: run model code")
+    p.add_argument("--allow-pickle", action="store_true", help="operator opt-in: load .bin weights")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """The model that ``add_model_args``' flags name, with the operator's opt-ins."""
+    from unlearnviz.data.synthetic import resolve_model_source
+    from unlearnviz.model import LoadOptions, load_model
+
+    return load_model(resolve_model_source(args.model), LoadOptions(
+        dtype=args.dtype, device=args.device, device_map=args.device_map,
+        quantization=args.quantization, trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle))
+
+
+def write_json(path: str | None, obj) -> None:
+    """Print ``obj`` as JSON and, with ``path``, also write it there (atomically)."""
+    text = json.dumps(obj, indent=2, default=float)
+    print(text)
+    if path:
+        from unlearnviz.io import atomic_write_text
+
+        atomic_write_text(Path(path), text + "\n")
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs as a mapping of strings (``make_hparams`` types them)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--set {pair!r}: use key=value")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def tqdm_progress(total_hint: int = 0) -> tuple[Callable[[dict], None], object]:
+    """A training-progress callback drawing a tqdm bar, and the bar (close it before any error line)."""
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal, so logs and errors stay one clean line each
+    bar = tqdm(total=total_hint or None, desc="training", leave=False, disable=None)
+
+    def progress(event: dict) -> None:
+        if bar.total != event.get("total"):
+            bar.total = event.get("total")
+        bar.n = event["step"]
+        bar.set_postfix(loss=f"{event.get('loss', 0):.3g}")
+        bar.refresh()
+
+    return progress, bar
+

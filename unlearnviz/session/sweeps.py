@@ -1,0 +1,66 @@
+"""A small sweep inside one session: a grid of (method, settings) points, checked against the
+server's limits before anything is fitted, then fitted one by one on the original model in
+memory (the session's edit timeline and the base weights stay as they were), each point scored
+on forget and retain, with the Pareto front of the trade-off after every point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from unlearnviz.errors import UserError
+from unlearnviz.evaluation.verdicts import round4
+from unlearnviz.methods.base import get_method, make_hparams
+from unlearnviz.session import has_learned_positions
+from unlearnviz.sweep import expand, iter_sweep, pareto_front, parse_grid
+
+if TYPE_CHECKING:
+    from unlearnviz.model.loading import LoadedModel
+    from unlearnviz.session import Limits, Session
+
+SWEEP_HEADERS = ["method", "settings", "forget acc", "retain acc", "retain ppl", "fit s", "Pareto front"]
+
+
+def grid_points(methods: list[str] | None, lines: list[str], limits: Limits,
+                lm: LoadedModel | None = None) -> list[tuple[str, dict]]:
+    """Every (method, overrides) point of ``key=v1,v2`` ``lines`` for each of ``methods``, refused
+    (UserError, naming the line or the point) when it is malformed or over ``limits``; with
+    ``lm``, a ``max_tokens`` over a learned-position model's context is refused too."""
+    methods = [m for m in (methods or []) if m]
+    if not methods:
+        raise UserError("choose at least one method for the sweep")
+    grid = parse_grid(lines, what="grid line")
+    if "method" in grid:
+        raise UserError("choose the methods with the check boxes, not a method= line")
+    points = expand({"method": methods, **grid}, None, what="grid line")
+    if len(points) > limits.max_sweep_points:
+        raise UserError(f"the grid has {len(points)} points; this server's limit is {limits.max_sweep_points}: "
+                        f"fewer values or fewer methods")
+    for method, overrides in points:
+        hp = make_hparams(get_method(method).hparams_cls, dict(overrides))
+        if getattr(hp, "steps", 0) > limits.max_steps:
+            raise UserError(f"{method}: steps={hp.steps} is over this server's limit of {limits.max_steps}")
+        if lm is not None and getattr(hp, "max_tokens", 0) > lm.max_length and has_learned_positions(lm):
+            raise UserError(f"{method}: max_tokens={hp.max_tokens} is over this model's context of {lm.max_length}")
+    return points
+
+
+def live_sweep(session: Session, points: list[tuple[str, dict]],
+               progress: Callable[[int, int, dict], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[list[dict], set[str], dict]]:
+    """Fit ``points`` on the session's model and data, nothing written, yielding (rows so far,
+    their Pareto front, the original model's metrics) first with no rows, then after each point.
+    The session's original-model metrics are reused; once every point is done, an edit timeline or
+    base weights that changed are a bug (AssertionError)."""
+    lm, fp, n_edits = session.lm, session.lm.fingerprint(refresh=False), len(session.stack)
+    for rows, before in iter_sweep(lm, session.data, points, None, log=lambda _m: None, before=session.before,
+                                   progress=progress, should_stop=should_stop):
+        yield rows, pareto_front(rows) if rows else set(), before
+    if lm.fingerprint() != fp or len(session.stack) != n_edits:
+        raise AssertionError("the sweep changed the model's weights or the edit timeline")
+
+
+def sweep_table(rows: list[dict], front: set[str]) -> list[list]:
+    """One table row per point, in SWEEP_HEADERS' order."""
+    return [[r["method"], r["settings"], round4(r.get("forget_cloze_acc")), round4(r.get("retain_cloze_acc")),
+             round4(r.get("retain_ppl")), r.get("fit_s"), "yes" if r["id"] in front else ""] for r in rows]
