@@ -11,24 +11,24 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: run test test-fast setup setup-dev browser prepare lint bench clean
+.PHONY: run test test-fast setup setup-dev browser corpora prepare lint bench clean
 
 run: setup prepare
 	$(PY) app.py
 
-test: setup-dev prepare browser
+test: setup-dev prepare browser corpora
 	$(PY) -m ruff check unlearnviz tests app.py bench scripts
 	$(PY) -m pytest -q
 
 # The inner loop (~2.5 min on 2 cores): everything but the slow and browser tests, on two workers
 # (one test file each at a time). The full, sequential `make test` stays what CI runs.
 # PYTEST_ARGS narrows it, e.g. PYTEST_ARGS="tests/test_layers.py".
-test-fast: setup-dev
+test-fast: setup-dev corpora
 	$(PY) -m ruff check unlearnviz tests app.py bench scripts
 	$(PY) -m pytest -q -m "not slow and not browser" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # ~11 min on an idle 2-core machine; BENCH_ARGS="--quick" for a smoke run, "--only B1,B4" for some rows
-bench: setup-dev prepare
+bench: setup-dev prepare corpora
 	$(PY) -m bench $(BENCH_ARGS)
 
 setup: $(VENV)/.runtime-ok
@@ -53,6 +53,19 @@ prepare: setup
 # Debian's chromium for the real-browser tests (skipped when already installed).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# GCIDE, the dictionary the offline WMDP-shaped fixture is cut from (unlearnviz/data/fixtures.py):
+# the data files of Debian's dict-gcide alone (installing the package would add a dictionary server).
+GCIDE_DIR ?= $(or $(UNLEARNVIZ_CACHE),$(HOME)/.cache/unlearnviz)/corpora/gcide
+corpora:
+	@test -f $(GCIDE_DIR)/gcide.index || test -f /usr/share/dictd/gcide.index || { \
+	  d=$$(mktemp -d) && cd $$d && { apt-get download dict-gcide >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get download dict-gcide >/dev/null 2>&1; }; } && \
+	  dpkg-deb -x dict-gcide_*.deb x && mkdir -p $(GCIDE_DIR) && \
+	  cp x/usr/share/dictd/gcide.dict.dz $(GCIDE_DIR)/.gcide.dict.dz.tmp && \
+	  mv $(GCIDE_DIR)/.gcide.dict.dz.tmp $(GCIDE_DIR)/gcide.dict.dz && \
+	  cp x/usr/share/dictd/gcide.index $(GCIDE_DIR)/.gcide.index.tmp && \
+	  mv $(GCIDE_DIR)/.gcide.index.tmp $(GCIDE_DIR)/gcide.index && cd / && rm -rf $$d; }
 
 lint: setup-dev
 	$(PY) -m ruff check unlearnviz tests app.py bench scripts

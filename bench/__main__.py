@@ -1,7 +1,7 @@
 """Run the benchmark suite and write docs/benchmarks.md and docs/benchmarks.json.
 
 ``python -m bench [--only B1,B3] [--quick]``: the default model, the machine's threads.
-``--quick`` is a smoke run (fewer texts, steps and repeats; B8 on the tiny synthetic model): its
+``--quick`` is a smoke run (fewer texts, steps and repeats; B8 and B9 on the tiny synthetic model): its
 rows are marked "quick" and are not the measured figures. A partial run (``--only``) keeps the
 other rows, each with its own date and run conditions. Each row also records how much CPU other
 processes used while it ran (from /proc/stat, less this process and its children): absolute
@@ -77,8 +77,8 @@ def write(results: list, extra_md: dict[str, list[str]], run: dict) -> None:
              "(after a warm-up where one is cheap) and reports medians; the ratio is the median of per-pair "
              "ratios. *other load* is the average number of cores other processes kept busy while the row ran "
              "(from /proc/stat): on a busy machine absolute times are inflated, pair-by-pair ratios much less. "
-             "Rows marked *quick* come from a `--quick` smoke run (fewer texts, steps and repeats; B8 on the "
-             "tiny synthetic model) and are not the measured figures.", "",
+             "Rows marked *quick* come from a `--quick` smoke run (fewer texts, steps and repeats; B8 and B9 on "
+             "the tiny synthetic model) and are not the measured figures.", "",
              "| id | what | ours | baseline | ratio | target | met | unit | device | measured | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -101,7 +101,7 @@ def write(results: list, extra_md: dict[str, list[str]], run: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--only", default="", help="comma-separated benchmark ids (B1,B1e,B2,B3,B4,B5,B6,B7,B8,S)")
+    p.add_argument("--only", default="", help="comma-separated benchmark ids (B1,B1e,B2,B3,B4,B5,B6,B7,B8,B9,S)")
     p.add_argument("--quick", action="store_true", help="smoke run: fewer texts, steps and repeats")
     args = p.parse_args()
     wanted = {x.strip() for x in args.only.split(",") if x.strip()}

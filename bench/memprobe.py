@@ -1,4 +1,5 @@
-"""One side of a memory benchmark, alone in a fresh process: ``python -m bench.memprobe b4 ours|plain``.
+"""One side of a memory benchmark, alone in a fresh process: ``python -m bench.memprobe b4 ours|plain``
+(or ``b9 ...``: one RMU fit of B9, see bench/b9.py).
 
 Prints one JSON line: the peak resident memory of the measured call above the resident memory
 just before it (MB). The kernel's high-water mark (VmHWM, the ru_maxrss of a live process) is
@@ -48,6 +49,11 @@ def main() -> None:
         lm = suite.default_lm()
         texts = suite.bench_texts(int(sys.argv[3]) if len(sys.argv) > 3 else 500)
         fn = (lambda: suite.capture_all(lm, texts)) if side == "ours" else (lambda: suite.plain_hidden_pooled(lm, texts))
+    elif which == "b9":  # b9 ours|old N quick|full MODEL FORGET.jsonl RETAIN.jsonl: one fit, its own report
+        from bench.b9 import probe
+
+        print(json.dumps(probe(side, int(sys.argv[3]), sys.argv[4] == "quick", *sys.argv[5:8])))
+        return
     else:
         raise SystemExit(f"unknown probe {which}")
     print(json.dumps(measure(fn)))

@@ -459,7 +459,13 @@ def scaling_table(quick: bool = False) -> dict:
     return scaling(quick)
 
 
+def b9_wmdp_shaped(quick: bool = False) -> dict:
+    from bench.b9 import b9_corpus_memory
+
+    return b9_corpus_memory(quick)
+
+
 BENCHMARKS = [("B1", b1_misdirection_step), ("B1e", b1e_edit_and_eval), ("B2", b2_mrp_fit), ("B3", b3_side_by_side),
               ("B4", b4_capture), ("B5", b5_mcq), ("B6", b6_geometry), ("B7", b7_cold_start), ("B8", b8_demo),
-              ("S", scaling_table)]
+              ("B9", b9_wmdp_shaped), ("S", scaling_table)]
 

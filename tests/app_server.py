@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,7 +24,11 @@ class Server:
     def __init__(self, *flags: str, env: dict | None = None, timeout: float = 240.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = open(ROOT / ".pytest-app.log", "w")  # noqa: SIM115
+        # One log per server: parallel test workers (make test-fast) each start their own.
+        fd, name = tempfile.mkstemp(prefix="unlearnviz-app-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        self.log = open(self.log_path, "w")  # noqa: SIM115
         full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *flags],
                                      cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -42,7 +47,7 @@ class Server:
 
     def tail(self) -> str:
         self.log.flush()
-        return (ROOT / ".pytest-app.log").read_text()[-3000:]
+        return self.log_path.read_text()[-3000:]
 
     def alive(self) -> bool:
         try:

@@ -84,3 +84,85 @@ def test_partial_run_keeps_other_benchmarks_rows(tmp_path, monkeypatch):
     md = (tmp_path / "benchmarks.md").read_text()
     assert "## Scaling" in md and "What limits the missed targets" in md and "- **B3**" in md and ": why" in md
     assert "d2, quick, other load 1.5" in md and "the latest run (only B3)" in md
+
+
+def _corpus_file(path: Path, split: str, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"split": split, "text": t}) + "\n" for t in texts))
+    return path
+
+
+def test_b9_repeats_documents_past_the_corpus_in_a_seeded_shuffle(tmp_path):
+    from bench import b9
+
+    f = _corpus_file(tmp_path / "f.jsonl", "forget", [f"doc {i}" for i in range(10)])
+    assert b9.read_texts(f, 4, seed=1) == ["doc 0", "doc 1", "doc 2", "doc 3"]
+    many = b9.read_texts(f, 30, seed=1)
+    assert sorted(many) == sorted([f"doc {i}" for i in range(10)] * 3)
+    assert many != [f"doc {i % 10}" for i in range(30)] and many == b9.read_texts(f, 30, seed=1)
+
+
+def test_b9_probe_reports_one_fit(tmp_path, tiny_model_path, tiny_data):
+    """One B9 fit as the fresh process runs it (here in-process): memory, time, the steps'
+    losses and the tokens they read."""
+    from bench import b9
+
+    f = _corpus_file(tmp_path / "f.jsonl", "forget", list(tiny_data.forget_texts))
+    r = _corpus_file(tmp_path / "r.jsonl", "retain", list(tiny_data.retain_texts))
+    out = b9.probe("ours", 40, True, str(tiny_model_path), str(f), str(r))
+    steps = b9.QUICK["steps"]
+    assert out["steps"] == steps and len(out["losses"]) == steps and out["fit_s"] >= out["train_s"] > 0
+    assert out["n_batches"] == 10 + 8 and 0 < out["used_batches"] <= out["n_batches"]  # 40 forget, 32 retain-train
+    assert 0 < out["tokens_per_step"] <= 2 * b9.BATCH * b9.QUICK["max_tokens"]
+    assert out["shapes"]["hidden"] == tiny_lm_hidden(tiny_model_path) and out["peak_mb"] >= 0
+
+
+def tiny_lm_hidden(path: Path) -> int:
+    return json.loads((Path(path) / "config.json").read_text())["n_embd"]
+
+
+def test_b9_baseline_tree_imports_the_baseline_package():
+    import subprocess
+
+    from bench import b9
+
+    tree, why = b9.baseline_tree()
+    if tree is None:
+        pytest.skip(why)
+    try:
+        want = subprocess.run(["git", "-C", str(common.ROOT), "show", f"{b9.B9_BASELINE}:unlearnviz/methods/engine.py"],
+                              capture_output=True, text=True, check=True).stdout
+        assert (tree / "unlearnviz" / "methods" / "engine.py").read_text() == want
+        assert (tree / "bench" / "b9.py").read_text() == (common.ROOT / "bench" / "b9.py").read_text()
+        where = subprocess.run([sys.executable, "-c", "import unlearnviz; print(unlearnviz.__file__)"],
+                               cwd=tree, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        assert Path(where).resolve().is_relative_to(tree.resolve())
+    finally:
+        import shutil
+
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_b9_quick_run(tmp_path, monkeypatch, tiny_model_path):
+    """`python -m bench --only B9 --quick` end to end: the fixture, one fresh process per corpus
+    size and for the baseline engine, the naive-loop check, the rows and the extrapolation."""
+    import os
+
+    from bench import b9
+    from unlearnviz.data.fixtures import gcide_folder
+    from unlearnviz.model.loading import cache_dir
+
+    real = cache_dir()
+    monkeypatch.setenv("UNLEARNVIZ_GCIDE", str(gcide_folder()))
+    (tmp_path / "models").symlink_to(real / "models")  # the converted default model and the tiny one
+    monkeypatch.setenv("UNLEARNVIZ_CACHE", str(tmp_path))
+    out = b9.b9_corpus_memory(quick=True)
+    rows = {r.id: r for r in out["results"]}
+    assert sorted(rows) == ["B9", "B9l", "B9t"]
+    assert rows["B9l"].met and rows["B9l"].ours <= 1e-4  # the engine's losses are the naive loop's
+    assert rows["B9"].ours > 0 and rows["B9"].baseline > 0 and rows["B9t"].baseline is not None
+    md = "\n".join(out["markdown"])
+    assert all(f"| this tree | {n} |" in md for n in b9.QUICK["sizes"]) and f"| up-front ({b9.B9_BASELINE})" in md
+    assert "Extrapolation to a 7B model's shapes" in md and "24,000 (WMDP-Bio papers)" in md
+    assert os.listdir(tmp_path / "fixtures")  # the fixture went to this test's cache

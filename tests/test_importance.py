@@ -28,7 +28,10 @@ def imp(tiny_lm, tiny_data):
 
 def test_map_equals_the_one_srmu_trains_with(tiny_lm, tiny_data, imp):
     spec = get_method("srmu")
-    edit = spec.fit(tiny_lm, tiny_data, make_hparams(spec.hparams_cls, {"layer": 2, "window": 2, "steps": 2}))
+    # SRMU takes its statistics on the batches its steps read: five steps of 64 read every text
+    edit = spec.fit(tiny_lm, tiny_data, make_hparams(spec.hparams_cls, {"layer": 2, "window": 2, "steps": 5,
+                                                                        "batch_size": 64}))
+    assert edit.meta["captured"] == 9
     assert torch.allclose(imp.row(2), torch.tensor(edit.meta["importance"]), atol=1e-5)
     assert imp.selectivity[imp.layers.index(2)].share_top10 == pytest.approx(edit.meta["selectivity_top10"], abs=1e-5)
 

@@ -363,6 +363,8 @@ def test_capture_without_frozen_outputs_stops_early_and_keeps_the_same_window(fa
     with _pair_batches(family) as (lm, batches):
         full = WindowEngine(lm, 0, 3, batches, keep_first_out=True)
         cut = WindowEngine(lm, 0, 3, batches, keep_frozen=False, keep_first_out=keep_first_out)
+        assert cut._cut is None and cut.captured == 0  # captures are made when first read
+        cut.capture(0)
         assert cut._cut is not None and cut._cut < 3, family
         torch.manual_seed(0)
         plan = RoutingPlan(deltas={layer: zero_delta(lm, layer).detach().normal_(0, 0.05) for layer in range(4)})
@@ -406,3 +408,33 @@ def test_output_pair_cuts_a_batch_after_the_positions_its_loss_reads(family, mon
                         real_b = batches[j].attention_mask.bool()
                         assert torch.allclose(b[real_b], want_b[real_b], rtol=1e-4, atol=1e-5)
         assert any(kind[1] for kind in eng._join_checked)  # a cut was checked against the full call
+
+
+def test_a_truncation_that_cuts_off_most_forget_tokens_says_so(tiny_lm, tiny_data, capsys):
+    """max_tokens=32 on documents: the fit records the resolved window and a warning in its meta,
+    the first progress event carries it, and the CLI's progress callback prints it as one line on
+    stderr; with auto on the synthetic world (short facts) nothing is cut off and nothing warns."""
+    import dataclasses
+
+    from unlearnviz.cli.common import tqdm_progress
+
+    texts = list(tiny_data.forget_texts)
+    docs = [" ".join(texts[(d * 16 + j) % len(texts)] for j in range(16)) for d in range(8)]
+    data = dataclasses.replace(tiny_data, forget_texts=docs, forget_text_half=[])
+    events: list[dict] = []
+    edit = get_method("rmu").fit(tiny_lm, data, small(tiny_lm, "rmu", steps=2, max_tokens=32), progress=events.append)
+    (warning,) = edit.meta["warnings"]
+    assert edit.hparams["max_tokens"] == 32 and not edit.meta["max_tokens_auto"] and edit.meta["truncated_share"] > 0.5
+    assert "max_tokens=32 cuts off" in warning and events[0]["warning"] == warning
+    assert all("warning" not in e for e in events[1:])
+    progress, bar = tqdm_progress(2)
+    progress(events[0])
+    bar.close()
+    assert capsys.readouterr().err.strip().splitlines() == [f"warning: {warning}"]
+    mrp = get_method("mrp").fit(tiny_lm, data, small(tiny_lm, "mrp", steps=0, max_tokens=32))
+    assert mrp.meta["warnings"] == [warning]  # no step: the meta still says so
+
+    quiet: list[dict] = []
+    edit = get_method("srmu").fit(tiny_lm, tiny_data, small(tiny_lm, "srmu", steps=2), progress=quiet.append)
+    assert edit.hparams["max_tokens"] == 32 and edit.meta["max_tokens_auto"] and edit.meta["warnings"] == []
+    assert edit.meta["truncated_share"] == 0.0 and all("warning" not in e for e in quiet)

@@ -290,3 +290,4 @@ def test_default_model_run_and_report(tmp_path):
     assert [v["heading"] for v in p.sections.values()] == [h for _, h in SECTIONS]
     assert sum(v["figures"] for v in p.sections.values()) == 7
     assert "smollm2-135m-instruct" in out.read_text() and out.stat().st_size < 8_000_000
+

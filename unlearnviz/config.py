@@ -7,7 +7,8 @@ made anywhere can be replayed anywhere. YAML or JSON::
     version: 1
     seed: 0                      # global seeds; the seed of every edit without its own, and of relearning
     model: {source: default, dtype: float32, device: auto}
-    data: {spec: "builtin:demo"} # builtin:NAME, synthetic[:E], hf:DATASET[:CONFIG] or a file
+    data: {spec: "builtin:demo"} # builtin:NAME, synthetic[:E], hf:DATASET[:CONFIG], preset:NAME or a file;
+                                 # and/or parts: forget_corpus, retain_corpus, forget_mcq, retain_mcq
     edits:                       # the edit stack, fitted in order, each on top of the ones before
       - method: rmu
         hparams: {steps: 200}    # validated by the method's own hyperparameter dataclass
@@ -71,10 +72,24 @@ class ModelSection:
     device: str = opt("auto", "str", "cpu, cuda, cuda:N, mps or auto")
 
 
+_PART_DOC = ("a source (unlearnviz.data.sources): a string such as 'hf:DATASET:CONFIG:SPLIT?text=COLUMN' or "
+             "'file.jsonl?min_chars=50', a mapping {source, config, split, columns, max_rows, seed, min_chars, "
+             "chunk_tokens, unit}, or a list of them (one after the other); overrides that part of spec")
+
+
 @dataclass
 class DataSection:
-    spec: str | None = opt(None, "str", "builtin:NAME, synthetic[:E], hf:DATASET[:CONFIG] or a data file "
-                                        "(relative paths: to the working folder)", optional=True)
+    """The data: one spec, and/or its four parts each from its own source. On reading, the parts
+    are folded into ``spec`` (one composed spec string, ``[SPEC;]PART=SOURCE;...``), so every
+    reader of a config (replay, bundles, reports, sweeps) sees the whole data set in one string."""
+
+    spec: str | None = opt(None, "str", "builtin:NAME, synthetic[:E], hf:DATASET[:CONFIG], preset:NAME[@DIR], a data "
+                                        "file or a composed spec (relative paths: to the working folder)",
+                           optional=True)
+    forget_corpus: Any = opt(None, "sources", "the forget corpus: " + _PART_DOC, optional=True)
+    retain_corpus: Any = opt(None, "sources", "the retain corpus: " + _PART_DOC, optional=True)
+    forget_mcq: Any = opt(None, "sources", "the forget multiple-choice set: " + _PART_DOC, optional=True)
+    retain_mcq: Any = opt(None, "sources", "the retain multiple-choice set: " + _PART_DOC, optional=True)
 
 
 @dataclass
@@ -146,7 +161,9 @@ class Config:
     analysis: AnalysisSection = opt(AnalysisSection, "AnalysisSection", "analysis views (`run` only)")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["data"] = {k: v for k, v in out["data"].items() if k == "spec" or v is not None}  # parts are folded
+        return out
 
     def to_yaml(self) -> str:
         import yaml
@@ -166,7 +183,8 @@ def _type_name(value: Any) -> str:
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 _EXPECTED = {"int": "an integer, got {v!r}", "float": "a number, got {v!r}", "bool": "true or false, got {v!r}",
              "str": "a string, got {t} {v!r}", "ints": "a list of integers, got {v!r}",
-             "hparams": "a mapping of name: value, got {t}", "list": "a list, got {t}", "section": "a mapping, got {t}"}
+             "hparams": "a mapping of name: value, got {t}", "list": "a list, got {t}", "section": "a mapping, got {t}",
+             "sources": "a source string, a mapping or a list of them, got {t}"}
 
 
 def _field_type(meta: dict) -> Any:
@@ -178,6 +196,8 @@ def _field_type(meta: dict) -> Any:
         t = _schema(SECTIONS[kind])
     elif kind == "hparams":
         t = dict  # checked by make_hparams, key by key
+    elif kind == "sources":
+        t = str | dict | list  # checked by unlearnviz.data.sources, source by source (_fold_data)
     elif meta["choices"]:
         t = Literal[meta["choices"]]
     elif kind == "ints":
@@ -227,6 +247,8 @@ def _problem(raw: dict, e: dict) -> tuple[list, str]:
             cls, meta, key, value = SECTIONS[meta["kind"][5:]], None, f"{key}[{part}]", value[part]
             order.append((1, part))
             continue
+        if meta is not None and meta["kind"] == "sources":
+            break  # the union's member names, not keys: one message for the field
         names = [f.name for f in dataclasses.fields(cls)]
         key = f"{key}.{part}" if key else part
         if part not in names:
@@ -269,6 +291,22 @@ def _check_edit(edit: EditSection, path: str) -> None:
         except UserError as exc:
             raise UserError(f"{path}.hparams.{key}: {exc}") from None
     edit.hparams = typed
+
+
+def _fold_data(data: DataSection) -> None:
+    """The parts given as their own keys, checked and folded into ``spec`` (see DataSection)."""
+    from unlearnviz.data.sources import PARTS, compose_spec
+
+    parts = {p: getattr(data, p) for p in PARTS if getattr(data, p) is not None}
+    if not parts:
+        return
+    try:
+        data.spec = compose_spec(data.spec, parts)
+    except UserError as exc:
+        msg = str(exc)
+        raise UserError(f"data.{msg}" if msg.startswith(PARTS) else f"data: {msg.removeprefix('data: ')}") from None
+    for p in PARTS:
+        setattr(data, p, None)
 
 
 FLAT_KEYS = {"method", "model", "data", "hparams", "stack", "history"}
@@ -335,6 +373,7 @@ def parse_config(raw: Any, method: str | None = None) -> Config:
         cfg = _build(Config, _adapter().validate_python(raw))
     except ValidationError as exc:
         raise UserError(min(_problem(raw, e) for e in exc.errors())[1]) from None
+    _fold_data(cfg.data)
     for i, edit in enumerate(cfg.edits):
         _check_edit(edit, f"edits[{i}]")
     for i, chat in enumerate(cfg.chat):

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from unlearnviz.cli.common import add_model_args, load_model_from_args, parse_sets
+from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args, load_model_from_args, parse_sets
 from unlearnviz.errors import UserError
 
 
@@ -37,9 +37,10 @@ def _parse_layers(text: str | None) -> list[int] | None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from unlearnviz.data import load_data
+    from unlearnviz.data import check_data, load_data
 
-    data = load_data(args.data)  # fails fast, before the model loads
+    data_spec = data_spec_from_args(args)
+    check_data(data_spec)  # fails fast, before the model loads
     if args.edit and args.set:
         raise UserError("--set changes the hyperparameters of a fitted edit; with --edit the edit is loaded as is")
     layers = _parse_layers(args.layers)
@@ -56,6 +57,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     lm = load_model_from_args(args)
+    data = load_data(data_spec, tokenizer=lm.tokenizer)
     layers = resolve_layers(lm, layers)
     if args.layer is not None:
         resolve_layers(lm, args.layer)
@@ -96,7 +98,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="importance maps, geometry, residual-knowledge probes → JSON + HTML")
     add_model_args(p)
-    p.add_argument("--data", required=True, help="builtin:NAME, synthetic[:E], or a JSONL/CSV/Parquet file")
+    add_data_args(p)
     p.add_argument("--edit", default=None, help="an edit folder (from `run`); without it one is fitted")
     p.add_argument("--method", default="srmu", help="method to fit when no --edit is given (default srmu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")

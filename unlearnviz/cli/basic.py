@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unlearnviz.cli.common import add_model_args, load_model_from_args, write_json
+from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args, load_model_from_args, write_json
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -31,14 +31,39 @@ def cmd_data_list(args: argparse.Namespace) -> None:
               + (f"  {acc}" if acc else ""))
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def cmd_data_show(args: argparse.Namespace) -> None:
     from unlearnviz.data import load_data
 
-    data = load_data(args.data)  # before torch is imported: a bad data argument fails at once
+    data = load_data(data_spec_from_args(args))
+    write_json(args.json, {**data.summary(), "provenance": data.provenance, "parts": data.parts,
+                           "content_hash": data.content_hash()})
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from unlearnviz.data.compose import fetch
+
+    out = Path(args.out)
+    saved = fetch(args.spec, out, log=lambda m: print(m, file=sys.stderr, flush=True))
+    spec = args.spec if args.spec.startswith("preset:") or ";" in args.spec else f"preset:{args.spec}"
+    flags = (f"--data {shlex.quote(spec + '@' + str(out))}" if spec.startswith("preset:") and ";" not in spec else
+             " ".join(f"--{p.replace('_', '-')} {shlex.quote(f)}" for p, fs in saved.items() for f in fs))
+    write_json(None, {"saved": saved, "use_offline": flags})
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from unlearnviz.data import check_data, load_data
+
+    spec = data_spec_from_args(args)
+    check_data(spec)  # before torch is imported: a bad data argument fails at once
     from unlearnviz.evaluation.mcq import evaluate
     from unlearnviz.session import check_fits_context
 
     lm = load_model_from_args(args)
+    data = load_data(spec, tokenizer=lm.tokenizer)
     check_fits_context(lm, data, letter=not args.no_letter)
     res = evaluate(lm, data, letter=not args.no_letter)
     res.update({"model": lm.name, "data": data.name})
@@ -53,9 +78,17 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True)
     dsub.add_parser("list", help="list the built-in sets").set_defaults(fn=cmd_data_list)
+    q = dsub.add_parser("show", help="load a data set (or its four parts) and print its summary and provenance")
+    add_data_args(q)
+    q.add_argument("--json", default=None, help="also write the JSON here")
+    q.set_defaults(fn=cmd_data_show)
+    q = dsub.add_parser("fetch", help="save a preset's (or a spec's) hub datasets to a folder, for offline use")
+    q.add_argument("spec", help="a preset (wmdp-bio, wmdp-cyber, wmdp) or a data spec with hf: parts")
+    q.add_argument("--out", required=True, help="the folder to write (one save_to_disk folder per part)")
+    q.set_defaults(fn=cmd_data_fetch)
     p = sub.add_parser("eval", help="forget/retain accuracy (letter, cloze, floor) and perplexity")
     add_model_args(p)
-    p.add_argument("--data", required=True, help="builtin:NAME, a JSONL/CSV/Parquet file or hf:DATASET[:CONFIG]")
+    add_data_args(p)
     p.add_argument("--json", default=None, help="also write the JSON here")
     p.add_argument("--no-letter", action="store_true", help="skip lettered (lm-eval) scoring")
     p.set_defaults(fn=cmd_eval)

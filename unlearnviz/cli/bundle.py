@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from unlearnviz.cli.common import add_model_args, load_model_from_args
+from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args, load_model_from_args
 from unlearnviz.errors import UserError
 
 
@@ -32,18 +32,19 @@ def _model_args(args: argparse.Namespace, cfg) -> None:
 def _session_from_run(run: Path, args: argparse.Namespace):
     """A Session holding a run folder's edit stack, metrics, chats and relearning results, on the
     model and data its config names (or the flags); and that config (None in an older run)."""
-    from unlearnviz.data import load_data
+    from unlearnviz.data import check_data, load_data
     from unlearnviz.runs import CONFIG_FILE, read_run
     from unlearnviz.session.replay import session_from_run
 
     records = read_run(run)
     cfg = records.config
-    spec = args.data or (cfg.data.spec if cfg is not None else None)
+    spec = data_spec_from_args(args, cfg.data.spec if cfg is not None else None, required=False)
     if not spec:
         raise UserError(f"{run} has no {CONFIG_FILE} naming its data (an older run): pass --data")
-    data = load_data(spec)
+    check_data(spec)
     _model_args(args, cfg)
     lm = load_model_from_args(args)
+    data = load_data(spec, tokenizer=lm.tokenizer)
     history = [{"action": "load_model", "model": args.model, "dtype": args.dtype, "device": args.device},
                {"action": "load_data", "data": spec}]
     return session_from_run(records, lm, data, history), cfg
@@ -116,7 +117,7 @@ def register(sub) -> None:
     add_model_args(e)
     e.set_defaults(model=None, dtype=None, device=None)  # default: the run's config.yaml
     e.add_argument("--run", required=True, help="a folder written by `run` (or `bundle import`)")
-    e.add_argument("--data", default=None, help="the run's data, when its folder has no config.yaml")
+    add_data_args(e, help="the run's data, when its folder has no config.yaml")
     e.add_argument("--out", required=True, help="the .zip file to write")
     e.set_defaults(fn=cmd_export)
     for name, fn, helptext in (("verify", cmd_verify, "check a bundle: archive, checksums, model, data, edits"),

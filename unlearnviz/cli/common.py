@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,39 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes")
     p.add_argument("--trust-remote-code", action="store_true", help="operator opt-in: run model code")
     p.add_argument("--allow-pickle", action="store_true", help="operator opt-in: load .bin weights")
+
+
+DATA_HELP = ("builtin:NAME, synthetic[:E], a JSONL/CSV/Parquet file, hf:DATASET[:CONFIG] (needs a network), "
+             "preset:NAME[@DIR] (wmdp-bio, wmdp-cyber, wmdp) or a composed spec; the part flags override its parts")
+PART_FLAGS = {"forget_corpus": "--forget-corpus", "retain_corpus": "--retain-corpus", "forget_mcq": "--forget-mcq",
+              "retain_mcq": "--retain-mcq"}
+
+
+def add_data_args(p: argparse.ArgumentParser, help: str = DATA_HELP) -> None:
+    """``--data`` and the four part flags of every command that reads data (repeat a part flag to
+    give a part several sources, one after the other)."""
+    p.add_argument("--data", default=None, help=help)
+    what = {"forget_corpus": "the forget corpus", "retain_corpus": "the retain corpus",
+            "forget_mcq": "the forget multiple-choice set", "retain_mcq": "the retain multiple-choice set"}
+    for part, flag in PART_FLAGS.items():
+        p.add_argument(flag, action="append", default=None, metavar="SOURCE",
+                       help=f"{what[part]} from its own source: builtin:NAME, a file or folder, hf:DATASET[:CONFIG"
+                            f"[:SPLIT]], with ?KEY=VALUE options (max_rows, seed, min_chars, chunk_tokens, a column "
+                            "map such as text=abstract); overrides that part of --data")
+
+
+def data_spec_from_args(args: argparse.Namespace, base: str | None = None, required: bool = True) -> str | None:
+    """The one data spec string ``--data`` (or ``base``, a config's) and the part flags mean."""
+    from unlearnviz.data import compose_spec
+
+    parts = {part: getattr(args, part, None) for part in PART_FLAGS}
+    spec = getattr(args, "data", None) or base
+    if not spec and not any(parts.values()):
+        if required:
+            raise UserError("no data: give --data (or all four of --forget-corpus, --retain-corpus, --forget-mcq, "
+                            "--retain-mcq)")
+        return None
+    return compose_spec(spec, parts)
 
 
 def load_model_from_args(args: argparse.Namespace):
@@ -74,6 +108,8 @@ def tqdm_progress(total_hint: int = 0) -> tuple[Callable[[dict], None], object]:
     bar = tqdm(total=total_hint or None, desc="training", leave=False, disable=None)
 
     def progress(event: dict) -> None:
+        if event.get("warning"):  # one line on stderr, above the bar
+            tqdm.write(f"warning: {event['warning']}", file=sys.stderr)
         if bar.total != event.get("total"):
             bar.total = event.get("total")
         bar.n = event["step"]

@@ -7,7 +7,16 @@ import json
 import time
 from pathlib import Path
 
-from unlearnviz.cli.common import add_model_args, load_model_from_args, parse_sets, tqdm_progress, write_json
+from unlearnviz.cli.common import (
+    PART_FLAGS,
+    add_data_args,
+    add_model_args,
+    data_spec_from_args,
+    load_model_from_args,
+    parse_sets,
+    tqdm_progress,
+    write_json,
+)
 from unlearnviz.errors import UserError
 
 
@@ -19,9 +28,10 @@ def _run_config(args: argparse.Namespace):
 
     overrides = parse_sets(args.set)
     if not args.config:
-        if not args.method or not args.data:
+        spec = data_spec_from_args(args, required=False)
+        if not args.method or not spec:
             raise UserError("run needs --method and --data (or a --config that names them)")
-        return config_from_args(args.method, args.model, args.dtype, args.device, args.data, overrides,
+        return config_from_args(args.method, args.model, args.dtype, args.device, spec, overrides,
                                 letter=not args.no_letter)
     raw = read_config_file(args.config)
     name = Path(args.config).name
@@ -29,8 +39,11 @@ def _run_config(args: argparse.Namespace):
         d = parse_config({} if raw is None else raw, method=args.method).to_dict()
         if not isinstance(raw, dict) or "model" not in raw:
             d["model"] = {"source": args.model, "dtype": args.dtype, "device": args.device}
-        if not d["data"]["spec"] and args.data:
-            d["data"]["spec"] = args.data
+        parts = {p: getattr(args, p) for p in PART_FLAGS if getattr(args, p)}
+        if d["data"]["spec"] or args.data or parts:  # the config's data, else --data; the part flags over it
+            from unlearnviz.data import compose_spec
+
+            d["data"]["spec"] = compose_spec(d["data"]["spec"] or args.data, parts)
         if not d["edits"] and args.method:
             d["edits"] = [{"method": args.method, "hparams": {}}]
         if overrides and d["edits"]:
@@ -48,7 +61,7 @@ def _run_config(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> None:
     """Fit the config's edit stack in order (each on top of the ones before) and write the run
     folder (layout: unlearnviz.runs)."""
-    from unlearnviz.data import load_data
+    from unlearnviz.data import check_data
     from unlearnviz.methods import EditStack
     from unlearnviz.runs import load_stack, save_run
     from unlearnviz.session import Limits, Session
@@ -58,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    load_data(cfg.data.spec)  # a bad data argument fails before the model loads
+    for spec in [cfg.data.spec] + [e.data for e in cfg.edits if e.data]:
+        check_data(spec)  # a bad data argument fails before the model loads
     args.model, args.dtype, args.device = cfg.model.source, cfg.model.dtype, cfg.model.device
     lm = load_model_from_args(args)
     fp = lm.fingerprint(refresh=False)
@@ -106,7 +120,7 @@ def _run_analysis(lm, session, cfg, out: Path) -> None:
 def cmd_relearn(args: argparse.Namespace) -> None:
     import math
 
-    from unlearnviz.data import load_data
+    from unlearnviz.data import check_data, load_data
     from unlearnviz.evaluation.relearn import RelearnSettings, relearn_record, steps_to_recovery
     from unlearnviz.runs import load_stack
 
@@ -114,8 +128,10 @@ def cmd_relearn(args: argparse.Namespace) -> None:
         raise UserError("--steps and --eval-every must be at least 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UserError(f"--lr must be a positive finite number, got {args.lr}")
-    data = load_data(args.data)
+    spec = data_spec_from_args(args)
+    check_data(spec)
     lm = load_model_from_args(args)
+    data = load_data(spec, tokenizer=lm.tokenizer)
     stack = load_stack(lm, Path(args.edit))
     plan = stack.plan()
     s = RelearnSettings(steps=args.steps, lr=args.lr, eval_every=args.eval_every)
@@ -142,7 +158,7 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run an unlearning method and write edit + metrics")
     add_model_args(p)
     p.add_argument("--method", default=None, help="rmu, srmu or mrp")
-    p.add_argument("--data", default=None)
+    add_data_args(p)
     p.add_argument("--out", required=True, help="folder for edit.safetensors, manifest.json, metrics.json, "
                    "config.yaml (and stack/ for a config of several edits)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
@@ -154,7 +170,7 @@ def register(sub) -> None:
     p = sub.add_parser("relearn", help="relearning attack curves for an edit and the original")
     add_model_args(p)
     p.add_argument("--edit", required=True)
-    p.add_argument("--data", required=True)
+    add_data_args(p)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=10)

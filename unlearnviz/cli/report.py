@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from unlearnviz.cli.common import add_model_args
+from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -27,7 +27,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                        quantization=args.quantization, trust_remote_code=args.trust_remote_code,
                        allow_pickle=args.allow_pickle)
     t0 = time.perf_counter()
-    out = write_run_report(Path(args.run), Path(args.out), model=args.model, data=args.data, settings=settings,
+    out = write_run_report(Path(args.run), Path(args.out), model=args.model,
+                           data=data_spec_from_args(args, required=False), settings=settings,
                            relearn_json=Path(args.relearn) if args.relearn else None, load_options=opts,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     size = out.stat().st_size / 2**20
@@ -40,7 +41,7 @@ def register(sub) -> None:
     p.set_defaults(model=None)  # default: the model the run's manifest names
     p.add_argument("--run", required=True, help="a folder written by `python -m unlearnviz run`")
     p.add_argument("--out", required=True, help="the HTML file to write")
-    p.add_argument("--data", default=None, help="the run's data (default: the one its metrics.json names)")
+    add_data_args(p, help="the run's data (default: the one its config.yaml or metrics.json names)")
     p.add_argument("--relearn", default=None, help="a relearning result (`relearn --json`); default: "
                                                    "RUN/relearn.json if present, else computed")
     p.add_argument("--relearn-steps", type=int, default=20, help="relearning attack steps when no result is "

@@ -7,12 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from unlearnviz.cli.common import add_model_args, load_model_from_args
+from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args, load_model_from_args
 from unlearnviz.errors import UserError
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from unlearnviz.data import load_data
+    from unlearnviz.data import check_data, load_data
     from unlearnviz.io import atomic_write_text
     from unlearnviz.plots import tradeoff_figure
     from unlearnviz.report.page import figures_page
@@ -21,7 +21,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     cfg = read_run_config(args.config, args.method)
     method = args.method or cfg.get("method")
-    data_spec = args.data or cfg.get("data")
+    data_spec = data_spec_from_args(args, cfg.get("data"), required=False)
     if cfg and args.model == "default":  # the flags' defaults: the config's model section decides
         args.model = cfg["model"]
         args.dtype = cfg["dtype"] if args.dtype == "float32" else args.dtype
@@ -32,8 +32,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     points = expand(grid, method, cfg.get("hparams", {}))
     if len(points) > args.max_points:
         raise UserError(f"the grid has {len(points)} points, over --max-points {args.max_points}")
-    data = load_data(data_spec)
+    check_data(data_spec)
     lm = load_model_from_args(args)
+    data = load_data(data_spec, tokenizer=lm.tokenizer)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
@@ -54,7 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of settings (and methods); results.csv and tradeoff.html")
     add_model_args(p)
-    p.add_argument("--data", default=None, help="builtin:NAME, a file or hf:DATASET (or from --config)")
+    add_data_args(p)
     p.add_argument("--method", default=None, help="rmu, srmu or mrp (or a --grid method=...)")
     p.add_argument("--config", default=None, help="a run config (YAML/JSON, the `run --config` schema) with one edit: "
                    "its model, data, method and hyperparameters are the sweep's base")

@@ -21,7 +21,7 @@ from unlearnviz.data.schema import MCQItem, UnlearningData
 from unlearnviz.errors import UserError
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
-MAX_FILE_BYTES = 20 * 2**20
+MAX_FILE_BYTES = 20 * 2**20  # single files up to this size are read into lists; larger ones as Arrow
 LOW_ENTANGLEMENT_SET = "geo_europe_vs_science_books"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -85,6 +85,29 @@ def _choices(value) -> list[str]:
     return list(value)
 
 
+def mcq_from_row(row: dict, letters: bool = False) -> MCQItem:
+    """One multiple-choice item from a row's ``question``, ``choices``, ``answer`` (a 0-based
+    index; with ``letters`` also A, B, ...) and optional ``blind_question``, ``subject``,
+    ``relation``; a ValueError says what is wrong."""
+    if row.get("choices") is None or row.get("answer") in (None, ""):
+        raise ValueError("an item with 'question' needs 'choices' and 'answer'")
+    value = row["answer"]
+    if letters and isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
+        value = ord(value.strip().upper()) - ord("A")
+    try:
+        answer = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'answer' must be an integer index{' or a letter' if letters else ''}, "
+                         f"got {row['answer']!r}") from None
+    choices = _choices(row["choices"])
+    if not 0 <= answer < len(choices):
+        raise ValueError(f"'answer' {answer} is out of range 0..{len(choices) - 1}")
+    return MCQItem(question=str(row["question"]), choices=tuple(choices), answer=answer,
+                   blind_question=str(row.get("blind_question") or ""),
+                   subject=str(row.get("subject") or ""),
+                   relation=str(row.get("relation") or ""))
+
+
 def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
                  default_split: str | None = None, card: dict | None = None) -> UnlearningData:
     """Build UnlearningData from rows, collecting every bad row's line and reason."""
@@ -102,19 +125,7 @@ def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
             if half not in ("", "A", "B"):
                 raise ValueError("'half' must be A or B")
             if row.get("question") not in (None, ""):
-                if row.get("choices") is None or row.get("answer") in (None, ""):
-                    raise ValueError("an item with 'question' needs 'choices' and 'answer'")
-                try:
-                    answer = int(row["answer"])
-                except (TypeError, ValueError):
-                    raise ValueError(f"'answer' must be an integer index, got {row['answer']!r}") from None
-                choices = _choices(row["choices"])
-                if not 0 <= answer < len(choices):
-                    raise ValueError(f"'answer' {answer} is out of range 0..{len(choices) - 1}")
-                item = MCQItem(question=str(row["question"]), choices=tuple(choices), answer=answer,
-                               blind_question=str(row.get("blind_question") or ""),
-                               subject=str(row.get("subject") or ""),
-                               relation=str(row.get("relation") or ""))
+                item = mcq_from_row(row)
                 if split == "forget":
                     forget_mcq.append(item)
                     forget_half.append(half)
@@ -168,14 +179,16 @@ def load_builtin(name: str) -> UnlearningData:
                         card=builtin_card(name))
 
 
-def load_file(path: Path, name: str | None = None) -> UnlearningData:
+def load_file(path: Path, name: str | None = None, max_bytes: int | None = None) -> UnlearningData:
+    """A single data file in the row format above, read into lists. ``max_bytes``: the caller's
+    cap (the dashboard's for visitor uploads; None for the operator)."""
     if not path.exists():
         raise UserError(f"data file not found: {path}")
     if path.is_dir() or path.suffix.lower() not in SUFFIXES:
         raise UserError(f"{path.name}: unsupported data file; use {', '.join(SUFFIXES)}")
-    if path.stat().st_size > MAX_FILE_BYTES:
+    if max_bytes is not None and path.stat().st_size > max_bytes:
         raise UserError(f"{path.name}: {path.stat().st_size / 2**20:.0f} MB is over the "
-                        f"{MAX_FILE_BYTES // 2**20} MB limit for data files")
+                        f"{max_bytes / 2**20:.0f} MB limit for data files")
     if path.stat().st_size == 0:
         raise UserError(f"{path.name}: the file is empty")
     return rows_to_data(_read_rows(path), name=name or path.name, provenance=f"file {path.name}")
@@ -209,8 +222,10 @@ def load_hf(spec: str) -> UnlearningData:
     return data
 
 
-def load_data(spec: str) -> UnlearningData:
-    """``builtin:NAME``, ``hf:DATASET[:CONFIG]``, ``synthetic[:ENTANGLEMENT]`` or a file path."""
+def load_single(spec: str, max_bytes: int | None = None) -> UnlearningData:
+    """One single spec: ``builtin:NAME``, ``hf:DATASET[:CONFIG]``, ``synthetic[:ENTANGLEMENT]`` or a
+    file path (read into lists; ``unlearnviz.data.compose.load_data`` reads large files and
+    composed specs as Arrow)."""
     if spec.startswith("builtin:"):
         return load_builtin(spec.split(":", 1)[1])
     if spec.startswith("hf:"):
@@ -219,4 +234,4 @@ def load_data(spec: str) -> UnlearningData:
         from unlearnviz.data.synthetic import load_synthetic
 
         return load_synthetic(spec)
-    return load_file(Path(spec).expanduser())
+    return load_file(Path(spec).expanduser(), max_bytes=max_bytes)

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
@@ -172,11 +172,17 @@ def describe_hparams(cls: type) -> list[dict]:
 
 
 class Ticker:
-    """Reports progress (step, total, losses, elapsed) and checks cancellation between steps."""
+    """Reports progress (step, total, losses, elapsed) and checks cancellation between steps.
 
-    def __init__(self, total: int, progress: ProgressFn | None, should_stop: StopFn | None, phase: str):
+    ``warnings`` (the fit's, e.g. a truncation that drops most tokens) ride on the first step's
+    event as ``"warning"``: every consumer of training events reads step, total and losses, so a
+    warning comes as part of one, not as an event of its own."""
+
+    def __init__(self, total: int, progress: ProgressFn | None, should_stop: StopFn | None, phase: str,
+                 warnings: Sequence[str] = ()):
         self.total, self.progress, self.should_stop, self.phase = total, progress, should_stop, phase
         self.t0 = time.perf_counter()
+        self.warnings = list(warnings)
 
     def check(self) -> None:
         if self.should_stop and self.should_stop():
@@ -188,6 +194,32 @@ class Ticker:
                 raise UserError(f"{self.phase}: loss term {name} became {v} at step {step}; "
                                 "lower the coefficients or the learning rate")
         if self.progress:
-            self.progress({"phase": self.phase, "step": step, "total": self.total,
-                           "elapsed": time.perf_counter() - self.t0, **losses})
+            event = {"phase": self.phase, "step": step, "total": self.total,
+                     "elapsed": time.perf_counter() - self.t0, **losses}
+            if self.warnings:
+                event["warning"] = " ".join(self.warnings)
+                self.warnings = []
+            self.progress(event)
         self.check()
+
+
+# The doc of every method's max_tokens field (the rule is resolve_max_tokens's).
+MAX_TOKENS_DOC = ("Truncate training texts to this many tokens; -1 = auto: the smallest power of two from 32 "
+                  "to 512 that keeps 95% of the forget texts' tokens (measured on up to 512 of them), within "
+                  "the model's context: 32 for short facts (every built-in set), 512 for documents (the WMDP "
+                  "corpora's chunks). The edit records the number used; a run that cuts off most forget "
+                  "tokens warns.")
+
+
+def resolve_window(lm, data, hparams) -> dict:
+    """Resolve ``hparams.max_tokens`` in place (-1 = auto: the rule of
+    :func:`unlearnviz.data.batching.resolve_max_tokens`), so the edit's hyperparameters record the
+    number a rerun needs; returns the edit's meta about it: the number, whether it was chosen
+    automatically, the share of the forget tokens truncation cuts off, and a warning when that is
+    most of them."""
+    from unlearnviz.data.batching import AUTO, resolve_max_tokens
+
+    auto = hparams.max_tokens == AUTO
+    hparams.max_tokens, share, warning = resolve_max_tokens(lm, data.forget_texts, hparams.max_tokens)
+    return {"max_tokens": hparams.max_tokens, "max_tokens_auto": auto, "truncated_share": share,
+            "warnings": [warning] if warning else []}

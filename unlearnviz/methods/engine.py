@@ -7,16 +7,28 @@ blocks start..stop, a forget and a retain batch as one call where their kwargs j
 (:mod:`unlearnviz.methods.pairing`). No frozen model copy is ever held. ``naive=True`` runs the reference
 algorithm instead (a full forward of the edited model and of the frozen model every step), for
 the equivalence test and the benchmark.
+
+Memory does not grow with the corpus: a batch is captured the first time something asks for it
+(a fit of N steps touches at most 2N batches, the reference RMU code's ``max_num_batches``), and
+the captures live in a cache bounded in bytes (on a CUDA device while they fit there, then in
+pinned CPU memory, then dropped and recomputed on the next use: the frozen model and the
+capture's prior do not change, so a recomputed capture is the very same tensors).
 """
 
 from __future__ import annotations
 
+import operator
+import os
 import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from unlearnviz.data.batching import Batch
+from unlearnviz.data.batching import Batch, make_batches
 from unlearnviz.methods.pairing import MASK_KEYS, NoJoin, cut_kwargs, join_kwargs, pad_rows
 from unlearnviz.model.adapter import linear_weight
 from unlearnviz.model.loading import LoadedModel
@@ -37,14 +49,331 @@ def step_order(n_forget: int, n_retain: int, steps: int, seed: int) -> list[tupl
     return [(next(fs), next(rs)) for _ in range(steps)]
 
 
-# Cache the first trained block's MLP input only while it stays this small (bytes).
-LINEAR_FIRST_BUDGET = 2 * 1024**3
-# Joined (two-batch) block kwargs kept per batch pair; rebuilt past this many pairs.
-JOIN_CACHE = 4096
+def used_batches(order: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """The distinct forget and retain batches a step order uses, ascending (all of them, in
+    corpus order, once the steps cover an epoch)."""
+    pairs = list(order)
+    return sorted({f for f, _ in pairs}), sorted({r for _, r in pairs})
+
+
+# The per-batch captures (block input, frozen output, per-block kwargs, first block's output and
+# MLP input) may take this share of the memory free when the engine is built: on a CUDA device
+# of its free memory, and in (pinned) CPU memory of the available RAM, there at most
+# HOST_CACHE_MAX. Past that, the least recently used capture moves from the device to CPU
+# memory, and from CPU memory out (recomputed when next used).
+CACHE_SHARE = 0.25
+HOST_CACHE_MAX = 2 * 1024**3
+# Joined (two-batch) and cut block kwargs kept, in bytes (least recently used dropped first).
+JOIN_CACHE_BYTES = 256 * 1024**2
 # Two batches run as one call unless padding them to one width adds more than this share of
 # tokens: on the default model the joined call's matrix products ran ~25% more FLOPs per second
 # (twice the rows), so a pair padded by more than that is cheaper as two calls.
 JOIN_MAX_PADDING = 0.25
+# Tokenised batches a LazyBatches keeps (a step reads each of its two batches a few times).
+LAZY_BATCHES_KEPT = 64
+
+
+class LazyBatches(Sequence):
+    """Batches of ``batch_size`` consecutive texts, tokenised when first read: batch i is what
+    ``make_batches(encode(texts), batch_size, pad_id)[i]`` is, without tokenising (or holding)
+    the batches a fit never reads. A few recent batches are kept."""
+
+    def __init__(self, texts: Sequence[str], encode: Callable[[list[str]], list[tuple[list[int], list[bool]]]],
+                 batch_size: int, pad_id: int):
+        self.texts, self.encode, self.batch_size, self.pad_id = texts, encode, batch_size, pad_id
+        self._kept: OrderedDict[int, Batch] = OrderedDict()
+
+    def __len__(self) -> int:
+        return -(-len(self.texts) // self.batch_size)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Subset(self, range(len(self))[i])
+        i = _index(i, len(self))
+        b = self._kept.get(i)
+        if b is None:
+            lo = i * self.batch_size
+            chunk = [self.texts[k] for k in range(lo, min(lo + self.batch_size, len(self.texts)))]
+            b = make_batches(self.encode(chunk), self.batch_size, self.pad_id)[0]
+            self._kept[i] = b
+            if len(self._kept) > LAZY_BATCHES_KEPT:
+                self._kept.popitem(last=False)
+        else:
+            self._kept.move_to_end(i)
+        return b
+
+    def __iter__(self) -> Iterator[Batch]:
+        return (self[i] for i in range(len(self)))
+
+    def __add__(self, other: Sequence) -> Chain:
+        return Chain(self, other)
+
+    def __radd__(self, other: Sequence) -> Chain:
+        return Chain(other, self)
+
+
+class Chain(Sequence):
+    """Sequences one after the other, read in place (``fb + rb`` without copying either)."""
+
+    def __init__(self, *parts: Sequence):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Subset(self, range(len(self))[i])
+        i = _index(i, len(self))
+        for p in self.parts:
+            if i < len(p):
+                return p[i]
+            i -= len(p)
+        raise IndexError(i)
+
+    def __iter__(self) -> Iterator:
+        for p in self.parts:
+            yield from p
+
+    def __add__(self, other: Sequence) -> Chain:
+        return Chain(*self.parts, other)
+
+    def __radd__(self, other: Sequence) -> Chain:
+        return Chain(other, *self.parts)
+
+
+class Subset(Sequence):
+    """The items of ``seq`` at ``indices``, read in place (lazily where ``seq`` is lazy)."""
+
+    def __init__(self, seq: Sequence, indices: Sequence[int]):
+        self.seq, self.indices = seq, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Subset(self.seq, self.indices[i])
+        return self.seq[self.indices[_index(i, len(self))]]
+
+    def __iter__(self) -> Iterator:
+        return (self.seq[k] for k in self.indices)
+
+
+def _index(i, n: int) -> int:
+    i = operator.index(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(i)
+    return i
+
+
+@dataclass
+class Capture:
+    """What one batch's capture pass keeps: the first trained block's input, each window block's
+    kwargs, the frozen output at ``stop`` (None unless kept), the first block's output and the
+    input of its MLP output projection (None unless linear_first)."""
+
+    h: torch.Tensor
+    kw: dict[int, dict]
+    out: torch.Tensor | None
+    first_out: torch.Tensor | None
+    mlp_in: torch.Tensor | None
+
+
+def value_bytes(obj: Any, seen: set | None = None) -> int:
+    """Bytes of every distinct tensor storage in ``obj`` (tensors in nested tuples, lists and
+    dicts; a view counts the whole storage it keeps alive, a shared storage once)."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        s = obj.untyped_storage()
+        key = (str(obj.device), s.data_ptr())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return s.nbytes()
+    if isinstance(obj, (tuple, list)):
+        return sum(value_bytes(x, seen) for x in obj)
+    if isinstance(obj, dict):
+        return sum(value_bytes(x, seen) for x in obj.values())
+    if isinstance(obj, Capture):
+        return sum(value_bytes(getattr(obj, f.name), seen) for f in fields(obj))
+    return 0
+
+
+def _moved(obj: Any, dest: Callable[[torch.Tensor], torch.device], pin: bool, memo: dict) -> Any:
+    """``obj`` with every tensor's storage copied to ``dest(tensor)`` (pinned if ``pin``), views,
+    expanded tensors and storages shared between tensors kept as they were (no byte added)."""
+    if isinstance(obj, torch.Tensor):
+        to = dest(obj)
+        if obj.device == to:
+            return obj
+        s = obj.untyped_storage()
+        key = (str(obj.device), s.data_ptr())
+        if key not in memo:
+            memo[key] = _storage_copy(s, obj.device, to, pin)
+        return torch.empty(0, dtype=obj.dtype, device=to).set_(memo[key], obj.storage_offset(), obj.size(),
+                                                                obj.stride())
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_moved(x, dest, pin, memo) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _moved(v, dest, pin, memo) for k, v in obj.items()}
+    if isinstance(obj, Capture):
+        return Capture(*(_moved(getattr(obj, f.name), dest, pin, memo) for f in fields(obj)))
+    return obj
+
+
+def _storage_copy(s: torch.UntypedStorage, src: torch.device, to: torch.device, pin: bool) -> torch.UntypedStorage:
+    """A copy of storage ``s`` on ``to`` (into pinned memory where ``pin`` and it can be had)."""
+    if to.type != "cpu":
+        return s.to(device=to)
+    if pin:
+        try:
+            buf = torch.empty(s.nbytes(), dtype=torch.uint8, pin_memory=True)
+            buf.copy_(torch.empty(0, dtype=torch.uint8, device=src).set_(s))
+            return buf.untyped_storage()
+        except RuntimeError:  # pinning can run out: pageable memory still holds it
+            pass
+    return s.cpu()
+
+
+class ByteCache:
+    """A least-recently-used map bounded in bytes (``size(value)``; a value larger than the
+    bound is not kept). ``put`` returns what it pushed out."""
+
+    def __init__(self, max_bytes: int, size: Callable[[Any], int] = value_bytes, overhead: int = 64):
+        self.max_bytes, self.size, self.overhead = int(max_bytes), size, overhead
+        self._items: OrderedDict = OrderedDict()
+        self._sizes: dict = {}
+        self.bytes = self.peak_bytes = 0
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, key):
+        value = self._items[key]
+        self._items.move_to_end(key)
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self._items else default
+
+    def pop(self, key):
+        self.bytes -= self._sizes.pop(key)
+        return self._items.pop(key)
+
+    def put(self, key, value, nbytes: int | None = None) -> list[tuple[Any, Any]]:
+        if key in self._items:
+            self.pop(key)
+        nbytes = (self.size(value) if nbytes is None else nbytes) + self.overhead
+        if nbytes > self.max_bytes:
+            return [(key, value)]
+        out = []
+        while self.bytes + nbytes > self.max_bytes:
+            k = next(iter(self._items))
+            out.append((k, self.pop(k)))
+        self._items[key], self._sizes[key] = value, nbytes
+        self.bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        return out
+
+
+def _available_ram() -> int:
+    """Bytes of RAM available now (MemAvailable; free pages where /proc is not there)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return HOST_CACHE_MAX
+
+
+class CaptureCache:
+    """Captures by batch index in two tiers bounded in bytes: on the compute device (a CUDA
+    device; nothing on a CPU, where captures already are in CPU memory) and in CPU memory
+    (pinned where CUDA is, so moving a capture back is one fast copy). A capture pushed out of
+    the device tier moves to the CPU tier; one pushed out of that is dropped."""
+
+    def __init__(self, device: torch.device, host_bytes: int | None = None, device_bytes: int | None = None):
+        cuda = device.type == "cuda"
+        if device_bytes is None:
+            device_bytes = int(CACHE_SHARE * torch.cuda.mem_get_info(device)[0]) if cuda else 0
+        if host_bytes is None:
+            host_bytes = min(HOST_CACHE_MAX, int(CACHE_SHARE * _available_ram()))
+        self.pin = cuda and torch.cuda.is_available()
+        self.device_tier = ByteCache(device_bytes) if device_bytes > 0 else None
+        self.host_tier = ByteCache(host_bytes)
+        self._homes: dict[int, dict] = {}  # parked capture -> its storages' devices
+        self.moved_out = self.moved_in = self.dropped = 0
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.host_tier or (self.device_tier is not None and i in self.device_tier)
+
+    def room(self) -> int:
+        """Bytes still free in the two tiers together."""
+        free = self.host_tier.max_bytes - self.host_tier.bytes
+        return free + (self.device_tier.max_bytes - self.device_tier.bytes if self.device_tier else 0)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.host_tier.peak_bytes + (self.device_tier.peak_bytes if self.device_tier else 0)
+
+    def get(self, i: int) -> Capture | None:
+        if self.device_tier is not None and i in self.device_tier:
+            return self.device_tier[i]
+        if i not in self.host_tier:
+            return None
+        parked = self.host_tier[i]
+        if self.device_tier is None:
+            return parked
+        homes = self._homes.get(i, {})
+        back = _moved(parked, lambda t: homes.get(t.untyped_storage().data_ptr(), t.device), False, {})
+        self.moved_in += 1
+        if self.host_tier._sizes[i] <= self.device_tier.max_bytes:  # fits on the device: back there
+            self.host_tier.pop(i)
+            self._homes.pop(i, None)
+            self.put(i, back)
+        return back
+
+    def put(self, i: int, c: Capture) -> None:
+        if self.device_tier is None:
+            self.dropped += len(self.host_tier.put(i, c))
+            return
+        for k, old in self.device_tier.put(i, c):
+            memo: dict = {}
+            parked = _moved(old, lambda t: torch.device("cpu"), self.pin, memo)
+            self.moved_out += 1
+            for gone, _ in self.host_tier.put(k, parked):
+                self._homes.pop(gone, None)
+                self.dropped += 1
+            if k in self.host_tier:
+                self._homes[k] = {host.data_ptr(): torch.device(dev) for (dev, _), host in memo.items()}
+class _Field(Sequence):
+    """One part of every batch's capture (``engine.inputs[i]``, ``engine.frozen[i]``, ...),
+    captured when read: iterating it streams the corpus through the cache."""
+
+    def __init__(self, engine: WindowEngine, name: str):
+        self.engine, self.name = engine, name
+
+    def __len__(self) -> int:
+        return len(self.engine.batches)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Subset(self, range(len(self))[i])
+        return getattr(self.engine.capture(_index(i, len(self))), self.name)
+
+    def __iter__(self) -> Iterator:
+        return (self[i] for i in range(len(self)))
 
 
 class WindowEngine:
@@ -55,27 +384,37 @@ class WindowEngine:
     frozen output plus delta·x with x the cached input of its MLP output projection (exact where
     the MLP output is added straight to the residual; the adapter says where). A window of
     three blocks then runs two.
+
+    ``batches`` is any sequence (a :class:`LazyBatches` tokenises on access); batch i is read
+    and captured the first time something asks for it (``capture``, ``output``, ``inputs[i]``,
+    ``frozen[i]``, ...), under the prior given here (``prior`` may be changed later for the runs:
+    captures stay the constructor's). ``cache_bytes`` bounds the captures kept in CPU memory and
+    ``device_cache_bytes`` those kept on a CUDA device (defaults: CACHE_SHARE of what is free,
+    HOST_CACHE_MAX at most in CPU memory); ``join_cache_bytes`` the joined kwargs
+    (JOIN_CACHE_BYTES). ``captured`` counts batches captured, ``recomputed`` captures of a
+    batch pushed out earlier.
     """
 
-    def __init__(self, lm: LoadedModel, start: int, stop: int, batches: list[Batch],
+    def __init__(self, lm: LoadedModel, start: int, stop: int, batches: Sequence[Batch],
                  prior: RoutingPlan | None = None, naive: bool = False, keep_frozen: bool = True,
-                 linear_first: bool = False, keep_first_out: bool = False):
+                 linear_first: bool = False, keep_first_out: bool = False, cache_bytes: int | None = None,
+                 device_cache_bytes: int | None = None, join_cache_bytes: int | None = None):
         self.lm, self.start, self.stop, self.naive = lm, start, stop, naive
         self.batches = batches
         self.prior = prior
-        cache_bytes = sum(b.input_ids.numel() for b in batches) * _mlp_width(lm, start) * 4
+        self._capture_prior = prior
+        # the first block's MLP inputs count against the cache's bytes like every other capture
         self.linear_first = (linear_first and not naive and lm.adapter.mlp_adds_to_residual
                              and (prior is None or start not in prior.projections)
-                             and (prior is None or prior.stream is None or start > prior.stream.last)
-                             and cache_bytes <= LINEAR_FIRST_BUDGET)
-        self.inputs: list[torch.Tensor] = []
-        self.kwargs: list[dict[int, dict]] = []
-        self.frozen: list[torch.Tensor] = []
-        self.first_out: list[torch.Tensor] = []
-        self.first_mlp_in: list[torch.Tensor] = []
+                             and (prior is None or prior.stream is None or start > prior.stream.last))
+        self.cache = CaptureCache(lm.device, cache_bytes, device_cache_bytes)
+        self.captured = self.recomputed = 0
+        self._seen: set[int] = set()
+        self.inputs, self.kwargs, self.frozen = _Field(self, "h"), _Field(self, "kw"), _Field(self, "out")
+        self.first_out, self.first_mlp_in = _Field(self, "first_out"), _Field(self, "mlp_in")
         self.joint = True  # output_pair may run two batches as one call
         self.pair_calls = self.joined_calls = 0  # output_pair calls, and those run as one call
-        self._joined: dict[tuple[int, int], dict | None] = {}
+        self._joined = ByteCache(JOIN_CACHE_BYTES if join_cache_bytes is None else join_cache_bytes)
         self._join_checked: set = set()
         # Without frozen outputs, blocks past the first (or, with keep_first_out, past the
         # second) only hand over their kwargs; once the first batch has shown which blocks get the
@@ -83,16 +422,39 @@ class WindowEngine:
         self._keep_frozen, self._keep_first_out = keep_frozen, keep_first_out or self.linear_first
         self._same_as: dict[int, int] | None = None
         self._cut: int | None = None
-        if not naive:
-            for b in batches:
-                h_in, kw, out, first_out, mlp_in = self._capture(b)
-                self.inputs.append(h_in)
-                self.kwargs.append(kw)
-                self.frozen.append(out if keep_frozen else None)
-                if self._keep_first_out:
-                    self.first_out.append(first_out)
-                if self.linear_first:
-                    self.first_mlp_in.append(mlp_in)
+
+    def capture(self, i: int) -> Capture:
+        """Batch i's capture: from the cache, else computed now (and kept while it fits)."""
+        c = self.cache.get(i)
+        if c is None:
+            h, kw, out, first_out, mlp_in = self._capture(self.batches[i])
+            c = Capture(h, kw, out if self._keep_frozen else None,
+                        first_out if self._keep_first_out else None, mlp_in if self.linear_first else None)
+            if i in self._seen:
+                self.recomputed += 1
+            else:
+                self._seen.add(i)
+                self.captured += 1
+            self.cache.put(i, c)
+        return c
+
+    def prefetch(self, order: Iterable[int]) -> int:
+        """Capture the batches in ``order`` (the order a fit's steps read them) now, while the
+        cache has room for another capture as large as the largest so far: a fit then makes its
+        captures before its first step where they fit (timed apart from the steps, as the reference
+        RMU code reads its ``max_num_batches`` batches up front), and each step captures the rest
+        when it reads them. Returns how many batches it captured."""
+        if self.naive:
+            return 0
+        n = largest = 0
+        for i in order:
+            if i in self.cache:
+                continue
+            if n and self.cache.room() < largest + 64:
+                break
+            largest = max(largest, value_bytes(self.capture(i)))
+            n += 1
+        return n
 
     @torch.no_grad()
     def _capture(self, b: Batch):
@@ -124,8 +486,8 @@ class WindowEngine:
             stop_after=self.stop,
             mlp_input_capture={self.start: keep("mlp_in")} if self.linear_first else {},
         )
-        if self.prior is not None:
-            plan = self.prior.merged(plan)
+        if self._capture_prior is not None:
+            plan = self._capture_prior.merged(plan)
         dev = self.lm.device
         with self.lm.router.apply(plan):
             try:
@@ -173,15 +535,15 @@ class WindowEngine:
     def _full(self, plan: RoutingPlan | None) -> RoutingPlan | None:
         return plan if self.prior is None else (self.prior if plan is None else self.prior.merged(plan))
 
-    def _entry(self, i: int, plan: RoutingPlan | None, width: int | None = None) -> tuple[int, torch.Tensor]:
-        """The first block that runs for batch i, and its input (its first ``width`` positions)."""
+    def _entry(self, c: Capture, plan: RoutingPlan | None, width: int | None = None) -> tuple[int, torch.Tensor]:
+        """The first block that runs for capture c, and its input (its first ``width`` positions)."""
         cut = slice(None) if width is None else slice(0, width)
         if not self.linear_first:
-            return self.start, self.inputs[i][:, cut]
-        h = self.first_out[i][:, cut]
+            return self.start, c.h[:, cut]
+        h = c.first_out[:, cut]
         own = None if plan is None else plan.deltas.get(self.start)  # the prior's is in first_out
         if own is not None:
-            x = self.first_mlp_in[i][:, cut]
+            x = c.mlp_in[:, cut]
             h = h + F.linear(x.to(own.dtype), own).to(h.dtype)
         return self.start + 1, h
 
@@ -196,8 +558,9 @@ class WindowEngine:
         full = self._full(plan)
         if self.naive:
             return self._naive_output(i, full)
-        first, h = self._entry(i, plan)
-        return self._run(first, h, self.kwargs[i], full)
+        c = self.capture(i)
+        first, h = self._entry(c, plan)
+        return self._run(first, h, c.kw, full)
 
     def output_pair(self, i: int, j: int, plan: RoutingPlan | None, pad_i: bool = True,
                     pad_j: bool = True, need_i: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,69 +586,64 @@ class WindowEngine:
         self.pair_calls += 1
         if self.naive or not self.joint:
             return self.output(i, plan), self.output(j, plan)
-        ti, tj = self.batches[i].input_ids.shape[1], self.batches[j].input_ids.shape[1]
+        bi, bj = self.batches[i], self.batches[j]
+        ci, cj = self.capture(i), self.capture(j)  # held here: the cache may push either out
+        ti, tj = bi.input_ids.shape[1], bj.input_ids.shape[1]
         cut = ti
         if need_i is not None and need_i < ti and tj != ti:
             cut = tj if need_i <= tj < ti else need_i
-        kw_i = self.kwargs[i] if cut == ti else self._cut_kwargs(i, j, cut)
+        kw_i = ci.kw if cut == ti else self._cut_kwargs(i, j, cut, ci.kw, cj.kw, (ti, tj))
         if kw_i is None:
-            cut, kw_i = ti, self.kwargs[i]
-        first, hi = self._entry(i, plan, cut)
-        _, hj = self._entry(j, plan)
+            cut, kw_i = ti, ci.kw
+        first, hi = self._entry(ci, plan, cut)
+        _, hj = self._entry(cj, plan)
         width = max(cut, tj)
         padded = width * (hi.shape[0] + hj.shape[0]) / (cut * hi.shape[0] + tj * hj.shape[0]) - 1
         allowed = (pad_i or cut == width) and (pad_j or tj == width) and padded <= JOIN_MAX_PADDING
-        kw = self._joined_kwargs(i, j, cut, kw_i) if first <= self.stop and allowed else None
+        kw = self._joined_kwargs(i, j, cut, kw_i, cj.kw, (hi.shape[0], hj.shape[0]), (ti, tj)) \
+            if first <= self.stop and allowed else None
         if kw is None:
-            oi, oj = self._run(first, hi, kw_i, full), self._run(first, hj, self.kwargs[j], full)
+            oi, oj = self._run(first, hi, kw_i, full), self._run(first, hj, cj.kw, full)
         else:
             out = self._run(first, torch.cat([pad_rows(hi, width), pad_rows(hj, width)]), kw, full)
             oi, oj = out[: hi.shape[0], :cut], out[hi.shape[0]:, :tj]
         if kw is None and cut == ti:
             return oi, oj  # two plain calls: nothing to check
-        kind = (kw is not None, cut < ti, cut > tj, cut < tj, self._left_out(i), self._left_out(j))
+        kind = (kw is not None, cut < ti, cut > tj, cut < tj, _left_out(ci.kw), _left_out(cj.kw))
         if kind not in self._join_checked:
             with torch.no_grad():
-                si = self._run(first, self._entry(i, plan)[1].detach(), self.kwargs[i], full)[:, :cut]
-                sj = self._run(first, hj.detach(), self.kwargs[j], full)
-            real_i = Batch(*(t[:, :cut] for t in (self.batches[i].input_ids, self.batches[i].attention_mask,
-                                                   self.batches[i].loss_mask)))
-            if not (_close(oi.detach(), si, real_i) and _close(oj.detach(), sj, self.batches[j])):
+                si = self._run(first, self._entry(ci, plan)[1].detach(), ci.kw, full)[:, :cut]
+                sj = self._run(first, hj.detach(), cj.kw, full)
+            real_i = Batch(*(t[:, :cut] for t in (bi.input_ids, bi.attention_mask, bi.loss_mask)))
+            if not (_close(oi.detach(), si, real_i) and _close(oj.detach(), sj, bj)):
                 self.joint = False
                 return self.output(i, plan), self.output(j, plan)
             self._join_checked.add(kind)
         self.joined_calls += kw is not None
         return oi, oj
 
-    def _left_out(self, i: int) -> tuple:
-        """Which blocks' masks the model left out for batch i (no padding: SDPA's causal flag)."""
-        return tuple(layer for layer, kw in self.kwargs[i].items() if kw.get("attention_mask", 0) is None)
-
-    def _cut_kwargs(self, i: int, j: int, cut: int) -> dict[int, dict] | None:
+    def _cut_kwargs(self, i: int, j: int, cut: int, kw_i: dict[int, dict], kw_j: dict[int, dict],
+                    widths: tuple[int, int]) -> dict[int, dict] | None:
         key = ("cut", i, j, cut)
         if key not in self._joined:
-            widths = (self.batches[i].input_ids.shape[1], self.batches[j].input_ids.shape[1])
             try:
-                self._joined[key] = cut_kwargs(self.kwargs[i], self.kwargs[j], widths, cut)
+                value = cut_kwargs(kw_i, kw_j, widths, cut)
             except NoJoin:
-                self._joined[key] = None
+                value = None
+            self._joined.put(key, value)
+            return value
         return self._joined[key]
 
-    def _joined_kwargs(self, i: int, j: int, cut: int | None = None,
-                       kw_i: dict[int, dict] | None = None) -> dict[int, dict] | None:
-        ti = self.batches[i].input_ids.shape[1]
-        cut = ti if cut is None else cut
-        key = (i, j) if cut == ti else (i, j, cut)
+    def _joined_kwargs(self, i: int, j: int, cut: int, kw_i: dict[int, dict], kw_j: dict[int, dict],
+                       rows: tuple[int, int], widths: tuple[int, int]) -> dict[int, dict] | None:
+        key = (i, j) if cut == widths[0] else (i, j, cut)
         if key not in self._joined:
-            if len(self._joined) >= JOIN_CACHE:
-                self._joined.clear()
-            rows = (self.batches[i].input_ids.shape[0], self.batches[j].input_ids.shape[0])
-            widths = (cut, self.batches[j].input_ids.shape[1])
             try:
-                self._joined[key] = join_kwargs(self.kwargs[i] if kw_i is None else kw_i, self.kwargs[j], rows,
-                                                widths)
+                value = join_kwargs(kw_i, kw_j, rows, (cut, widths[1]))
             except NoJoin:
-                self._joined[key] = None
+                value = None
+            self._joined.put(key, value)  # kept while it fits the join cache's bytes
+            return value
         return self._joined[key]
 
     def reference(self, i: int) -> torch.Tensor:
@@ -293,7 +651,19 @@ class WindowEngine:
         if self.naive:
             with torch.no_grad():
                 return self._naive_output(i, self.prior)
-        return self.frozen[i]
+        return self.capture(i).out
+
+    def stats(self) -> dict:
+        """What the caches did: batches captured and recomputed, peak bytes, moves between tiers."""
+        return {"captured": self.captured, "recomputed": self.recomputed, "cache_peak_bytes": self.cache.peak_bytes,
+                "moved_to_cpu": self.cache.moved_out, "moved_to_device": self.cache.moved_in,
+                "dropped": self.cache.dropped,
+                "join_cache_peak_bytes": self._joined.peak_bytes}
+
+
+def _left_out(kw: dict[int, dict]) -> tuple:
+    """Which blocks' masks the model left out of a batch's kwargs (no padding: SDPA's causal flag)."""
+    return tuple(layer for layer, k in kw.items() if k.get("attention_mask", 0) is None)
 
 
 def _same_objects(a: dict, b: dict) -> bool:
@@ -368,7 +738,9 @@ def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 
 @torch.no_grad()
-def mean_token_norm(hs: list[torch.Tensor], batches: list[Batch]) -> float:
+def mean_token_norm(hs: Iterable[torch.Tensor], batches: Iterable[Batch]) -> float:
+    """Mean residual norm over the masked tokens (read one batch at a time: ``hs`` may stream
+    captures through the engine's cache)."""
     total, n = 0.0, 0
     for h, b in zip(hs, batches):
         m = b.loss_mask.to(h.device)
@@ -378,7 +750,7 @@ def mean_token_norm(hs: list[torch.Tensor], batches: list[Batch]) -> float:
 
 
 @torch.no_grad()
-def mean_abs_features(hs: list[torch.Tensor], batches: list[Batch]) -> torch.Tensor:
+def mean_abs_features(hs: Iterable[torch.Tensor], batches: Iterable[Batch]) -> torch.Tensor:
     """Per-feature mean |h| over the masked tokens (SRMU's activation statistic)."""
     total, n = None, 0
     for h, b in zip(hs, batches):

@@ -14,12 +14,21 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from unlearnviz.data.batching import make_batches, subject_spans, tokenize_texts
+from unlearnviz.data.batching import AUTO, subject_spans, tokenize_texts
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
-from unlearnviz.methods.base import ProgressFn, StopFn, Ticker, hp
+from unlearnviz.methods.base import MAX_TOKENS_DOC, ProgressFn, StopFn, Ticker, hp, resolve_window
 from unlearnviz.methods.edit import Edit
-from unlearnviz.methods.engine import WindowEngine, adam, masked_mse, optimizer_step, step_order, zero_delta
+from unlearnviz.methods.engine import (
+    LazyBatches,
+    WindowEngine,
+    adam,
+    masked_mse,
+    optimizer_step,
+    step_order,
+    used_batches,
+    zero_delta,
+)
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
 
@@ -38,7 +47,7 @@ class MisdirectionParams:
                    "retain facts).", "5e-5", min=1e-7, max=1.0)
     steps: int = hp(400, "Training steps (one forget + one retain batch each).", "150", min=1, max=5000)
     batch_size: int = hp(8, "Texts per forget batch and per retain batch.", "4", min=1, max=256)
-    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "512 (768 cyber)", min=4, max=4096)
+    max_tokens: int = hp(-1, MAX_TOKENS_DOC, "512 (768 cyber)", min=-1, max=4096)
     forget_tokens: str = hp("spans", "Forget-loss tokens: 'from_subject' (from the first subject/answer token "
                             "on), 'spans' (only the subject and answer tokens), 'all' (every token but position 0).",
                             "all (pads included)", choices=("from_subject", "spans", "all"))
@@ -65,23 +74,41 @@ def check_common(lm: LoadedModel, data: UnlearningData, hp) -> tuple[int, int]:
         raise UserError(f"window {hp.window} does not fit below layer {hp.layer}")
     if not data.forget_texts:
         raise UserError("the forget set is empty")
+    if hp.max_tokens == AUTO:  # a caller that did not resolve it (fit_rmu and fit_srmu do, for the meta)
+        resolve_window(lm, data, hp)
     return hp.layer - hp.window + 1, hp.layer
 
 
 def prepare(lm: LoadedModel, data: UnlearningData, hp, prior: RoutingPlan | None, naive: bool = False):
-    """Tokenise, batch and precompute the window's cached inputs and frozen references."""
+    """The forget and retain batches (tokenised when first read) and the window engine over
+    them (capturing a batch's cached input and frozen reference when first read)."""
     start, stop = check_common(lm, data, hp)
     pad = lm.tokenizer.pad_token_id or 0
     spans = subject_spans(data) if hp.forget_tokens != "all" else None
-    fb = make_batches(tokenize_texts(lm, data.forget_texts, hp.max_tokens, spans,
-                                     spans_only=hp.forget_tokens == "spans"), hp.batch_size, pad)
-    rb = make_batches(tokenize_texts(lm, data.retain_train_texts, hp.max_tokens, include_first=hp.anchor_first),
-                      hp.batch_size, pad)
+    fb = LazyBatches(data.forget_texts, lambda texts: tokenize_texts(
+        lm, texts, hp.max_tokens, spans, spans_only=hp.forget_tokens == "spans"), hp.batch_size, pad)
+    rb = LazyBatches(data.retain_train_texts, lambda texts: tokenize_texts(
+        lm, texts, hp.max_tokens, include_first=hp.anchor_first), hp.batch_size, pad)
     engine = WindowEngine(lm, start, stop, fb + rb, prior=prior, naive=naive, linear_first=True)
+    # the batches the steps read, captured before the first step while the cache holds them
+    engine.prefetch(k for fi, ri in step_order(len(fb), len(rb), hp.steps, hp.seed) for k in (fi, len(fb) + ri))
     if naive:  # frozen outputs are still needed once (targets, statistics): the same forward,
         # stopped after block `stop` (the naive loop's per-step references stay full forwards)
         engine.frozen = WindowEngine(lm, start, stop, fb + rb, prior=prior).frozen
     return engine, fb, rb
+
+
+def used(fb, rb, hp) -> tuple[list[int], list[int]]:
+    """The forget and retain batches the fit's steps use, ascending. The statistics that scale
+    a target (RMU's mean norm, SRMU's v_f and v_r) are taken on these, as the reference RMU code
+    reads only its first ``max_num_batches`` batches: the fit never touches the rest of the
+    corpus (every batch, in corpus order, once the steps cover an epoch)."""
+    return used_batches(step_order(len(fb), len(rb), hp.steps, hp.seed))
+
+
+def last_loss_position(b) -> int:
+    """One past a batch's last loss token: later positions never reach its loss (causal attention)."""
+    return int(b.loss_mask.any(0).nonzero().max()) + 1 if b.loss_mask.any() else 1
 
 
 def train_misdirection(
@@ -102,17 +129,15 @@ def train_misdirection(
     deltas = {layer: zero_delta(lm, layer) for layer in range(start, stop + 1)}
     opt = adam(list(deltas.values()), hp.lr)
     nf = len(fb)
-    ticker = Ticker(hp.steps, progress, should_stop, method)
+    ticker = Ticker(hp.steps, progress, should_stop, method, (extra_meta or {}).get("warnings", ()))
     history = []
-    # positions after a forget batch's last loss token never reach its loss (causal attention)
-    need = [int(b.loss_mask.any(0).nonzero().max()) + 1 if b.loss_mask.any() else 1 for b in fb]
     for step, (fi, ri) in enumerate(step_order(nf, len(rb), hp.steps, hp.seed), 1):
         plan = RoutingPlan(deltas=deltas)
         target, weight = target_fn(fi, engine.frozen[fi])
         # one call through the window for both where the retain rows need no padding (their term
         # is measured against cached frozen outputs: see WindowEngine.output_pair); the forget
         # rows may come back cut after their last loss token
-        hf, hr = engine.output_pair(fi, nf + ri, plan, pad_j=False, need_i=need[fi])
+        hf, hr = engine.output_pair(fi, nf + ri, plan, pad_j=False, need_i=last_loss_position(fb[fi]))
         w = hf.shape[1]
         forget_loss = masked_mse(hf, target[:, :w], fb[fi].loss_mask[:, :w], weight)
         retain_loss = masked_mse(hr, engine.reference(nf + ri), rb[ri].loss_mask)
@@ -120,6 +145,6 @@ def train_misdirection(
         optimizer_step(opt, loss, forget_loss, retain_loss, history, ticker, step)
     meta = {"steps": hp.steps, "train_s": time.perf_counter() - t0, "losses": history,
             "window": [start, stop], "linear_first": engine.linear_first,
-            "joined_steps": engine.joined_calls / max(engine.pair_calls, 1), **(extra_meta or {})}
+            "joined_steps": engine.joined_calls / max(engine.pair_calls, 1), **engine.stats(), **(extra_meta or {})}
     return Edit(method=method, hparams=asdict(hp),
                 deltas={k: v.detach() for k, v in deltas.items()}, meta=meta)

@@ -27,14 +27,18 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from unlearnviz.data.batching import Batch, make_batches, subject_spans, tokenize_texts
+from unlearnviz.data.batching import Batch, subject_spans, tokenize_texts
 from unlearnviz.errors import UserError
-from unlearnviz.methods.base import Ticker, hp, register
+from unlearnviz.methods.base import MAX_TOKENS_DOC, Ticker, hp, register, resolve_window
 from unlearnviz.methods.edit import Edit
-from unlearnviz.methods.engine import WindowEngine, adam, optimizer_step, step_order
+from unlearnviz.methods.engine import ByteCache, LazyBatches, WindowEngine, adam, optimizer_step, step_order
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.readout import unembed
-from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows
+from unlearnviz.model.routing import RoutingPlan, StopForward, StreamProjection, orthonormal_rows
+
+# The KL retain term's references (the original's last-block states at the retain loss positions)
+# are kept up to this many bytes; past it they are recomputed (one window forward) when read.
+KL_REFERENCE_BYTES = 512 * 1024**2
 
 
 @dataclass
@@ -59,7 +63,7 @@ class MRPParams:
                               min=0.0, max=1e4)
     lr: float = hp(1e-2, "Adam learning rate on the direction rows W.", "2e-4 (SGD)", min=1e-7, max=1.0)
     batch_size: int = hp(8, "Texts per forget and per retain batch.", "5", min=1, max=256)
-    max_tokens: int = hp(32, "Truncate training texts to this many tokens.", "160", min=4, max=4096)
+    max_tokens: int = hp(-1, MAX_TOKENS_DOC, "160", min=-1, max=4096)
     centered: bool = hp(True, "NON-PAPER: affine projection h − (h − μ)QᵀQ with μ the retain mean at the site: removes "
                         "the variation along Q but keeps its mean (the linear form also deletes large constant offsets, "
                         "which wrecked the model at deep sites).", "no (linear h − hQᵀQ)")
@@ -79,32 +83,63 @@ class MRPParams:
     seed: int = hp(0, "Seed for the batch order.", "")
 
 
-def _site_stats(inputs: list[torch.Tensor], batches: list[Batch], prior_q: torch.Tensor | None):
-    """Token activations (masked tokens) at the site, with earlier directions projected out."""
-    rows = []
-    for h, b in zip(inputs, batches):
-        x = h.float()[b.loss_mask.to(h.device)]
-        if prior_q is not None:
-            x = x - (x @ prior_q.T) @ prior_q
-        rows.append(x)
-    return torch.cat(rows)
+class Moments:
+    """Count, sum and Gram matrix of a set of token vectors, accumulated batch by batch: the
+    sufficient statistics of its mean and covariance, O(d²) memory whatever the token count.
+
+    Kept in float64 on the vectors' device (on the CPU for a device without float64, MPS), and
+    around a shift (the first batch's mean) so that centring a Gram matrix stays exact where the
+    mean is large against the spread (residual streams carry large constant offsets): the
+    covariance equals the one of the concatenated float32 activations it replaces to float32
+    rounding, and the rounding no longer grows with the corpus. The Gram products cost 2d² FLOPs a
+    token, against about twice the parameter count for the forward pass that yields the vectors."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: torch.Tensor | None = None
+        self.sum: torch.Tensor | None = None
+        self.gram: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add token vectors x [n, d]."""
+        if not len(x):
+            return
+        dev = x.device if x.device.type != "mps" else torch.device("cpu")
+        x = x.detach().to(device=dev, dtype=torch.float64)
+        if self.shift is None:
+            self.shift = x.mean(0)
+            self.sum = torch.zeros_like(self.shift)
+            self.gram = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=dev)
+        y = x - self.shift
+        self.n += len(y)
+        self.sum += y.sum(0)
+        self.gram += y.T @ y
+
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.sum / self.n
+
+    def covariance(self, about: torch.Tensor) -> torch.Tensor:
+        """Σ (x − about)(x − about)ᵀ / (n − 1): the sample covariance when ``about`` is the mean."""
+        c = about.to(self.shift) - self.shift
+        sc = torch.outer(self.sum, c)
+        return (self.gram - sc - sc.T + self.n * torch.outer(c, c)) / max(1, self.n - 1)
 
 
-def generalized_top(forget: torch.Tensor, retain: torch.Tensor, k: int, ridge: float) -> torch.Tensor:
-    """Top-k v of Σ_f v = λ(Σ_r + δI)v (centred at the retain mean), orthonormalised rows [k, d]."""
-    mu = retain.mean(0)
-    f, r = forget - mu, retain - mu
-    sf = f.T @ f / max(1, len(f) - 1)
-    sr = r.T @ r / max(1, len(r) - 1)
+def generalized_top(forget: Moments, retain: Moments, k: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k v of Σ_f v = λ(Σ_r + δI)v, both covariances centred at the retain mean: orthonormalised
+    rows [k, d] (float32) and the k eigenvalues, solved in float64."""
+    mu = retain.mean()
+    sf, sr = forget.covariance(mu), retain.covariance(mu)
     d = sf.shape[0]
+    eye = torch.eye(d, dtype=sf.dtype, device=sf.device)
     delta = ridge * float(torch.diagonal(sr).mean()) + 1e-6
-    chol = torch.linalg.cholesky(sr + delta * torch.eye(d, device=sr.device))
-    inv = torch.linalg.solve_triangular(chol, torch.eye(d, device=sr.device), upper=False)
+    chol = torch.linalg.cholesky(sr + delta * eye)
+    inv = torch.linalg.solve_triangular(chol, eye, upper=False)
     m = inv @ sf @ inv.T
     vals, vecs = torch.linalg.eigh((m + m.T) / 2)
-    top = vecs[:, torch.argsort(vals, descending=True)[:k]]
-    v = inv.T @ top  # back to the original space
-    return orthonormal_rows(v.T), vals.sort(descending=True).values[:k]
+    order = torch.argsort(vals, descending=True)[:k]
+    v = inv.T @ vecs[:, order]  # back to the original space
+    return orthonormal_rows(v.T), vals[order]
 
 
 def _masked_final(lm, hidden: torch.Tensor, b: Batch) -> torch.Tensor:
@@ -164,6 +199,7 @@ class _Request:
     prior_stream: StreamProjection | None
     prior_deltas: dict[int, torch.Tensor]
     spare: bool
+    window: dict  # max_tokens as resolved, and the truncation's share and warnings (resolve_window)
 
     @property
     def nf(self) -> int:
@@ -193,44 +229,44 @@ def _request(lm, data, hparams: MRPParams, prior: RoutingPlan | None, naive: boo
         why = lm.adapter.stream_unsupported()
         if why:
             raise UserError(f"MRP placement=stream is not available for this model: {why}; use placement=site")
+    window = resolve_window(lm, data, hparams)
     pad = lm.tokenizer.pad_token_id or 0
     spans = subject_spans(data) if hparams.forget_tokens != "all" else None
-    fb = make_batches(tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans,
-                                     spans_only=hparams.forget_tokens == "spans",
-                                     later_spans_only=hparams.forget_tokens == "answers"), hparams.batch_size, pad)
+    # batches are tokenised when first read (a fit reads the ones its statistics and steps use)
+    fb = LazyBatches(data.forget_texts, lambda texts: tokenize_texts(
+        lm, texts, hparams.max_tokens, spans, spans_only=hparams.forget_tokens == "spans",
+        later_spans_only=hparams.forget_tokens == "answers"), hparams.batch_size, pad)
     # the init's statistics: every entity token (same texts and batches, so the cached inputs align)
-    fb_stats = fb if hparams.forget_tokens != "answers" else make_batches(
-        tokenize_texts(lm, data.forget_texts, hparams.max_tokens, spans, spans_only=True), hparams.batch_size, pad)
-    rb = make_batches(tokenize_texts(lm, data.retain_train_texts, hparams.max_tokens), hparams.batch_size, pad)
+    fb_stats = fb if hparams.forget_tokens != "answers" else LazyBatches(data.forget_texts, lambda texts: (
+        tokenize_texts(lm, texts, hparams.max_tokens, spans, spans_only=True)), hparams.batch_size, pad)
+    rb = LazyBatches(data.retain_train_texts, lambda texts: tokenize_texts(lm, texts, hparams.max_tokens),
+                     hparams.batch_size, pad)
     return _Request(
         lm=lm, hparams=hparams, sites=sites, fb=fb, fb_stats=fb_stats, rb=rb, prior=prior, naive=naive, t0=t0,
         prior_proj=dict(prior.projections) if prior is not None else {},
         offsets=dict(prior.offsets) if prior is not None else {},
         prior_stream=prior.stream if prior is not None else None,
         prior_deltas=dict(prior.deltas) if prior is not None else {},
-        spare=(hparams.spare_first and not stream_mode) or bool(prior is not None and prior.spare_first))
+        spare=(hparams.spare_first and not stream_mode) or bool(prior is not None and prior.spare_first),
+        window=window)
 
 
 def _fit_site(req: _Request, progress, should_stop) -> Edit:
     """Placement "site": each site's block output is projected by its own rows (the paper's)."""
     hparams, sites = req.hparams, req.sites
-    engine = None
-    if hparams.steps > 0 and not req.naive and req.prior is None and sites[0] < req.last:
-        # no prior: the training window's one capture pass also yields the first site's output
-        engine = WindowEngine(req.lm, sites[0], req.last, req.fb + req.rb, keep_frozen=False, keep_first_out=True)
     # init, site by site, with the earlier sites' new rows applied
     rows: dict[int, torch.Tensor] = {}
     eigvals = {}
     for s in sites:
         base = dataclasses.replace(_site_plan(req, rows), deltas=req.prior_deltas)
         prior_q = _union_basis([req.prior_proj.get(s)])
-        rows[s], eigvals[s], retain = _init_site(req, s, _site_outputs(req, s, base, engine), prior_q)
+        rows[s], eigvals[s], retain_mean = _init_site(req, s, base, prior_q)
         if hparams.centered and s not in req.offsets:
-            req.offsets[s] = retain.mean(0)
+            req.offsets[s] = retain_mean
     init_s = time.perf_counter() - req.t0
     history = []
     if hparams.steps > 0:
-        history, rows = _train(req, rows, lambda w: _site_plan(req, w), sites[0], engine, progress, should_stop)
+        history, rows = _train(req, rows, lambda w: _site_plan(req, w), sites[0], None, progress, should_stop)
     projections = {}
     for s, q in rows.items():
         if s in req.prior_proj:  # keep only this request's part, orthogonal to the frozen rows
@@ -254,9 +290,9 @@ def _fit_stream(req: _Request, progress, should_stop) -> Edit:
     eigvals = {}
     for s in sites:
         prior_q = _union_basis([req.prior_proj.get(s), prior_stream.q if prior_stream else None])
-        rows[s], eigvals[s], retain = _init_site(req, s, _site_outputs(req, s, base), prior_q)
+        rows[s], eigvals[s], retain_mean = _init_site(req, s, base, prior_q)
         if hparams.centered and s == sites[-1] and mu is None:
-            mu = retain.mean(0)
+            mu = retain_mean
     init_s = time.perf_counter() - req.t0
     history = []
     if hparams.steps > 0:
@@ -294,28 +330,44 @@ def _stream_plan(req: _Request, rows: dict[int, torch.Tensor], mu: torch.Tensor 
                        stream=stream)
 
 
-def _site_outputs(req: _Request, s: int, base: RoutingPlan,
-                  engine: WindowEngine | None = None) -> list[torch.Tensor]:
-    """Block ``s``'s output under ``base`` for every forget then retain batch: from ``engine``'s
-    capture pass where it starts at ``s``, else from a pass that stops there."""
+@torch.no_grad()
+def _site_output(lm: LoadedModel, s: int, b: Batch, plan: RoutingPlan) -> torch.Tensor:
+    """Block ``s``'s (edited) output for one batch under ``plan``, from a forward that stops there."""
+    store: dict[str, torch.Tensor] = {}
+    full = plan.merged(RoutingPlan(capture={s: lambda h: store.__setitem__("h", h)}, stop_after=s))
+    dev = lm.device
+    with lm.router.apply(full):
+        try:
+            lm.model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev), use_cache=False)
+        except StopForward:
+            pass
+    return store["h"]
+
+
+def _init_site(req: _Request, s: int, base: RoutingPlan, prior_q: torch.Tensor | None):
+    """The site's new rows (top-k generalised eigenvectors, orthogonal to ``prior_q``), their
+    eigenvalues, and the retain mean at the site (which centres the projection).
+
+    One streaming pass: each batch's site output under ``base`` is computed, its masked tokens
+    (earlier directions projected out) are added to the forget or retain :class:`Moments`, and
+    it is dropped, so memory is O(d²), not O(tokens·d)."""
     if s >= req.last:
         raise UserError("an MRP site must be below the last block")
-    if engine is not None and s == engine.start:
-        return engine.first_out
-    return WindowEngine(req.lm, s + 1, s + 1, req.fb + req.rb, prior=base, keep_frozen=False).inputs
-
-
-def _init_site(req: _Request, s: int, site_out: list[torch.Tensor], prior_q: torch.Tensor | None):
-    """The site's new rows (top-k generalised eigenvectors, orthogonal to ``prior_q``), their
-    eigenvalues, and the retain activations (whose mean centres the projection)."""
-    f_acts = _site_stats(site_out[:req.nf], req.fb_stats, prior_q)
-    r_acts = _site_stats(site_out[req.nf:], req.rb, prior_q)
-    if len(f_acts) < 2 or len(r_acts) < 2:
+    forget, retain = Moments(), Moments()
+    for batches, acc in ((req.fb_stats, forget), (req.rb, retain)):
+        for b in batches:
+            h = _site_output(req.lm, s, b, base)
+            x = h.float()[b.loss_mask.to(h.device)]
+            if prior_q is not None:
+                x = x - (x @ prior_q.T) @ prior_q
+            acc.add(x)
+    if forget.n < 2 or retain.n < 2:
         raise UserError("MRP needs at least two forget and two retain tokens")
-    q, vals = generalized_top(f_acts, r_acts, req.hparams.k, req.hparams.ridge)
+    q, vals = generalized_top(forget, retain, req.hparams.k, req.hparams.ridge)
+    q = q.to(req.lm.device)
     if prior_q is not None:
         q = orthonormal_rows(q - (q @ prior_q.T) @ prior_q)
-    return q, vals.tolist(), r_acts
+    return q, vals.tolist(), retain.mean().float().to(req.lm.device)
 
 
 def _train(req: _Request, rows: dict[int, torch.Tensor], plan_of: Callable[[dict], RoutingPlan], start: int, engine: WindowEngine | None,
@@ -330,23 +382,31 @@ def _train(req: _Request, rows: dict[int, torch.Tensor], plan_of: Callable[[dict
     engine.prior = RoutingPlan(deltas=req.prior_deltas) if req.prior_deltas else None
     weights = {s: torch.nn.Parameter(rows[s].clone()) for s in req.sites}
     opt = adam(list(weights.values()), hparams.lr)
-    with torch.no_grad():
-        init_plan = plan_of({})
-        ref = [_seq_logprob(lm, engine.output(i, init_plan), fb[i])[0] for i in range(nf)]
-        # kl: the original model's last-block states on retain text (576-d a token, small);
-        # its next-token distribution is recomputed from them each step
-        ref_r = ([_masked_final(lm, engine.output(nf + i, init_plan), rb[i]) for i in range(len(rb))]
-                 if hparams.retain_loss == "kl" else [])
+    init_plan = plan_of({})
+    # the references under the init, for the batches the steps read, when first read: the
+    # sequence log-probs of forget text, and (kl) the original model's last-block states on
+    # retain text (576-d a token), whose next-token distribution is recomputed each step
+    ref: dict[int, torch.Tensor] = {}
+    # (bounded in bytes, recomputed past the bound: once the steps cover an epoch they are every
+    # retain token's, 16 kB a token on a 7B model's shapes)
+    ref_r = ByteCache(KL_REFERENCE_BYTES)
     history: list[dict] = []
-    ticker = Ticker(hparams.steps, progress, should_stop, "mrp")
-    # positions after a forget batch's last loss token never reach its loss (causal attention)
-    need = [int(b.loss_mask.any(0).nonzero().max()) + 1 if b.loss_mask.any() else 2 for b in fb]
+    ticker = Ticker(hparams.steps, progress, should_stop, "mrp", req.window["warnings"])
     for step, (fi, ri) in enumerate(step_order(nf, len(rb), hparams.steps, hparams.seed), 1):
+        with torch.no_grad():
+            if fi not in ref:
+                ref[fi] = _seq_logprob(lm, engine.output(fi, init_plan), fb[fi])[0]
+            original_states = ref_r.get(ri) if hparams.retain_loss == "kl" else None
+            if hparams.retain_loss == "kl" and original_states is None:
+                original_states = _masked_final(lm, engine.output(nf + ri, init_plan), rb[ri])
+                ref_r.put(ri, original_states)
+        # positions after a forget batch's last loss token never reach its loss (causal attention)
+        need = int(fb[fi].loss_mask.any(0).nonzero().max()) + 1 if fb[fi].loss_mask.any() else 2
         plan = plan_of(weights)
         # one call through the window for both, the forget rows possibly cut after their last
         # loss token; a KL retain term compares with cached outputs, so its rows are never
         # padded (see WindowEngine.output_pair)
-        h_f, h_r = engine.output_pair(fi, nf + ri, plan, pad_j=hparams.retain_loss != "kl", need_i=need[fi])
+        h_f, h_r = engine.output_pair(fi, nf + ri, plan, pad_j=hparams.retain_loss != "kl", need_i=need)
         w = h_f.shape[1]
         lp_f, n_f = _seq_logprob(lm, h_f, Batch(*(t[:, :w] for t in (fb[fi].input_ids, fb[fi].attention_mask,
                                                                      fb[fi].loss_mask))))
@@ -359,7 +419,7 @@ def _train(req: _Request, rows: dict[int, torch.Tensor], plan_of: Callable[[dict
         if hparams.retain_loss == "kl":
             edited = F.log_softmax(unembed(lm, _masked_final(lm, h_r, rb[ri])), -1)
             with torch.no_grad():
-                original = F.log_softmax(unembed(lm, ref_r[ri]), -1)
+                original = F.log_softmax(unembed(lm, original_states), -1)
             retain_loss = F.kl_div(edited, original, log_target=True, reduction="batchmean")
         else:
             lp_r, n_r = _seq_logprob(lm, h_r, rb[ri])
@@ -373,4 +433,4 @@ def _meta(req: _Request, history: list[dict], init_s: float, eigvals: dict, rank
     """The Edit's record: losses, timings, the init's eigenvalues, the rank per site."""
     return {"steps": req.hparams.steps, "losses": history, "init_s": init_s, "eigenvalues": eigvals,
             "placement": req.hparams.placement, "train_s": time.perf_counter() - req.t0 - init_s, "rank": rank,
-            "spare_first": spare_first}
+            "spare_first": spare_first, **req.window}

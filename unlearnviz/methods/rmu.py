@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearnviz.methods.base import hp, register
-from unlearnviz.methods.engine import mean_token_norm
-from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection
+from unlearnviz.methods.base import hp, register, resolve_window
+from unlearnviz.methods.engine import Subset, mean_token_norm
+from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection, used
 
 
 @dataclass
@@ -34,8 +34,10 @@ class RMUParams(MisdirectionParams):
                       "internal state is kept as it was.")
 def fit_rmu(lm, data, hparams: RMUParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
+    window = resolve_window(lm, data, hparams)
     engine, fb, rb = prepare(lm, data, hparams, prior, naive)
-    norm = mean_token_norm(engine.frozen[: len(fb)], fb)
+    uf, _ = used(fb, rb, hparams)  # the forget batches the steps read (all, once they cover an epoch)
+    norm = mean_token_norm(Subset(engine.frozen, uf), Subset(fb, uf))
     gen = torch.Generator().manual_seed(hparams.seed)
     u = torch.rand(lm.hidden_size, generator=gen)
     u = (u / u.norm()).to(lm.device)
@@ -47,5 +49,5 @@ def fit_rmu(lm, data, hparams: RMUParams, progress=None, should_stop=None, prior
         return (c * u).expand_as(frozen), None
 
     edit = train_misdirection(lm, engine, fb, rb, hparams, target, "rmu", progress, should_stop,
-                              {"target_norm": c, "mean_norm": norm, "precompute_s": time.perf_counter() - t0})
+                              {"target_norm": c, "mean_norm": norm, "precompute_s": time.perf_counter() - t0, **window})
     return edit

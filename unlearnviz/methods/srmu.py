@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearnviz.data.batching import Batch, make_batches, subject_spans, tokenize_texts
-from unlearnviz.methods.base import hp, register
-from unlearnviz.methods.engine import mean_abs_features, mean_token_norm
-from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection
+from unlearnviz.data.batching import Batch, subject_spans, tokenize_texts
+from unlearnviz.methods.base import hp, register, resolve_window
+from unlearnviz.methods.engine import LazyBatches, Subset, mean_abs_features, mean_token_norm
+from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection, used
 
 
 def importance_map(v_f: torch.Tensor, v_r: torch.Tensor, variant: str = "ratio", lam: float = 1.0,
@@ -68,21 +68,26 @@ class SRMUParams(MisdirectionParams):
                       "at those features, to spare what the retain data needs.")
 def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
+    window = resolve_window(lm, data, hparams)
     engine, fb, rb = prepare(lm, data, hparams, prior, naive)
     nf = len(fb)
+    # the statistics are taken on the batches the steps read (all, once the steps cover an epoch)
+    uf, ur = used(fb, rb, hparams)
+    frozen_f, frozen_r = Subset(engine.frozen, uf), Subset(engine.frozen, [nf + i for i in ur])
     if hparams.stat_tokens == "spans":
-        stat_f = _span_batches(lm, data.forget_texts, subject_spans(data, "forget"), hparams)
-        stat_r = _span_batches(lm, data.retain_train_texts, subject_spans(data, "retain"), hparams)
+        spans_f = _span_batches(lm, data.forget_texts, subject_spans(data, "forget"), hparams)
+        spans_r = _span_batches(lm, data.retain_train_texts, subject_spans(data, "retain"), hparams)
+        stat_f, stat_r = (spans_f[i] for i in uf), (spans_r[i] for i in ur)
     else:
-        stat_f = fb if hparams.stat_tokens == "masked" else [_all_tokens(b) for b in fb]
-        stat_r = [_all_tokens(b, b.loss_mask) for b in rb]  # never the sink (anchor_first holds it)
-    v_f = mean_abs_features(engine.frozen[:nf], stat_f)
-    v_r = mean_abs_features(engine.frozen[nf:], stat_r)
+        stat_f = (fb[i] if hparams.stat_tokens == "masked" else _all_tokens(fb[i]) for i in uf)
+        stat_r = (_all_tokens(rb[i], rb[i].loss_mask) for i in ur)  # never the sink (anchor_first holds it)
+    v_f = mean_abs_features(frozen_f, stat_f)
+    v_r = mean_abs_features(frozen_r, stat_r)
     i_norm = importance_map(v_f, v_r, hparams.variant, hparams.lam).to(lm.device)
     gen = torch.Generator().manual_seed(hparams.seed)
     signs = (torch.randint(0, 2, (lm.hidden_size,), generator=gen).float() * 2 - 1).to(lm.device)
     direction = signs * i_norm
-    norm = mean_token_norm(engine.frozen[:nf], fb)
+    norm = mean_token_norm(frozen_f, Subset(fb, uf))
     scale = hparams.c_map * norm / float(direction.norm()) if hparams.coeff_relative else hparams.c_map
     target_vec = scale * direction
     weight = i_norm if hparams.loss_mask_by_importance else None
@@ -94,16 +99,17 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
 
     meta = {"importance": i_norm.cpu().tolist(), "selectivity_top10": selectivity(i_norm),
             "importance_range": [float(i_norm.min()), float(i_norm.max())], "target_norm": float(target_vec.norm()),
-            "mean_norm": norm, "precompute_s": time.perf_counter() - t0}
+            "mean_norm": norm, "precompute_s": time.perf_counter() - t0, **window}
     return train_misdirection(lm, engine, fb, rb, hparams, target, "srmu", progress, should_stop, meta)
 
 
-def _span_batches(lm, texts: list[str], spans: list[str], hparams) -> list:
+def _span_batches(lm, texts: list[str], spans: list[str], hparams) -> LazyBatches:
     """The training batches again (same texts, order and size, so they line up with the engine's
     cached outputs), masked over the span tokens only; a text without a span keeps every token
-    but position 0, so none is silently dropped from the statistics."""
+    but position 0, so none is silently dropped from the statistics. Tokenised when read."""
     pad = lm.tokenizer.pad_token_id or 0
-    return make_batches(tokenize_texts(lm, texts, hparams.max_tokens, spans, spans_only=True), hparams.batch_size, pad)
+    return LazyBatches(texts, lambda chunk: tokenize_texts(lm, chunk, hparams.max_tokens, spans, spans_only=True),
+                       hparams.batch_size, pad)
 
 
 def _all_tokens(b, mask=None):

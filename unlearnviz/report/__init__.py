@@ -179,7 +179,7 @@ def write_run_report(run_dir: Path, out: Path, model: str | None = None, data: s
     curve and chats from the folder's relearn.json / chats.json (or ``relearn_json``) when it has
     them; the rest is computed from the model and data the run names (the edit must fit that
     model; the data must be the data it was fitted on)."""
-    from unlearnviz.data import load_data
+    from unlearnviz.data import check_data, load_data
     from unlearnviz.data.synthetic import resolve_model_source
     from unlearnviz.model import LoadOptions, load_model
     from unlearnviz.runs import (
@@ -207,13 +207,14 @@ def write_run_report(run_dir: Path, out: Path, model: str | None = None, data: s
     data_spec = data or saved_data
     if not data_spec:
         raise UserError(f"{run_dir} does not name its data; pass --data")
+
+    def named(exc: UserError) -> UserError:
+        return UserError(f"{exc} (the data {run_dir} names; pass --data to give it)" if not data else str(exc))
+
     try:
-        dataset = load_data(str(data_spec))
+        check_data(str(data_spec))  # before the model loads; read after it (chunking uses its tokenizer)
     except UserError as exc:
-        raise UserError(f"{exc} (the data {run_dir} names; pass --data to give it)" if not data else str(exc)) from None
-    if meta.get("data_hash") and dataset.content_hash() != meta["data_hash"]:
-        raise UserError(f"the edit in {run_dir} was fitted on other data than {data_spec} (content hash "
-                        f"{meta['data_hash']} vs {dataset.content_hash()}); pass the run's --data")
+        raise named(exc) from None
     index = manifest.get("stack_index")
     rel_path = Path(relearn_json) if relearn_json else run_dir / RELEARN_FILE
     if relearn_json and not rel_path.exists():
@@ -230,6 +231,13 @@ def write_run_report(run_dir: Path, out: Path, model: str | None = None, data: s
     log(f"loading {source}")
     lm = load_model(resolve_model_source(source), load_options or LoadOptions())
     stack = load_stack(lm, run_dir)  # refuses an edit made for another model
+    try:
+        dataset = load_data(str(data_spec), tokenizer=lm.tokenizer)
+    except UserError as exc:
+        raise named(exc) from None
+    if meta.get("data_hash") and dataset.content_hash() != meta["data_hash"]:
+        raise UserError(f"the edit in {run_dir} was fitted on other data than {data_spec} (content hash "
+                        f"{meta['data_hash']} vs {dataset.content_hash()}); pass the run's --data")
     plan = stack.plan()
     saved_metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     before = metrics.get("original") or metrics.get("before") or saved_metrics.get("before")

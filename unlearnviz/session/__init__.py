@@ -102,6 +102,59 @@ class ModelStore:
 STORE = ModelStore()
 
 
+def compose_data_spec(base: str | None, parts: dict, confine=None) -> str:
+    """One data spec string from a base spec and parts (part name: a source string, a list of
+    them, or None for the base's own). ``confine(path) -> path``: applied to each local path,
+    preset folders (``preset:NAME@DIR``) included, before it goes into the spec (the dashboard's
+    folder rule); its UserError stops the load."""
+    from unlearnviz.data import compose_spec
+    from unlearnviz.data.sources import check_source, format_source, is_composed, parse_data_spec, source_kind
+
+    def local(source: str) -> str:
+        if source.startswith("preset:") and "@" in source:
+            name, _, folder = source.partition("@")
+            return f"{name}@{confine(folder)}"
+        if source_kind(source) == "path":
+            return confine(source)
+        return source
+
+    given = {p: (v if isinstance(v, list) else [v]) for p, v in parts.items() if v not in (None, "", [])}
+    if confine is not None:
+        for p, values in given.items():
+            given[p] = [format_source(src.model_copy(update={"source": local(src.source)}))
+                        for src in (check_source(v, p) for v in values)]
+        if base and is_composed(base):
+            d = parse_data_spec(base)
+            if d.base:
+                local(d.base)
+            for p, srcs in d.parts.items():
+                for src in srcs:
+                    local(src.source)
+        elif base:
+            base = local(base)
+    return compose_spec(base, given)
+
+
+def data_parts(spec: str) -> dict[str, list[str]]:
+    """The sources of each of the four parts of a data spec (for a view of how it is composed):
+    a preset's or the parts given; a single spec's parts all read ``(that part of) SPEC``."""
+    from unlearnviz.data.compose import resolve
+    from unlearnviz.data.sources import PARTS, format_source, is_composed, parse_data_spec
+
+    if not is_composed(spec):
+        return {p: [spec] for p in PARTS}
+    d = parse_data_spec(spec)
+    return {p: [format_source(s) if s.kind != "inherit" else (d.base or "") + format_source(s) for s in v]
+            for p, v in resolve(d).items()}
+
+
+def data_presets() -> dict[str, str]:
+    """The presets (name: what it is), for a list to choose from."""
+    from unlearnviz.data.sources import PRESET_NOTES
+
+    return dict(PRESET_NOTES)
+
+
 @dataclass
 class Session:
     """Everything one user has done. The dashboard (its pages and its API endpoints) reaches the
@@ -133,8 +186,12 @@ class Session:
         self.history.append({"action": "load_model", "model": source, "dtype": dtype, "device": device})
         return lm.info()
 
-    def load_data(self, spec: str) -> dict:
-        data = load_data(spec.strip())
+    def load_data(self, spec: str, max_bytes: int | None = None) -> dict:
+        """Any data spec (``unlearnviz.data.sources``: a single set, a preset, or four parts);
+        corpora are chunked with the loaded model's tokenizer. ``max_bytes``: the cap on local
+        files (the dashboard passes its upload limit for visitors' files; None: no cap)."""
+        data = load_data(spec.strip(), tokenizer=self.lm.tokenizer if self.lm is not None else None,
+                         max_bytes=max_bytes)
         if self.lm is not None:
             check_fits_context(self.lm, data, letter=False)
         self.data = data
@@ -142,9 +199,23 @@ class Session:
         self.history.append({"action": "load_data", "data": spec})
         return self.data_summary()
 
+    def load_parts(self, forget_corpus=None, retain_corpus=None, forget_mcq=None, retain_mcq=None,
+                   base: str | None = None, max_bytes: int | None = None, confine=None) -> dict:
+        """Data composed of four parts, each a source string (or a list of them; None: that part
+        of ``base``); ``confine``: a check applied to every local path first (the dashboard's
+        ``--data-dir`` rule), returning the path to use. Returns the data summary."""
+        spec = compose_data_spec(base, {"forget_corpus": forget_corpus, "retain_corpus": retain_corpus,
+                                        "forget_mcq": forget_mcq, "retain_mcq": retain_mcq}, confine=confine)
+        return self.load_data(spec, max_bytes=max_bytes)
+
     def data_summary(self) -> dict:
+        """The data's counts and overlap (``overlap_sample``: texts per side it was measured on, when
+        a corpus is larger), its provenance, and where it was composed, each part's sources."""
         d = self.require_data()
-        return {**d.summary(), "provenance": d.provenance}
+        out = {**d.summary(), "provenance": d.provenance}
+        if d.parts:
+            out["parts"] = {p: {"sources": v["sources"], "count": v["count"]} for p, v in d.parts.items()}
+        return out
 
     def require_model(self) -> LoadedModel:
         if self.lm is None:
@@ -162,7 +233,7 @@ class Session:
         """Fit one edit on top of the stack. ``data_spec``: fit it on another data set (continual
         unlearning on a new forget set, as a config's ``edits[i].data``); the session's data stays."""
         lm = self.require_model()
-        data = load_data(data_spec.strip()) if data_spec else self.require_data()
+        data = load_data(data_spec.strip(), tokenizer=lm.tokenizer) if data_spec else self.require_data()
         spec = get_method(str(method or "").strip())
         if overrides is not None and not isinstance(overrides, dict):
             raise UserError(f"hyperparameters must be a JSON object of name: value, got {type(overrides).__name__}")

@@ -77,7 +77,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
             spec = confine_data_spec(name, config)
         else:
             raise UserError("choose a built-in set, a dataset id or a file")
-        session.load_data(spec)
+        session.load_data(spec, max_bytes=config.limits.max_upload_mb * 2**20 if file else None)  # visitors' cap
         return session, summary_markdown(session), preview_rows(session), session.data_summary()
 
     api_out = gr.JSON(visible=False)
