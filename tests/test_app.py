@@ -16,8 +16,14 @@ FAST = {"steps": 15}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path, tmp_path_factory):
-    srv = Server("--model", "synthetic", "--data", "synthetic",
+def data_dir(tmp_path_factory):
+    """The server's --data-dir: the only folder whose files a visitor may name."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, tmp_path_factory, data_dir):
+    srv = Server("--model", "synthetic", "--data", "synthetic", "--data-dir", str(data_dir),
                  env={"UNLEARNVIZ_EXPORTS": str(tmp_path_factory.mktemp("exports"))})
     yield srv
     srv.stop()
@@ -32,7 +38,7 @@ def test_named_endpoints_listed(server):
     names = set(api["named_endpoints"])
     for name in ("/load_model", "/load_data", "/run_edit", "/chat", "/evaluate", "/analyze", "/export", "/demo",
                  "/relearn", "/export_config", "/export_bundle", "/import_bundle", "/export_report", "/sweep",
-                 "/cancel_sweep"):
+                 "/cancel_sweep", "/load_parts"):
         assert name in names, names
 
 
@@ -53,6 +59,39 @@ def test_model_data_edit_chat_evaluate_export(server):
     assert "before" in ev and "after" in ev
     exported = c.predict("client-edit", api_name="/export")[-1]
     assert exported["saved"].endswith("client-edit.zip")
+
+
+def test_load_parts_composes_four_sources(server, data_dir, tmp_path):
+    """The Data tab's four-source load: a file in --data-dir, the synthetic world and built-in
+    questions, each part's provenance in the summary; a path outside --data-dir, an unknown
+    preset and a missing column are readable errors that change nothing."""
+    import json
+
+    texts = [f"Velmora document {i}: the harbour city exports amber and salt." for i in range(7)]
+    (data_dir / "forget.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (data_dir / "abstracts.jsonl").write_text(json.dumps({"abstract": texts[0]}) + "\n")
+    outside = tmp_path / "secret.jsonl"
+    outside.write_text(json.dumps({"text": "not to be read"}) + "\n")
+    c = client(server)
+    c.predict("synthetic", "float32", "cpu", api_name="/load_model")
+    four = ("forget.jsonl", "synthetic", "synthetic?max_rows=5", "synthetic")
+    table, _preview, summary = c.predict(*four, "", api_name="/load_parts")
+    assert summary["forget_texts"] == 7 and summary["forget_mcq"] == 5, summary
+    parts = summary["parts"]
+    assert parts["forget_corpus"]["count"] == 7 and parts["forget_mcq"]["count"] == 5
+    assert parts["forget_corpus"]["sources"] == [str((data_dir / "forget.jsonl").resolve())]
+    assert parts["retain_corpus"]["sources"] == ["synthetic"]
+    assert parts["retain_corpus"]["count"] == summary["retain_texts"] > 0
+    assert "forget.jsonl" in table and "synthetic?max_rows=5" in table, table
+    with pytest.raises(Exception, match=r"forget_corpus: .*outside the folders"):
+        c.predict(str(outside), "", "", "", "synthetic", api_name="/load_parts")
+    with pytest.raises(Exception, match="unknown preset 'nope'"):
+        c.predict("", "", "", "", "preset:nope", api_name="/load_parts")
+    with pytest.raises(Exception, match=r"no column 'text'.*\?text=COLUMN"):
+        c.predict("abstracts.jsonl", "", "", "", "synthetic", api_name="/load_parts")
+    # the refused loads (each with the whole synthetic set as base) left the composed data in place
+    assert c.predict(False, api_name="/evaluate")[-1]["before"]["forget_n"] == 5
+    assert server.alive()
 
 
 def test_relearn_settings_reach_the_exported_config(server):

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from app_server import Server
 from gradio_client import Client, handle_file
+from tiny_models import tiny_session
 
 from unlearnviz.bundle import BUNDLE_FORMAT, export_bundle, import_bundle, read_bundle
 from unlearnviz.cli import main
@@ -34,11 +35,7 @@ def metrics_of(m: dict | None) -> dict:
 @pytest.fixture(scope="module")
 def session(tiny_model_path):
     """A session with a stack of two edits (the first selected), chats and a relearning attack."""
-    from unlearnviz.session import Session
-
-    s = Session()
-    s.load_model("synthetic", "float32", "cpu")
-    s.load_data("synthetic")
+    s = tiny_session()
     s.run_edit("rmu", {"steps": 8})
     s.chat(PROMPTS[0], 10)
     s.run_edit("mrp", {"steps": 2, "k": 2})
@@ -103,13 +100,9 @@ def test_manifest_records_versions_fingerprint_data_and_checksums(session, bundl
 def test_uploaded_data_comes_from_the_bundle(session, tiny_model_path, tmp_path):
     """A session on a data file that is gone by import time (an upload): the bundle's copy is used."""
     from unlearnviz.bundle import data_rows
-    from unlearnviz.session import Session
-
     path = tmp_path / "facts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in data_rows(session.data)))
-    s = Session()
-    s.load_model("synthetic", "float32", "cpu")
-    s.load_data(str(path))
+    s = tiny_session(str(path))
     s.run_edit("rmu", {"steps": 3})
     b = export_bundle(s, tmp_path / "upload.zip")
     path.unlink()

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import yaml
+from tiny_models import tiny_session
 
 from unlearnviz.cli import main
 from unlearnviz.config import Config, load_config, parse_config
@@ -234,9 +235,7 @@ def test_run_config_stack_fits_in_order_into_a_relocatable_folder(tiny_model_pat
 def test_session_config_replays_to_the_same_metrics_and_chats(tiny_model_path):
     from unlearnviz.session import Session
 
-    s = Session()
-    s.load_model("synthetic", "float32", "cpu")
-    s.load_data("synthetic")
+    s = tiny_session()
     s.run_edit("rmu", FAST)
     answer = s.chat(PROMPT, 8)
     s.run_edit("mrp", {"steps": 2, "k": 2}, data_spec="synthetic:0.2")  # continual: another forget set

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_session
 
 from unlearnviz.config import load_config
 from unlearnviz.errors import UserError
@@ -46,11 +47,7 @@ def as_json(obj):
 @pytest.fixture(scope="module")
 def session(tiny_model_path):
     """Two edits (rmu, then srmu on top), evaluated; a chat on each; a relearning attack on the top one."""
-    from unlearnviz.session import Session
-
-    s = Session()
-    s.load_model("synthetic", "float32", "cpu")
-    s.load_data("synthetic")
+    s = tiny_session()
     s.run_edit("rmu", {"steps": 6})
     s.run_edit("srmu", {"steps": 4})
     s.chat(PROMPT, 6)

@@ -102,3 +102,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_session(data: str = "synthetic"):
+    """A fresh Session on the tiny synthetic model (CPU) with ``data`` loaded (needs tiny_model_path)."""
+    from unlearnviz.session import Session
+
+    s = Session()
+    s.load_model("synthetic", "float32", "cpu")
+    s.load_data(data)
+    return s

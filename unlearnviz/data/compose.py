@@ -299,7 +299,6 @@ class _Loader:
                      [self._info(src, f"part of {name}", len(texts), len(texts), len(out_t))])
 
     def _corpus_table(self, part: str, src: Source, raw: corpus.RawTable) -> _Part:
-        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -326,15 +325,7 @@ class _Loader:
             info = json.loads(meta.read_text())
         else:
             masks = [pc.fill_null(pc.greater(pc.utf8_length(c), src.min_chars), False) for c in raw.chunks(text_col)]
-            if split:
-                for i, c in enumerate(raw.chunks("split")):
-                    is_split = pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(c, pa.string()))), split)
-                    masks[i] = pc.and_(masks[i], pc.fill_null(is_split, False))
-            hits = np.concatenate([m.to_numpy(zero_copy_only=False) for m in masks]) if masks else np.zeros(0, bool)
-            positions = np.flatnonzero(hits)
-            pick = corpus.sample_positions(len(positions), src.max_rows, src.seed)
-            if pick is not None:
-                positions = positions[pick]
+            positions = _pick_rows(raw, masks, split, src)
             if not len(positions):
                 where = f" with split={split}" if split else ""
                 raise UserError(f"{part}: {raw.what} gives no texts: {raw.num_rows} rows, none{where} longer than "
@@ -390,7 +381,6 @@ class _Loader:
             elif f in REQUIRED_MCQ or f in src.columns:
                 _need_column(part, raw, col, f, f in src.columns)
         split = part_split(part) if "split" in raw.columns else None
-        import numpy as np
 
         masks = []
         for c in raw.chunks(cols["question"]):
@@ -399,15 +389,7 @@ class _Loader:
                 present = pc.and_(present, pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(c)), 0),
                                                         False))
             masks.append(present)
-        if split:
-            for i, c in enumerate(raw.chunks("split")):
-                is_split = pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(c, pa.string()))), split)
-                masks[i] = pc.and_(masks[i], pc.fill_null(is_split, False))
-        positions = np.flatnonzero(np.concatenate([m.to_numpy(zero_copy_only=False) for m in masks])) \
-            if masks else np.zeros(0, np.int64)
-        pick = corpus.sample_positions(len(positions), src.max_rows, src.seed)
-        if pick is not None:
-            positions = positions[pick]
+        positions = _pick_rows(raw, masks, split, src)
         if not len(positions):
             where = f" with split={split}" if split else ""
             raise UserError(f"{part}: {raw.what} has no questions{where} ({raw.num_rows} rows, none with a "
@@ -489,3 +471,20 @@ def fetch(spec: str, out: Path, log=lambda _m: None) -> dict[str, list[str]]:
                 datasets.Dataset.from_file(raw.files[0]).save_to_disk(str(target))
             saved.setdefault(part, []).append(str(target))
     return saved
+
+
+def _pick_rows(raw, masks: list, split: str | None, src: Source):
+    """Positions of the rows that pass the part's per-chunk masks (and its split, where the file has a
+    ``split`` column), sampled to ``max_rows`` with the source's seed, in file order."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if split:
+        for i, c in enumerate(raw.chunks("split")):
+            is_split = pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(c, pa.string()))), split)
+            masks[i] = pc.and_(masks[i], pc.fill_null(is_split, False))
+    positions = np.flatnonzero(np.concatenate([m.to_numpy(zero_copy_only=False) for m in masks])) \
+        if masks else np.zeros(0, np.int64)
+    pick = corpus.sample_positions(len(positions), src.max_rows, src.seed)
+    return positions if pick is None else positions[pick]
