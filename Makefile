@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: run test test-fast setup setup-dev browser corpora prepare lint bench clean
+.PHONY: run test test-fast setup setup-dev browser corpora prepare lint bench gpu-smoke clean
 
 run: setup prepare
 	$(PY) app.py
@@ -30,6 +30,11 @@ test-fast: setup-dev corpora
 # ~11 min on an idle 2-core machine; BENCH_ARGS="--quick" for a smoke run, "--only B1,B4" for some rows
 bench: setup-dev prepare corpora
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The 7B paths on a GPU in < 10 min, nothing downloaded (scripts/gpu_smoke.py): a random Mistral-7B-shaped
+# bf16 model; writes the G rows of docs/benchmarks.md. Without CUDA it runs its dry mode (tiny, CPU, docs/ untouched).
+gpu-smoke: setup-dev
+	$(PY) scripts/gpu_smoke.py $(GPU_SMOKE_ARGS)
 
 setup: $(VENV)/.runtime-ok
 setup-dev: $(VENV)/.dev-ok

@@ -26,6 +26,7 @@ from bench.common import device_name  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EXTRA = DOCS / "benchmarks.extra.json"  # each benchmark's extra markdown (the scaling table), kept across partial runs
+GPU_PREFIX = "G"  # rows of `make gpu-smoke` (scripts/gpu_smoke.py): their own section, kept by `make bench`
 
 
 def _cpu_busy_s() -> float:
@@ -71,22 +72,17 @@ def write(results: list, extra_md: dict[str, list[str]], run: dict) -> None:
     EXTRA.write_text(json.dumps(extras, indent=2, ensure_ascii=False) + "\n")
 
     fmt = (lambda v: "—" if v is None else f"{v:.3g}")
-    lines = ["# Benchmarks", "",
-             f"Written by `make bench` (`python -m bench`); the latest run ({run['_which']}): {device_name()}, "
-             f"{run['_date']}, {run['_mode']} mode, {run['_total_s'] / 60:.1f} min. Each row alternates ours and the baseline "
-             "(after a warm-up where one is cheap) and reports medians; the ratio is the median of per-pair "
-             "ratios. *other load* is the average number of cores other processes kept busy while the row ran "
-             "(from /proc/stat): on a busy machine absolute times are inflated, pair-by-pair ratios much less. "
-             "Rows marked *quick* come from a `--quick` smoke run (fewer texts, steps and repeats; B8 and B9 on "
-             "the tiny synthetic model) and are not the measured figures.", "",
+    lines = ["# Benchmarks", "", _header(run), "",
              "| id | what | ours | baseline | ratio | target | met | unit | device | measured | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["id"].startswith(GPU_PREFIX):
+            continue
         when = f"{r.get('date', '?')}, {r.get('mode', '?')}, other load {r.get('other_load', float('nan')):.1f}"
         lines.append(f"| {r['id']} | {r['what']} | {fmt(r['ours'])} | {fmt(r['baseline'])} | {fmt(r['ratio'])} | "
                      f"{r['target']} | {'yes' if r['met'] else '**no**'} | {r['unit']} | {r['device']} | {when} | "
                      f"{r['note']} |")
-    missed = [r for r in rows if not r["met"]]
+    missed = [r for r in rows if not r["met"] and r["ours"] is not None]
     if missed:
         lines += ["", "## What limits the missed targets", ""]
         for r in missed:
@@ -96,7 +92,46 @@ def write(results: list, extra_md: dict[str, list[str]], run: dict) -> None:
         if bid in extras:
             lines += extras[bid]["markdown"] + [f"_({extras[bid]['date']}, {extras[bid]['mode']} mode, other load "
                                                 f"{extras[bid]['other_load']:.1f})_", ""]
+    lines += _gpu_section([r for r in rows if r["id"].startswith(GPU_PREFIX)], fmt)
     (DOCS / "benchmarks.md").write_text("\n".join(lines) + "\n")
+
+
+def _header(run: dict) -> str:
+    """The page's first paragraph: the latest `make bench` run. Rows of ``make gpu-smoke`` (a run
+    with no ``_date``) keep the paragraph the last bench run wrote."""
+    if "_date" not in run:
+        old = DOCS / "benchmarks.md"
+        for line in old.read_text().splitlines() if old.exists() else []:
+            if line.startswith("Written by `make bench`"):
+                return line
+        return "Written by `make bench` (`python -m bench`); no benchmark run yet."
+    return (f"Written by `make bench` (`python -m bench`); the latest run ({run['_which']}): {device_name()}, "
+            f"{run['_date']}, {run['_mode']} mode, {run['_total_s'] / 60:.1f} min. Each row alternates ours and the "
+            "baseline (after a warm-up where one is cheap) and reports medians; the ratio is the median of per-pair "
+            "ratios. *other load* is the average number of cores other processes kept busy while the row ran "
+            "(from /proc/stat): on a busy machine absolute times are inflated, pair-by-pair ratios much less. "
+            "Rows marked *quick* come from a `--quick` smoke run (fewer texts, steps and repeats; B8 and B9 on "
+            "the tiny synthetic model) and are not the measured figures.")
+
+
+def _gpu_section(rows: list[dict], fmt) -> list[str]:
+    """The G rows (``make gpu-smoke``, scripts/gpu_smoke.py) in their own table, whose GPU column is
+    the device that measured them, or "not measured" until a GPU has run the script."""
+    if not rows:
+        return []
+    lines = ["## GPU (`make gpu-smoke`)", "",
+             "Written by `make gpu-smoke` (scripts/gpu_smoke.py): a randomly initialised Mistral-7B-shaped model "
+             "in bfloat16 (weights do not change speed or memory), nothing downloaded. A row whose GPU column says "
+             "*not measured* has not run on a GPU yet; a row with no figures names, in its note, why that step "
+             "could not run there.", "",
+             "| id | what | GPU | ours | baseline | ratio | target | met | unit | measured | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        met = "—" if r["ours"] is None else ("yes" if r["met"] else "**no**")
+        when = "—" if r["device"] == "not measured" else f"{r.get('date', '?')}, {r.get('mode', '?')}"
+        lines.append(f"| {r['id']} | {r['what']} | {r['device']} | {fmt(r['ours'])} | {fmt(r['baseline'])} | "
+                     f"{fmt(r['ratio'])} | {r['target']} | {met} | {r['unit']} | {when} | {r['note']} |")
+    return lines + [""]
 
 
 def main() -> None:

@@ -465,7 +465,14 @@ def b9_wmdp_shaped(quick: bool = False) -> dict:
     return b9_corpus_memory(quick)
 
 
+def b11_planner(quick: bool = False) -> dict:
+    """B11: the memory planner vs measured peaks (bench/planner.py)."""
+    from bench.planner import b11_planner as run
+
+    return run(quick)
+
+
 BENCHMARKS = [("B1", b1_misdirection_step), ("B1e", b1e_edit_and_eval), ("B2", b2_mrp_fit), ("B3", b3_side_by_side),
               ("B4", b4_capture), ("B5", b5_mcq), ("B6", b6_geometry), ("B7", b7_cold_start), ("B8", b8_demo),
-              ("B9", b9_wmdp_shaped), ("S", scaling_table)]
+              ("B9", b9_wmdp_shaped), ("B11", b11_planner), ("S", scaling_table)]
 

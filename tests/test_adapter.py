@@ -66,6 +66,19 @@ def test_linear_weight_is_a_view_in_linear_convention():
     assert linear_weight(lin) is lin.weight
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_linear_shape_and_execution_device_of_every_family(family):
+    """The delta shape comes from a layer's declared features (a 4-bit weight is packed; see
+    test_quantized), and equals the [out, in] view of a float weight in every family."""
+    from unlearnviz.model.adapter import execution_device
+    from unlearnviz.model.quantized import linear_shape
+
+    a = ArchitectureAdapter.for_model(tiny_model(family))
+    for layer in range(LAYERS):
+        assert linear_shape(a.mlp_out(layer)) == tuple(linear_weight(a.mlp_out(layer)).shape)
+        assert execution_device(a.mlp_out(layer)) == torch.device("cpu")
+
+
 def test_block_output_helpers_handle_tuple_and_tensor():
     h, h2 = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
     assert block_output_tensor(h) is h

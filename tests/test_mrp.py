@@ -92,3 +92,69 @@ def test_kl_references_past_their_byte_bound_are_recomputed_to_the_same_losses(t
     recomputed = spec.fit(tiny_lm, tiny_data, make_hparams(spec.hparams_cls, over))
     assert [r["loss"] for r in recomputed.meta["losses"]] == pytest.approx(
         [r["loss"] for r in kept.meta["losses"]], rel=1e-6, abs=1e-8)
+
+
+# ---- the init's batch cap --------------------------------------------------------------------
+def test_init_reads_only_the_capped_batches(tiny_lm, tiny_data):
+    """With a corpus larger than ``init_batches``, the init forwards only the first
+    ``init_batches`` forget and retain batches (counted by a hook on block 0), and its directions,
+    eigenvalues and retain mean equal the init on just those texts."""
+    import dataclasses
+
+    from unlearnviz.methods.mrp import MRPParams
+
+    spec = get_method("mrp")
+    cap, bs = 3, 8
+    assert MRPParams().init_batches * bs >= 296  # every built-in set's batches are read (unchanged results)
+    assert len(tiny_data.forget_texts) > cap * bs and len(tiny_data.retain_train_texts) > cap * bs
+    calls = []
+    handle = tiny_lm.adapter.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        capped = spec.fit(tiny_lm, tiny_data, make_hparams(spec.hparams_cls, {
+            "layers": [1], "k": 4, "steps": 0, "batch_size": bs, "max_tokens": 32, "init_batches": cap}))
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * cap, len(calls)  # cap forget batches + cap retain batches, one forward each
+    assert capped.meta["init_batches_read"] == {"forget": cap, "retain": cap}
+    n_retain = next(n for n in range(5, len(tiny_data.retain_texts))
+                    if len(dataclasses.replace(tiny_data, retain_texts=tiny_data.retain_texts[:n]).retain_train_texts)
+                    == cap * bs)
+    small = dataclasses.replace(tiny_data, forget_texts=tiny_data.forget_texts[:cap * bs],
+                                forget_text_half=tiny_data.forget_text_half[:cap * bs],
+                                retain_texts=tiny_data.retain_texts[:n_retain])
+    assert list(small.retain_train_texts) == list(tiny_data.retain_train_texts[:cap * bs])
+    whole = spec.fit(tiny_lm, small, make_hparams(spec.hparams_cls, {
+        "layers": [1], "k": 4, "steps": 0, "batch_size": bs, "max_tokens": 32}))
+    assert whole.meta["init_batches_read"] == {"forget": cap, "retain": cap}
+    assert torch.equal(capped.projections[1], whole.projections[1])
+    assert torch.equal(capped.offsets[1], whole.offsets[1])
+    assert capped.meta["eigenvalues"] == whole.meta["eigenvalues"]
+
+
+# ---- float64 solves on the CPU ---------------------------------------------------------------
+def on_device_top(forget: Moments, retain: Moments, k: int, ridge: float):
+    """The test oracle: the solve as it was, in float64 on the statistics' own device."""
+    mu = retain.mean()
+    sf, sr = forget.covariance(mu), retain.covariance(mu)
+    eye = torch.eye(sf.shape[0], dtype=sf.dtype, device=sf.device)
+    delta = ridge * float(torch.diagonal(sr).mean()) + 1e-6
+    inv = torch.linalg.solve_triangular(torch.linalg.cholesky(sr + delta * eye), eye, upper=False)
+    m = inv @ sf @ inv.T
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+    order = torch.argsort(vals, descending=True)[:k]
+    return orthonormal_rows((inv.T @ vecs[:, order]).T), vals[order]
+
+
+def test_generalized_top_solves_on_the_cpu_with_identical_results():
+    """The solve moved to the CPU (MPS has no float64) gives exactly what the on-device float64
+    solve gave on a CPU, and its results come back on the statistics' device."""
+    from unlearnviz.methods.mrp import generalized_top
+
+    g = torch.Generator().manual_seed(1)
+    forget, retain = Moments(), Moments()
+    forget.add(torch.randn(300, 24, generator=g) * torch.linspace(0.5, 3.0, 24) + 40.0)
+    retain.add(torch.randn(400, 24, generator=g) + 40.0)
+    rows, vals = generalized_top(forget, retain, 5, 0.05)
+    want_rows, want_vals = on_device_top(forget, retain, 5, 0.05)
+    assert torch.equal(rows, want_rows) and torch.equal(vals, want_vals)
+    assert rows.device == forget.shift.device and vals.dtype == torch.float64 and rows.shape == (5, 24)

@@ -77,6 +77,48 @@ def test_probe_reads_what_the_model_knows(tiny_lm, tiny_data):
     assert "edited" not in res.probe and res.verdict.startswith("no edit")
 
 
+def _float64_shapes(run) -> list[tuple[int, ...]]:
+    """Shapes of the float64 tensors that torch functions return while ``run()`` runs."""
+    seen: list[tuple[int, ...]] = []
+
+    class Watch(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dtype == torch.float64:
+                seen.append(tuple(out.shape))
+            return out
+
+    with Watch():
+        run()
+    return seen
+
+
+def test_probes_copy_only_the_answer_rows_of_the_unembedding(tiny_lm, tiny_data):
+    """The probes' targets are the answer tokens' output embeddings: a float64 copy of the whole
+    unembedding (1 GiB at a 7B vocabulary; before, one per layer, side and floor) never happens."""
+    vocab = tuple(tiny_lm.adapter.unembed.weight.shape)
+    plan = random_plan(tiny_lm, layer=2, scale=0.6)
+    seen = _float64_shapes(lambda: residual_knowledge(tiny_lm, tiny_data, plan=plan, layers=[1, 3], max_items=12))
+    assert seen and vocab not in seen
+    assert max(s[0] for s in seen if len(s) == 2) < vocab[0]
+
+
+def test_answer_table_reads_what_the_whole_unembedding_reads(tiny_lm, tiny_data):
+    from unlearnviz.analysis.probes import answer_embeddings, probe_item_accuracy
+    from unlearnviz.data.batching import encode_pair
+
+    items = tiny_data.forget_mcq[:16] + tiny_data.retain_mcq[:16]
+    firsts = [[encode_pair(tiny_lm.tokenizer, it.question, " " + c)[1][0] for c in it.choices] for it in items]
+    x = torch.randn(len(items), tiny_lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    folds = [i % 2 for i in range(len(items))]
+    table, rows = answer_embeddings(tiny_lm, firsts)
+    assert table.dtype == torch.float64 and table.shape[0] == len({t for f in firsts for t in f})
+    whole = tiny_lm.adapter.unembed.weight.detach().float().cpu()
+    assert torch.equal(table[rows[0][0]], whole[firsts[0][0]].double())
+    want = probe_item_accuracy(x, items, firsts, whole, folds, 2)
+    assert probe_item_accuracy(x, items, rows, table, folds, 2).tolist() == want.tolist()
+
+
 def _result(out_o, out_e, probe_o, probe_e, edit_layers=(2,), floor=None):
     layers = list(range(len(probe_o)))
     return ProbeResult(layers=layers, chance=0.25, n_items={"forget": 20, "retain": 20}, folds=2,

@@ -14,7 +14,14 @@ from torch import nn
 
 from unlearnviz.model import RoutingPlan, StopForward, wrap_model
 from unlearnviz.model.adapter import ArchitectureAdapter, is_conv1d, linear_weight
-from unlearnviz.model.routing import StreamProjection, orthonormal_rows, run_block_window
+from unlearnviz.model.routing import (
+    StreamProjection,
+    content_hash_uncached,
+    orthonormal_rows,
+    placed,
+    plan_content_hash,
+    run_block_window,
+)
 
 ATOL = 1e-5
 TEXTS = ["The capital of France is", "Hi"]  # different lengths: row 1 is padded
@@ -299,6 +306,123 @@ def test_orthonormal_rows_is_differentiable():
     q = orthonormal_rows(w)
     (q.sum() ** 2).backward()
     assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+
+def _reference_basis(d: torch.Tensor) -> torch.Tensor:
+    """The slow oracle: Gram-Schmidt in float64 over the rows in order, with the rank tolerance
+    orthonormal_rows uses (1e-5 of the largest row norm)."""
+    d64 = d.double()
+    tol = 1e-5 * float(d64.norm(dim=1).max())
+    basis: list[torch.Tensor] = []
+    for row in d64:
+        r = row
+        for _ in range(2):
+            for b in basis:
+                r = r - (b @ r) * b
+        if float(r.norm()) > tol:
+            basis.append(r / r.norm())
+    return torch.stack(basis)
+
+
+def test_orthonormal_rows_spans_what_the_float64_oracle_spans():
+    """The rank is decided in float64 on the CPU (MPS has no float64), so every device gets the
+    basis the CPU gets: the same row space, row by row, as the oracle's."""
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(4, 48, generator=g)
+    d = torch.cat([base[:2], base[:1] * 3 + base[1:2], torch.zeros(1, 48), base[2:]])
+    q = orthonormal_rows(d)
+    ref = _reference_basis(d).float()
+    assert q.shape == ref.shape == (4, 48)
+    for i in range(1, 5):  # rows 0..i-1 of each span the same space
+        torch.testing.assert_close(q[:i].T @ q[:i], ref[:i].T @ ref[:i], atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+                    reason="needs Apple MPS")
+def test_orthonormal_rows_on_mps_equals_the_cpu_basis():
+    d = torch.randn(5, 32)
+    d[3] = d[0] + d[1]
+    q = orthonormal_rows(d.to("mps"))
+    assert q.device.type == "mps"
+    torch.testing.assert_close(q.cpu().T @ q.cpu(), orthonormal_rows(d).T @ orthonormal_rows(d), atol=1e-4, rtol=0)
+
+
+# --- placing an edit's tensors where each module computes --------------------------------------
+
+def test_placed_copies_once_and_sees_in_place_writes():
+    t = torch.randn(4, 3)
+    assert placed(t, "cpu") is t  # already there: no copy
+    a = placed(t, "cpu", torch.float64)
+    assert a.dtype == torch.float64 and torch.equal(a, t.double())
+    assert placed(t, "cpu", torch.float64) is a  # the second use reads the kept copy
+    t.mul_(2)  # an in-place write is seen
+    b = placed(t, "cpu", torch.float64)
+    assert b is not a and torch.equal(b, t.double())
+    u = torch.randn(4, 3, requires_grad=True)  # autograd must see the copy
+    placed(u, "cpu", torch.float64).sum().backward()
+    assert torch.equal(u.grad, torch.ones(4, 3))
+
+
+def test_deltas_reach_each_block_in_the_modules_dtype(lm):
+    """A delta held in bfloat16 acts on a float32 model as its float32 value does: the router
+    casts the delta to the module's dtype, never the module's weights to the delta's (W + Δ
+    was computed with W rounded to bfloat16, and x·Δᵀ with x rounded)."""
+    ids, mask = _batch(lm)
+    delta = _random_delta(lm, 1).to(torch.bfloat16)
+    want = _logits(lm, ids, mask, RoutingPlan(deltas={1: delta.float()}))
+    for rows in (None, torch.tensor([1.0, 1.0])):
+        got = _logits(lm, ids, mask, RoutingPlan(deltas={1: delta}, rows=rows))
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+# --- the plan's content hash, memoised -----------------------------------------------------------
+
+class _CountingTensor(torch.Tensor):
+    """A tensor that counts how often its data is read back through ``detach``."""
+
+    reads = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.detach:
+            _CountingTensor.reads += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def _hash_plan() -> RoutingPlan:
+    g = torch.Generator().manual_seed(7)
+    counted = {k: torch.randn(4, 6, generator=g).as_subclass(_CountingTensor) for k in (0, 2)}
+    return RoutingPlan(deltas=counted, projections={1: orthonormal_rows(torch.randn(2, 6, generator=g))},
+                       offsets={1: torch.randn(6, generator=g)}, stream=_random_stream(last=1), spare_first=True)
+
+
+def test_plan_content_hash_is_memoised_on_the_plan():
+    plan = _hash_plan()
+    _CountingTensor.reads = 0
+    first = plan_content_hash(plan)
+    assert _CountingTensor.reads == 2  # each delta read once
+    assert first == content_hash_uncached(_hash_plan())  # the same value as computed afresh
+    _CountingTensor.reads = 0
+    assert plan_content_hash(plan) == first
+    assert _CountingTensor.reads == 0  # the second lookup reads no tensor
+
+
+def test_plan_content_hash_sees_changes_to_the_plan():
+    plan = _hash_plan()
+    first = plan_content_hash(plan)
+    with torch.no_grad():
+        plan.deltas[0].add_(1.0)  # an in-place write to a delta
+    second = plan_content_hash(plan)
+    assert second != first and second == content_hash_uncached(plan)
+    plan.deltas[2] = plan.deltas[2].clone()  # a new tensor, same content: same hash
+    assert plan_content_hash(plan) == second
+    plan.deltas[2] = plan.deltas[2] * 2  # another tensor, other content
+    assert plan_content_hash(plan) not in (first, second)
+    assert plan_content_hash(plan) == content_hash_uncached(plan)
+    plan.spare_first = False
+    assert plan_content_hash(plan) == content_hash_uncached(plan)
+    assert plan_content_hash(RoutingPlan()) == plan_content_hash(None) == "none"
 
 
 # --- bookkeeping: one set of hooks per model, plans never leak across models -----------------

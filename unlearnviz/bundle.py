@@ -5,7 +5,10 @@ A bundle is a plain zip with a fixed set of member names::
     manifest.json            format + version, library versions, model fingerprint, data name and
                              content hash, the SHA-256 of every other member
     config.yaml              the config that replays the session (unlearnviz.config)
-    data.jsonl               the data the metrics were measured on (loader format; uploads replay too)
+    data.jsonl               the data the metrics were measured on (loader format; uploads replay too),
+                             when its rows fit DATA_BY_VALUE_BYTES; a larger set (a WMDP-sized
+                             corpus) is carried by reference instead: its source spec and content
+                             hash in the manifest, the source re-read and its hash checked on import
     edits/000/manifest.json  each edit of the stack, as save_edit writes it (its own checksums and
     edits/000/edit.safetensors  the model's fingerprint), in stack order
     results.json             metrics before and after each edit, relearning results, the selected edit
@@ -13,8 +16,9 @@ A bundle is a plain zip with a fixed set of member names::
 
 Importing verifies everything before anything changes: the archive, its member names (only the
 names above; nothing is ever extracted by its own name, so a ``../`` name cannot escape), sizes,
-every checksum, the format, the model's fingerprint, the data's content hash, and each edit
-through ``load_edit``. Edits are loaded, never refitted. No pickle anywhere: JSON, YAML (safe
+every checksum, the format, the model's fingerprint, the data's content hash (of the bundled
+rows, or of the referenced source as read now: a source that is missing or changed is refused),
+and each edit through ``load_edit``. Edits are loaded, never refitted. No pickle anywhere: JSON, YAML (safe
 loader) and safetensors only.
 """
 
@@ -39,6 +43,8 @@ MANIFEST = "manifest.json"
 MAX_BUNDLE_BYTES = 8 * 2**30  # uncompressed, all members together (a 7B model's RMU edits fit many times)
 MAX_MEMBERS = 4096
 MAX_META_BYTES = 64 * 2**20  # any one JSON/YAML member
+# Data whose rows are larger is bundled by reference (its spec and content hash), not by value.
+DATA_BY_VALUE_BYTES = MAX_META_BYTES
 _MEMBER = re.compile(r"^(config\.yaml|data\.jsonl|results\.json|chats\.json|history\.json"
                      r"|edits/\d{3,4}/(edit\.safetensors|manifest\.json))$")
 
@@ -50,16 +56,37 @@ def _sha256(blob: bytes) -> str:
 # ---- data in the loader's own row format -------------------------------------------------------
 def data_rows(data) -> list[dict]:
     """UnlearningData as loader rows (``rows_to_data`` reads them back with the same content hash)."""
+    return list(iter_data_rows(data))
+
+
+def data_blob(data, limit: int) -> bytes | None:
+    """The data's rows as JSONL, or None as soon as they pass ``limit`` bytes (built row by row,
+    so a corpus of any size costs at most ``limit`` to find out it is too large)."""
+    parts, size = [], 0
+    for row in iter_data_rows(data):
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        size += len(line)
+        if size > limit:
+            return None
+        parts.append(line)
+    return b"".join(parts)
+
+
+def iter_data_rows(data):
+    """The rows of :func:`data_rows`, one at a time."""
     def mcq(split: str, it, half: str | None) -> dict:
         row = {"split": split, "question": it.question, "choices": list(it.choices), "answer": it.answer,
                "blind_question": it.blind_question, "subject": it.subject, "relation": it.relation}
         return {**row, "half": half} if half else row
 
-    rows = [{"split": "forget", "text": t, "half": h} for t, h in zip(data.forget_texts, data.forget_text_half)]
-    rows += [mcq("forget", it, h) for it, h in zip(data.forget_mcq, data.forget_half)]
-    rows += [{"split": "retain", "text": t} for t in data.retain_texts]
-    rows += [mcq("retain", it, None) for it in data.retain_mcq]
-    return rows
+    for t, h in zip(data.forget_texts, data.forget_text_half):
+        yield {"split": "forget", "text": t, "half": h}
+    for it, h in zip(data.forget_mcq, data.forget_half):
+        yield mcq("forget", it, h)
+    for t in data.retain_texts:
+        yield {"split": "retain", "text": t}
+    for it in data.retain_mcq:
+        yield mcq("retain", it, None)
 
 
 def _data_from_rows(blob: bytes, info: dict):
@@ -78,17 +105,26 @@ def _data_from_rows(blob: bytes, info: dict):
 
 
 # ---- export ------------------------------------------------------------------------------------
-def export_bundle(session, path: Path, base=None) -> Path:
+def export_bundle(session, path: Path, base=None, max_data_bytes: int = DATA_BY_VALUE_BYTES) -> Path:
     """Write ``session`` as one zip at ``path`` (atomically: a temporary file renamed into place).
-    ``base``: the config the session was replayed from (keeps its seed and analysis settings)."""
+    ``base``: the config the session was replayed from (keeps its seed and analysis settings).
+
+    The data goes in by value (data.jsonl) when its rows fit ``max_data_bytes`` (every built-in
+    set, visitors' uploads under the upload cap), else by reference: the spec it was loaded
+    from and its content hash, so the importer must hold the same source (an operator's corpus
+    on disk, a hub dataset); data with no spec to name is refused."""
     from unlearnviz.io import atomic_write_bytes
     from unlearnviz.methods.edit import save_edit, versions
 
     lm, data = session.require_model(), session.require_data()
     cfg = session.to_config(base=base)
-    files: dict[str, bytes] = {"config.yaml": cfg.to_yaml().encode("utf-8"),
-                               "data.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                     for r in data_rows(data)).encode("utf-8")}
+    files: dict[str, bytes] = {"config.yaml": cfg.to_yaml().encode("utf-8")}
+    rows = data_blob(data, max_data_bytes)
+    if rows is not None:
+        files["data.jsonl"] = rows
+    elif not cfg.data.spec:
+        raise UserError(f"data {data.name!r} is over {max_data_bytes / 2**20:.0f} MB as rows and names no source "
+                        "to bundle it by reference; load it from a file or dataset (Data tab, --data) first")
     with tempfile.TemporaryDirectory(prefix="uv-bundle-") as tmp:
         for i, edit in enumerate(session.stack.edits):
             folder = save_edit(edit, Path(tmp) / f"{i:03d}", lm, stack_index=i)
@@ -106,7 +142,8 @@ def export_bundle(session, path: Path, base=None) -> Path:
                   "family": lm.adapter.family, "layers": lm.n_layers, "hidden_size": lm.hidden_size,
                   "dtype": str(lm.dtype).replace("torch.", "")},
         "data": {"name": data.name, "spec": cfg.data.spec, "content_hash": data.content_hash(),
-                 "provenance": data.provenance, "card": data.card, "file": "data.jsonl"},
+                 "provenance": data.provenance, "card": data.card,
+                 "by": "value" if rows is not None else "reference", "file": "data.jsonl" if rows is not None else None},
         "edits": [{"method": e.method, "label": e.label()} for e in session.stack.edits],
         "files": {name: _sha256(blob) for name, blob in files.items()},
     }
@@ -203,16 +240,21 @@ def read_bundle(path: str | Path, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleCo
             if _sha256(blob) != digest:
                 raise UserError(f"{what}: checksum mismatch in {name} (damaged or tampered bundle)")
             files[name] = blob
-    for need in ("config.yaml", "data.jsonl", "results.json"):
+    for key in ("model", "data"):
+        if not isinstance(manifest.get(key), dict):
+            raise UserError(f"{what}: {MANIFEST} has no {key} section (damaged bundle)")
+    by = manifest["data"].get("by", "value")  # bundles before data by reference: by value
+    if by not in ("value", "reference"):
+        raise UserError(f"{what}: {MANIFEST} says the data is bundled {by!r}, not by value or reference (damaged bundle)")
+    for need in ("config.yaml", *(["data.jsonl"] if by == "value" else []), "results.json"):
         if need not in files:
             raise UserError(f"{what}: {need} is missing (damaged bundle)")
+    if by == "reference" and ("data.jsonl" in files or not manifest["data"].get("spec")):
+        raise UserError(f"{what}: the data is by reference but the bundle has data.jsonl or no spec (damaged bundle)")
     n = len([k for k in files if k.endswith("/edit.safetensors")])
     if sorted(k for k in files if k.startswith("edits/")) != sorted(
             f"edits/{i:03d}/{f}" for i in range(n) for f in ("edit.safetensors", "manifest.json")):
         raise UserError(f"{what}: the edits are not numbered 000..{n - 1:03d}, each with both files (damaged bundle)")
-    for key in ("model", "data"):
-        if not isinstance(manifest.get(key), dict):
-            raise UserError(f"{what}: {MANIFEST} has no {key} section (damaged bundle)")
     return BundleContents(manifest=manifest, files=files)
 
 
@@ -239,14 +281,17 @@ def _indexed(mapping: dict, n: int, what: str) -> dict[int, dict]:
 
 # ---- import ------------------------------------------------------------------------------------
 def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str] | None = None, store=None,
-                  limits=None, max_bytes: int = MAX_BUNDLE_BYTES):
+                  limits=None, max_bytes: int = MAX_BUNDLE_BYTES, allow_data: Callable[[str], str] | None = None):
     """A new Session restored from a bundle, after verifying everything (see ``read_bundle``).
 
     ``lm``: the model to restore onto; it must be the bundle's model (same fingerprint). Without
     it, the model the bundle's config names is loaded (through ``allow_model``, which may refuse a
     source or rewrite it: the app confines it to the operator's folders) and its fingerprint
     checked. Data: built-in and synthetic sets are loaded by name, anything else (files, uploads,
-    hub sets) from the bundle's own copy; either must match the recorded content hash. The
+    hub sets) from the bundle's own copy; either must match the recorded content hash. Data
+    bundled by reference is re-read from its spec (through ``allow_data``, which may refuse a
+    source: the app confines paths to the operator's folders) with the model's tokenizer, and
+    refused with one line if the source cannot be read or its content hash differs. The
     caller's session is not touched: adopt the returned one when it should replace it.
     """
     import yaml
@@ -279,7 +324,9 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     info = manifest["data"]
     spec = cfg.data.spec or ""
     data = None
-    if spec.startswith("builtin:") or spec == "synthetic" or spec.startswith("synthetic:"):
+    if info.get("by") == "reference":
+        data = _data_by_reference(allow_data(spec) if allow_data else spec, info, lm)
+    elif spec.startswith("builtin:") or spec == "synthetic" or spec.startswith("synthetic:"):
         try:
             data = load_data(spec)
         except UserError:
@@ -335,12 +382,29 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     return session
 
 
+def _data_by_reference(spec: str, info: dict, lm):
+    """The data a bundle names by reference, read from its source now and checked against the
+    recorded content hash."""
+    from unlearnviz.data import load_data
+
+    try:
+        data = load_data(spec, tokenizer=lm.tokenizer)
+    except UserError as exc:
+        raise UserError(f"the bundle's data is a reference to {spec!r}, which cannot be read here ({exc}); "
+                        "put that source where the bundle was made, then import again") from None
+    have, want = data.content_hash(), info.get("content_hash")
+    if have != want:
+        raise UserError(f"the bundle's data source {spec!r} has changed since the bundle was made (content hash "
+                        f"{str(have)[:12]}, the bundle's {str(want)[:12]}); restore that version to import it")
+    return data
+
+
 def bundle_summary(contents: BundleContents) -> dict:
     """What a bundle holds, from its verified manifest (for the CLI and the app)."""
     m = contents.manifest
     return {"format_version": m.get("format_version"), "created": m.get("created"),
             "model": {k: m["model"].get(k) for k in ("name", "source", "fingerprint", "family")},
-            "data": {k: m["data"].get(k) for k in ("name", "spec", "content_hash")},
+            "data": {k: m["data"].get(k, "value" if k == "by" else None) for k in ("name", "spec", "content_hash", "by")},
             "edits": m.get("edits"), "files": len(contents.files) + 1, "versions": m.get("versions")}
 
 

@@ -68,7 +68,7 @@ class ModelSection:
     """Which model, loaded how (operator-only switches such as trust_remote_code never come from a file)."""
 
     source: str = opt("default", "str", "'default', synthetic[:E], a folder, a .gguf file or a hub id")
-    dtype: str = opt("float32", "str", "weights' dtype", choices=DTYPES)
+    dtype: str = opt("auto", "str", "weights' dtype (auto: bfloat16 on CUDA, else float32)", choices=DTYPES)
     device: str = opt("auto", "str", "cpu, cuda, cuda:N, mps or auto")
 
 

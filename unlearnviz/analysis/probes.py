@@ -242,7 +242,8 @@ def probe_item_accuracy(x: torch.Tensor, items: list[MCQItem], first_tokens: lis
                         embeddings: torch.Tensor, fold_of: list[int], folds: int) -> np.ndarray:
     """Per item, the credit (1, 0, or 1/m for an m-way tie) of the tuned-lens probe trained on
     the other folds' items: ridge from the stem state ``x[i]`` to the gold answer's first-token
-    output embedding, answer = the choice whose embedding is closest by cosine."""
+    output embedding, answer = the choice whose embedding is closest by cosine. ``first_tokens``
+    index rows of ``embeddings``: the unembedding, or the table of :func:`answer_embeddings`."""
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -265,6 +266,19 @@ def probe_item_accuracy(x: torch.Tensor, items: list[MCQItem], first_tokens: lis
             cands = emb[first_tokens[i]]
             credit[i] = _credit(F.cosine_similarity(cands, row[None, :], dim=-1), items[i].answer)
     return credit
+
+
+def answer_embeddings(lm: LoadedModel, first_tokens: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
+    """The output-embedding rows of the tokens in ``first_tokens`` (float64, on the CPU) and the
+    tokens renumbered as rows of that table: the probes need one row per distinct answer token,
+    not the vocabulary (a float64 copy of it is 1 GiB at 7B, and there is a probe per layer,
+    side and floor). Edits never change the unembedding (the router hooks blocks, MLP and
+    attention outputs and the stream entering block 0), so the original model's rows serve both."""
+    ids = sorted({t for tokens in first_tokens for t in tokens})
+    w = lm.adapter.unembed.weight
+    table = w.detach()[torch.tensor(ids, dtype=torch.long, device=w.device)].double().cpu()
+    row_of = {t: r for r, t in enumerate(ids)}
+    return table, [[row_of[t] for t in tokens] for tokens in first_tokens]
 
 
 def _credit(scores: torch.Tensor, answer: int) -> float:
@@ -398,7 +412,7 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
 
     chance_acc = np.asarray([1 / len(it.choices) for it in items])
     red, firsts = _statement_pass(lm, items, False, layers, plan, batch_size)
-    emb = lm.adapter.unembed.weight.detach().float().cpu()
+    emb, answer_rows = answer_embeddings(lm, firsts)  # the probes' targets, copied once per call
     sides = ["original"] + (["edited"] if plan is not None else [])
     probe: dict[str, dict[str, list[float]]] = {s: {"forget": [], "retain": []} for s in sides}
     lens: dict[str, dict[str, list[float]]] = {s: {"forget": [], "retain": []} for s in sides}
@@ -408,13 +422,13 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
         output[side] = {"forget": float(ok[is_f].mean()), "retain": float(ok[~is_f].mean())}
     for layer in layers:
         xo = torch.stack(red.features["original"][layer])
-        acc_o = probe_item_accuracy(xo, items, firsts, emb, fold_of, folds) if train_probe else chance_acc
+        acc_o = probe_item_accuracy(xo, items, answer_rows, emb, fold_of, folds) if train_probe else chance_acc
         results = {"original": acc_o}
         if plan is not None:
             xe = torch.stack(red.features["edited"][layer])
             same = float((xo - xe).abs().max()) <= 1e-6 * max(float(xo.abs().max()), 1e-12)
             results["edited"] = acc_o if same or not train_probe else \
-                probe_item_accuracy(xe, items, firsts, emb, fold_of, folds)
+                probe_item_accuracy(xe, items, answer_rows, emb, fold_of, folds)
         for side, acc in results.items():
             probe[side]["forget"].append(float(acc[is_f].mean()))
             probe[side]["retain"].append(float(acc[~is_f].mean()))
@@ -426,10 +440,11 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
     probe_floor = output_floor = lens_floor = None
     if floor:
         blind, bfirsts = _statement_pass(lm, items, True, layers, None, batch_size)
+        bemb, brows = answer_embeddings(lm, bfirsts)
         probe_floor, lens_floor = [], []
         for layer in layers:
             xb = torch.stack(blind.features["original"][layer])
-            acc_b = probe_item_accuracy(xb, items, bfirsts, emb, fold_of, folds) if train_probe else \
+            acc_b = probe_item_accuracy(xb, items, brows, bemb, fold_of, folds) if train_probe else \
                 chance_acc
             probe_floor.append(float(acc_b[is_f].mean()))
             lens_floor.append(float(lens_item_accuracy(lm, xb, items, bfirsts)[is_f].mean()))
@@ -537,5 +552,5 @@ def _ranges(layers: list[int]) -> str:
     return ", ".join(out)
 
 
-__all__ = ["LogitLens", "ProbeResult", "judge", "lens_logits", "logit_lens", "probe_item_accuracy",
-           "residual_knowledge"]
+__all__ = ["LogitLens", "ProbeResult", "answer_embeddings", "judge", "lens_logits", "logit_lens",
+           "probe_item_accuracy", "residual_knowledge"]

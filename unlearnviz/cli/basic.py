@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args, load_model_from_args, write_json
+from unlearnviz.errors import UserError
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -14,7 +15,21 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    write_json(None, load_model_from_args(args).info())
+    if not args.plan:
+        if args.config_only:
+            raise UserError("--config-only goes with --plan (a config has no weights to describe)")
+        write_json(None, load_model_from_args(args).info())
+        return
+    from unlearnviz.session.planning import plan_report
+
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("max_tokens", args.max_tokens),
+                                   ("steps", args.steps)) if v is not None}
+    methods = [args.method] if args.method else None
+    if args.config_only:
+        write_json(None, plan_report(None, methods, overrides, config=args.config_only, dtype=args.dtype,
+                                     device=args.device))
+    else:
+        write_json(None, plan_report(load_model_from_args(args), methods, overrides))
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
@@ -74,6 +89,13 @@ def register(sub) -> None:
     sub.add_parser("prepare", help="convert the built-in default model once").set_defaults(fn=cmd_prepare)
     p = sub.add_parser("info", help="print the model's family, size and fingerprint as JSON")
     add_model_args(p)
+    p.add_argument("--plan", action="store_true", help="print the planned peak memory of each action instead")
+    p.add_argument("--config-only", default=None, metavar="NAME", help="with --plan: a named config's shapes on "
+                   "the meta device, no weights (zephyr-7b, llama-3-8b, qwen2.5-7b, gemma-2-9b)")
+    p.add_argument("--method", default=None, help="with --plan: only this method's fit (rmu, srmu or mrp)")
+    p.add_argument("--batch-size", type=int, default=None, help="with --plan: the fits' batch size")
+    p.add_argument("--max-tokens", type=int, default=None, help="with --plan: tokens per text (-1 = auto: 512)")
+    p.add_argument("--steps", type=int, default=None, help="with --plan: the fits' steps")
     p.set_defaults(fn=cmd_info)
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True)

@@ -25,7 +25,7 @@ def _model_args(args: argparse.Namespace, cfg) -> None:
         if cfg is not None:
             args.dtype = cfg.model.dtype if args.dtype is None else args.dtype
             args.device = cfg.model.device if args.device is None else args.device
-    args.dtype = args.dtype or "float32"
+    args.dtype = args.dtype or "auto"
     args.device = args.device or "auto"
 
 
@@ -69,7 +69,7 @@ def _import(args: argparse.Namespace):
 
     lm = None
     if args.model is not None:  # restore onto this model (it must be the bundle's)
-        args.dtype, args.device = args.dtype or "float32", args.device or "auto"
+        args.dtype, args.device = args.dtype or "auto", args.device or "auto"
         lm = load_model_from_args(args)
     return import_bundle(Path(args.bundle), lm=lm)
 

@@ -27,7 +27,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags of every command that loads a model (the dashboard's model choices)."""
     p.add_argument("--model", default="default",
                    help="'default' (built-in SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
     p.add_argument("--device-map", default=None, help="'auto' spreads the model over several GPUs")
     p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes")

@@ -65,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from unlearnviz.methods import EditStack
     from unlearnviz.runs import load_stack, save_run
     from unlearnviz.session import Limits, Session
-    from unlearnviz.session.replay import replay
+    from unlearnviz.session.planning import check_fit
+    from unlearnviz.session.replay import edit_hparams, replay
 
     cfg = _run_config(args)
     out = Path(args.out)
@@ -77,6 +78,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     lm = load_model_from_args(args)
     fp = lm.fingerprint(refresh=False)
     prior = load_stack(lm, Path(args.stack_on)) if args.stack_on else EditStack()
+    for e in cfg.edits:  # before anything runs: a fit too big for any data is refused now (replay checks
+        check_fit(lm, None, e.method, edit_hparams(e, cfg.seed), prior)  # each again, with its data)
     unlimited = Limits(max_prompt_chars=10**9, max_new_tokens=10**6, max_steps=10**9, max_points=10**6,
                        max_upload_mb=10**6)  # the operator's own command: the server's caps do not apply
     t0 = time.perf_counter()
@@ -142,16 +145,25 @@ def cmd_relearn(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    """Write the edit stack as a folder every loader reads as the edited model (the manifest as
+    JSON on stdout, one line saying what was written on stderr), or refuse it in one line."""
+    import sys
+
     from unlearnviz.methods.edit import export_checkpoint
+    from unlearnviz.model.exports import EXPORT_MANIFEST, export_label
     from unlearnviz.runs import load_stack
 
     out = Path(args.out)
-    if out.exists() and not (out / "unlearnviz_export.json").exists():
+    if out.exists() and not (out / EXPORT_MANIFEST).exists():
         # export_checkpoint replaces its target folder: never one that holds something else
         raise UserError(f"--out {out} exists and is not an earlier unlearnviz export; choose a new folder")
     lm = load_model_from_args(args)
     info = export_checkpoint(lm, load_stack(lm, Path(args.edit)), out)
     print(json.dumps(info, indent=2, default=float))
+    size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors") / 2**20
+    print(f"exported {export_label(info)} on {lm.name} to {out} ({info['dtype']}, {size:.0f} MB): plain "
+          f"AutoModelForCausalLM.from_pretrained loads it as the edited model; `eval --model {out}` scores it",
+          file=sys.stderr)
 
 
 def register(sub) -> None:

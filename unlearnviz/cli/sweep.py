@@ -24,7 +24,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     data_spec = data_spec_from_args(args, cfg.get("data"), required=False)
     if cfg and args.model == "default":  # the flags' defaults: the config's model section decides
         args.model = cfg["model"]
-        args.dtype = cfg["dtype"] if args.dtype == "float32" else args.dtype
+        args.dtype = cfg["dtype"] if args.dtype == "auto" else args.dtype
         args.device = cfg["device"] if args.device == "auto" else args.device
     if not data_spec:
         raise UserError("sweep needs --data (or a --config that names it)")

@@ -50,7 +50,8 @@ def score_items(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, float]]:
-    """Per-item results (correct or not under each scoring, gold log-prob), one batched pass."""
+    """Per-item results (correct or not under each scoring, gold log-prob), one batched pass
+    (``batch_size`` × 128 padded tokens a forward, contexts of any length packed together)."""
     pairs: list[tuple[str, str]] = []
     for it in items:
         pairs += [(it.question, " " + c) for c in it.choices]
@@ -110,16 +111,16 @@ def evaluate(
     """The flat metrics dict used everywhere (CLI ``eval``, metrics.json, the UI)."""
     t0 = time.perf_counter()
     out: dict[str, float] = {}
-    forget_rows = score_items(lm, data.forget_mcq, plan=plan, letter=letter, batch_size=batch_size,
-                              progress=progress, should_stop=should_stop)
-    retain_rows = score_items(lm, data.retain_mcq, plan=plan, letter=letter, batch_size=batch_size,
-                              progress=progress, should_stop=should_stop)
+    # one pass over both sets: fuller batches, and stems the two share run once
+    rows = score_items(lm, [*data.forget_mcq, *data.retain_mcq], plan=plan, letter=letter, batch_size=batch_size,
+                       progress=progress, should_stop=should_stop)
+    forget_rows, retain_rows = rows[:len(data.forget_mcq)], rows[len(data.forget_mcq):]
     half_b = [r for r, h in zip(forget_rows, data.forget_half) if h == "B"]
     for prefix, rows in (("forget", forget_rows), ("retain", retain_rows), ("forget_b", half_b)):
         for k, v in summarise(rows).items():
             out[f"{prefix}_{k}"] = v
     if ppl:
-        out["retain_ppl"] = perplexity(lm, data.ppl_texts, plan=plan)
+        out["retain_ppl"] = perplexity(lm, data.ppl_texts, plan=plan, should_stop=should_stop)
     out["chance"] = out.get("forget_chance", 0.25)
     out["wall_s"] = time.perf_counter() - t0
     return out

@@ -4,7 +4,8 @@
    half A for N steps and measure cloze accuracy on the held-out half B every few steps, next to
    the same attack on the original model. Knowledge that returns on B was hidden, not erased.
    The fine-tune trains a copy of the MLP output projections of a band of layers as deltas on
-   top of the edit (never the loaded weights), so the base model stays untouched.
+   top of the edit (never the loaded weights), so the base model stays untouched; its state is
+   bounded by a byte budget (RelearnSettings).
 2. White-box: remove MRP's projection (the "delete the module" attack), and ablate the mean
    forget-activation shift direction at the edited layer (the known weakness of RMU: its effect
    is largely one junk direction).
@@ -18,31 +19,119 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearnviz.data.batching import make_batches, subject_spans, tokenize_texts
+from unlearnviz.data.batching import AUTO, make_batches, resolve_max_tokens, subject_spans, tokenize_texts
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.mcq import score_items, summarise
 from unlearnviz.methods.base import Ticker
 from unlearnviz.methods.engine import adam, zero_delta
 from unlearnviz.model.loading import LoadedModel
+from unlearnviz.model.quantized import linear_shape
 from unlearnviz.model.routing import RoutingPlan
+
+# Bytes a trained delta parameter holds during the attack: the fp32 delta, its fp32 gradient and
+# Adam's two fp32 moments (exp_avg, exp_avg_sq).
+STATE_BYTES_PER_PARAM = 16
 
 
 @dataclass
 class RelearnSettings:
+    """The fine-tuning attack's settings.
+
+    ``max_tokens`` (-1 = auto): the window the half-A texts are cut to, by the methods' rule
+    (``unlearnviz.data.batching.resolve_max_tokens``): short-fact sets keep the 32-token window,
+    documents get 512 (the WMDP corpora's chunks); a window that cuts off most tokens warns.
+
+    ``layers``: whose MLP output projections the attacker trains, each as a full [out, in]
+    delta in float32 with its gradient and Adam's two moments: 16 bytes a parameter
+    (``STATE_BYTES_PER_PARAM``). "all": every block. "auto" (the default): every block while
+    that state fits ``max_state_mb``; past it, the edited blocks and then their neighbours,
+    nearest first, until the budget is spent (at least one block; without an edit, the middle
+    block outwards). Every built-in model fits whole (the 135M default: 30 × 576 × 1536 × 16 B
+    = 0.40 GiB), so its figures are those of "all"; at Mistral-7B shapes (32 × 4096 × 14336)
+    "all" would be 28 GiB of state, "auto" keeps 4 blocks (3.5 GiB) around the edit, where the
+    forgetting was written (RMU/SRMU's deltas, MRP's site). Or a comma list of block indices.
+    The record keeps the resolved layers and window (``relearn_record``), and the edited and
+    the original model are attacked on the same blocks.
+    """
+
     steps: int = 40
     # 1e-3 was measured to damage the *original* model (half B 100% → 66% in 30 steps), which
     # mixes recovery with destruction; at 1e-4 the original keeps what it knows.
     lr: float = 1e-4
     batch_size: int = 8
     eval_every: int = 10
-    layers: str = "all"  # which blocks' MLP output projections the attacker fine-tunes
-    max_tokens: int = 32
+    layers: str = "auto"
+    max_tokens: int = AUTO
     seed: int = 0
+    max_state_mb: int = 4096
+
+
+def layer_state_bytes(lm: LoadedModel, layer: int) -> int:
+    """The attack's bytes for one block: its MLP output projection's parameters × 16 (the shape
+    from its declared features, as ``zero_delta`` makes the delta: a 4-bit weight is packed)."""
+    out, inp = linear_shape(lm.adapter.mlp_out(layer))
+    return out * inp * STATE_BYTES_PER_PARAM
+
+
+def choose_layers(per_layer: list[int], edited: list[int], budget: int) -> list[int]:
+    """Blocks for "auto": all if their state fits ``budget`` bytes, else the edited blocks and
+    their neighbours, nearest first (ties: the lower block), while the budget allows (at least
+    one). ``per_layer``: the state bytes of each block; ``edited``: the edit's blocks (none:
+    the middle one)."""
+    n = len(per_layer)
+    if sum(per_layer) <= budget:
+        return list(range(n))
+    centres = [x for x in edited if 0 <= x < n] or [n // 2]
+    order = sorted(range(n), key=lambda x: (min(abs(x - c) for c in centres), x))
+    chosen, used = [], 0
+    for x in order:
+        if chosen and used + per_layer[x] > budget:
+            break
+        chosen.append(x)
+        used += per_layer[x]
+    return sorted(chosen)
+
+
+def resolve_settings(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan | None,
+                     settings: RelearnSettings) -> tuple[RelearnSettings, dict]:
+    """The settings with ``max_tokens`` and ``layers`` resolved (numbers, not "auto"), and what
+    they cost: the window's truncated share and warnings, the blocks' state bytes."""
+    s = settings
+    if s.max_state_mb < 1:
+        raise UserError(f"relearn max_state_mb={s.max_state_mb} must be at least 1")
+    max_tokens, share, warning = resolve_max_tokens(lm, data.forget_texts_half("A"), s.max_tokens)
+    per_layer = [layer_state_bytes(lm, x) for x in range(lm.n_layers)]
+    if s.layers == "all":
+        layers = list(range(lm.n_layers))
+    elif s.layers == "auto":
+        layers = choose_layers(per_layer, plan.edited_layers() if plan is not None else [], s.max_state_mb * 2**20)
+    else:
+        try:
+            layers = sorted({int(x) for x in str(s.layers).split(",") if x.strip()})
+        except ValueError:
+            raise UserError(f"relearn layers={s.layers!r}: give 'auto', 'all' or block indices such as 3,4,5") from None
+        if not layers:
+            raise UserError("relearn layers: give at least one block")
+        for x in layers:
+            lm.adapter.check_layer(x, "relearn layer")
+    resolved = dataclasses.replace(s, max_tokens=max_tokens, layers=",".join(map(str, layers)))
+    return resolved, {"truncated_share": share, "warnings": [warning] if warning else [],
+                      "state_bytes": sum(per_layer[x] for x in layers), "state_bytes_all": sum(per_layer)}
 
 
 def _eval_b(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan | None) -> float:
     return summarise(score_items(lm, data.forget_mcq_half("B"), plan=plan, letter=False, floor=False))["cloze_acc"]
+
+
+def trained_bytes(params: list[torch.Tensor], opt: torch.optim.Optimizer) -> int:
+    """Bytes the attack's trained tensors hold: parameters, their gradients, the optimiser's state."""
+    total = sum(p.numel() * p.element_size() for p in params)
+    total += sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+    for state in opt.state.values():
+        total += sum(v.numel() * v.element_size() for v in state.values()
+                     if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return total
 
 
 def finetune_attack(
@@ -52,13 +141,18 @@ def finetune_attack(
     settings: RelearnSettings | None = None,
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    stats: dict | None = None,
 ) -> list[dict]:
-    """Curve of half-B cloze accuracy while fine-tuning on half A: [{step, acc, loss}]."""
-    s = settings or RelearnSettings()
+    """Curve of half-B cloze accuracy while fine-tuning on half A: [{step, acc, loss}].
+
+    ``settings`` still "auto" are resolved here (``resolve_settings``); ``stats``, if given,
+    receives the resolution's figures and ``measured_bytes``, the trained tensors' bytes after
+    the first step (parameters, gradients, optimiser state)."""
     texts = data.forget_texts_half("A")
     if not texts or not data.forget_mcq_half("B"):
         raise UserError("relearning needs forget texts in half A and forget items in half B")
-    layers = range(lm.n_layers) if s.layers == "all" else [int(x) for x in s.layers.split(",")]
+    s, info = resolve_settings(lm, data, edit_plan, settings or RelearnSettings())
+    layers = [int(x) for x in s.layers.split(",")]
     pad = lm.tokenizer.pad_token_id or 0
     batches = make_batches(tokenize_texts(lm, texts, s.max_tokens), s.batch_size, pad)
     base = edit_plan or RoutingPlan()
@@ -66,7 +160,7 @@ def finetune_attack(
     opt = adam(list(deltas.values()), s.lr)
     g = torch.Generator().manual_seed(s.seed)
     curve = [{"step": 0, "acc": _eval_b(lm, data, edit_plan), "loss": None}]
-    ticker = Ticker(s.steps, progress, should_stop, "relearn")
+    ticker = Ticker(s.steps, progress, should_stop, "relearn", info["warnings"])
     for step in range(1, s.steps + 1):
         b = batches[int(torch.randint(len(batches), (1,), generator=g))]
         summed = {k: (base.deltas[k] + v if k in base.deltas else v) for k, v in deltas.items()}
@@ -81,6 +175,8 @@ def finetune_attack(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step == 1 and stats is not None:
+            stats.update(info, measured_bytes=trained_bytes(list(deltas.values()), opt))
         ticker.tick(step, loss=loss.item())
         if step % s.eval_every == 0 or step == s.steps:
             with torch.no_grad():
@@ -138,7 +234,14 @@ def relearn_record(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan, set
                    should_stop: Callable[[], bool] | None = None) -> dict:
     """The relearning record the app, configs, bundles and reports keep: the fine-tune attack on
     the edited and on the original model, the white-box attacks, and the settings used."""
-    return {"edited": finetune_attack(lm, data, plan, settings, progress=progress, should_stop=should_stop),
-            "original": finetune_attack(lm, data, None, settings, progress=progress, should_stop=should_stop),
+    resolved, info = resolve_settings(lm, data, plan, settings)  # one choice for both attacks
+    stats: dict = {}
+    return {"edited": finetune_attack(lm, data, plan, resolved, progress=progress, should_stop=should_stop,
+                                      stats=stats),
+            "original": finetune_attack(lm, data, None, resolved, progress=progress, should_stop=should_stop),
             "whitebox": whitebox_attacks(lm, data, plan, max(plan.edited_layers())),
-            "settings": dataclasses.asdict(settings)}
+            "settings": dataclasses.asdict(resolved),
+            "window": {"max_tokens_auto": settings.max_tokens == AUTO, "truncated_share": info["truncated_share"],
+                       "warnings": info["warnings"]},
+            "memory": {"state_bytes": info["state_bytes"], "state_bytes_all_layers": info["state_bytes_all"],
+                       "measured_bytes": stats.get("measured_bytes")}}

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearnviz.data.batching import encode_pair
+from unlearnviz.model.adapter import linear_weight
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.readout import base_model, hidden_final, unembed
 from unlearnviz.model.routing import RoutingPlan, plan_content_hash
@@ -23,13 +24,27 @@ from unlearnviz.model.routing import RoutingPlan, plan_content_hash
 Progress = Callable[[int, int, str], None]
 
 
+# float32 logits held at once where a score or a loss reads the whole vocabulary (16 MiB: 128
+# positions at a 32k vocabulary, 32 at Llama-3's 128k); the log-softmax holds as many again
+LOGIT_BUDGET = 1 << 22
+
+
+def logit_chunk(lm: LoadedModel) -> int:
+    """Positions per unembedding call under ``LOGIT_BUDGET``."""
+    return max(1, LOGIT_BUDGET // int(linear_weight(lm.adapter.unembed).shape[0]))
+
+
 def _token_logprobs(lm: LoadedModel, hidden: torch.Tensor, rows: list[int], cols: list[int],
                     targets: list[int]) -> list[float]:
     """log p(targets[k]) from the final hidden state at (rows[k], cols[k]): the unembedding runs
-    only at those positions."""
+    only at those positions, ``logit_chunk`` of them at a time."""
     picked = hidden[torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)]
-    logp = F.log_softmax(unembed(lm, picked), dim=-1)
-    return logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].tolist()
+    want = torch.tensor(targets, device=hidden.device)
+    step, out = logit_chunk(lm), []
+    for s in range(0, len(targets), step):
+        logp = F.log_softmax(unembed(lm, picked[s:s + step]), dim=-1)
+        out += logp.gather(1, want[s:s + step, None].to(logp.device))[:, 0].tolist()
+    return out
 
 
 class ScoreCache:
@@ -77,74 +92,163 @@ def continuation_logprobs(
     batch_size: int = 32,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    token_budget: int | None = None,
 ) -> list[tuple[float, int]]:
     """(sum log p(continuation | context), number of continuation tokens) for each pair.
 
     Pairs that share a context (the four choices of an item, the four letters of a lettered
-    prompt) share one forward of it: contexts of equal length run as one unpadded batch with
-    the KV cache kept; the first token of every continuation is read from the context's last
-    position, and only the remaining continuation tokens run again, on the cache. This does
-    a third to a quarter of the token work of scoring each pair whole (B5 in bench/).
+    prompt) share one forward of it: contexts run right-padded with an attention mask, longest
+    first, as many to a batch as ``token_budget`` padded tokens allow (default ``batch_size`` ×
+    128), with the KV cache kept; the first token of every continuation is read from its
+    context's last real position, and only the remaining continuation tokens run again, on the
+    cache, at their own positions. This does a third to a quarter of the token work of scoring
+    each pair whole (B5 in bench/), and real MCQ sets, whose stems all differ in length, still
+    run in full batches.
+
+    A plan with ``rows`` gives one flag per *pair* (edited or not), so the original and the edited
+    model can be scored in one call: each batch row gets its pair's flag.
     """
-    if plan is not None and plan.rows is not None:  # row-routed plans need one row per pair
-        return continuation_logprobs_flat(lm, pairs, plan, batch_size, progress, should_stop)
-    if SCORE_CACHE.max_entries:
+    flags = _pair_flags(plan, len(pairs))
+    if SCORE_CACHE.max_entries and flags is None:
         return SCORE_CACHE.scores(lm, pairs, plan, lambda todo: _shared_context_logprobs(
-            lm, todo, plan, batch_size, progress, should_stop))
-    return _shared_context_logprobs(lm, pairs, plan, batch_size, progress, should_stop)
+            lm, todo, plan, None, batch_size, token_budget, progress, should_stop))
+    return _shared_context_logprobs(lm, pairs, plan, flags, batch_size, token_budget, progress, should_stop)
+
+
+def _pair_flags(plan: RoutingPlan | None, n: int) -> list[float] | None:
+    """A row-routed plan's mask as one flag per pair (None for a plan that edits every row)."""
+    if plan is None or plan.rows is None:
+        return None
+    rows = plan.rows.detach().float().cpu().reshape(-1)
+    if rows.numel() != n:
+        raise ValueError(f"a row-routed plan for scoring needs one flag per pair: {rows.numel()} flags "
+                         f"for {n} pairs")
+    return rows.tolist()
+
+
+def _with_rows(plan: RoutingPlan | None, flags: list[float] | None, picked: Sequence[int],
+               **changes) -> RoutingPlan | None:
+    """``plan`` for one batch: its rows are the flags of the pairs in ``picked`` (in row order)."""
+    if plan is None:
+        return None
+    if flags is not None:
+        changes["rows"] = torch.tensor([flags[i] for i in picked])
+    return dataclasses.replace(plan, **changes) if changes else plan
+
+
+def attention_window(lm: LoadedModel) -> int | None:
+    """The shortest attention span any layer has (a sliding window, chunked attention), or None.
+
+    Right-padded contexts leave a gap of pad columns before their continuation tokens; masks
+    hide the pads, but sliding windows are counted in columns, so a batch of mixed lengths is
+    only exact while the whole padded row fits in the window."""
+    cfg = lm.model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    spans = [getattr(cfg, name, None) for name in ("sliding_window", "attention_chunk_size")]
+    spans = [s for s in spans if isinstance(s, int) and s > 0]
+    return min(spans) if spans else None
+
+
+def _pack(contexts: list[tuple], tails: dict[tuple, tuple[int, int]], budget: int,
+          window: int | None) -> list[list[tuple]]:
+    """Batches of ``contexts`` (sorted longest first) of at most ``budget`` padded tokens: the
+    context forward (rows × the longest context) plus the tail forward (continuation rows × the
+    longest tail; ``tails[key]`` = (tail width, tail rows)). A batch mixes context lengths only
+    while its padded rows fit ``window``; a context over the budget runs alone."""
+    batches: list[list[tuple]] = []
+    cur: list[tuple] = []
+    width = tail_w = tail_rows = 0
+    mixed = False
+    for key in contexts:
+        w, n = tails[key]
+        if cur:
+            new_w, new_mixed = max(tail_w, w), mixed or len(key[0]) != width
+            cost = (len(cur) + 1) * width + (tail_rows + n) * new_w
+            gap_ok = not new_mixed or window is None or width + new_w <= window
+            if cost <= budget and gap_ok:
+                cur.append(key)
+                tail_w, tail_rows, mixed = new_w, tail_rows + n, new_mixed
+                continue
+            batches.append(cur)
+        cur, width, tail_w, tail_rows, mixed = [key], len(key[0]), w, n, False
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 @torch.no_grad()
 def _shared_context_logprobs(lm: LoadedModel, pairs: Sequence[tuple[str, str]], plan: RoutingPlan | None,
-                             batch_size: int, progress: Progress | None,
+                             flags: list[float] | None, batch_size: int, token_budget: int | None,
+                             progress: Progress | None,
                              should_stop: Callable[[], bool] | None) -> list[tuple[float, int]]:
     encoded = [encode_pair(lm.tokenizer, c, x) for c, x in pairs]
-    groups: dict[tuple[int, ...], list[int]] = {}
+    # one forward per distinct (context, edited or not); a pair's flag is part of its context
+    groups: dict[tuple, list[int]] = {}
     for i, (ctx, _) in enumerate(encoded):
-        groups.setdefault(tuple(ctx), []).append(i)
-    by_length: dict[int, list[tuple[int, ...]]] = {}
-    for ctx in groups:
-        by_length.setdefault(len(ctx), []).append(ctx)
-    chunks = [ctxs[s:s + batch_size] for _, ctxs in sorted(by_length.items(), reverse=True)
-              for s in range(0, len(ctxs), batch_size)]
+        groups.setdefault((tuple(ctx), None if flags is None else flags[i]), []).append(i)
+    tails = {key: (max(len(encoded[i][1]) - 1 for i in members),
+                   sum(len(encoded[i][1]) > 1 for i in members)) for key, members in groups.items()}
+    contexts = sorted(groups, key=lambda key: -len(key[0]))
+    budget = token_budget if token_budget is not None else batch_size * 128
+    batches = _pack(contexts, tails, budget, attention_window(lm))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     pad = lm.tokenizer.pad_token_id or 0
     device = lm.device
     base = base_model(lm)
-    tail_plan = None if plan is None else dataclasses.replace(plan, spare_first=False)
     done = 0
-    for chunk in chunks:
+    for chunk in batches:
         if should_stop and should_stop():
             raise InterruptedError("evaluation cancelled")
-        members = [(row, i) for row, ctx in enumerate(chunk) for i in groups[ctx]]
-        if len(chunk[0]) == 1 and plan is not None and plan.spare_first:
+        members = [(row, i) for row, key in enumerate(chunk) for i in groups[key]]
+        width = len(chunk[0][0])
+        if width == 1 and plan is not None and plan.spare_first:
             # the router spares position 0 only in a multi-token forward: score these whole
-            flat = continuation_logprobs_flat(lm, [pairs[i] for _, i in members], plan, batch_size)
-            for (_, i), res in zip(members, flat):
+            picked = [i for _, i in members]
+            flat = continuation_logprobs_flat(lm, [pairs[i] for i in picked], _with_rows(plan, flags, picked),
+                                              batch_size)
+            for i, res in zip(picked, flat):
                 results[i] = res
             done += len(members)
             continue
-        ids = torch.tensor(chunk, dtype=torch.long, device=device)
-        with lm.router.apply(plan):
-            out = base(input_ids=ids, use_cache=True)
-        first_logp = F.log_softmax(unembed(lm, out.last_hidden_state[:, -1]), dim=-1)
+        lengths = torch.tensor([len(key[0]) for key in chunk], device=device)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, key in enumerate(chunk):
+            ids[row, : len(key[0])] = torch.tensor(key[0])
+            mask[row, : len(key[0])] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        first_of = [groups[key][0] for key in chunk]  # any member stands for its row's flag
+        with lm.router.apply(_with_rows(plan, flags, first_of)):
+            out = base(input_ids=ids, attention_mask=mask, position_ids=torch.arange(width, device=device)
+                       .expand(len(chunk), -1), use_cache=True)
+        last = out.last_hidden_state[torch.arange(len(chunk), device=device), lengths - 1]
         token_lps: dict[int, list[float]] = {}
-        for row, i in members:
-            token_lps[i] = [float(first_logp[row, encoded[i][1][0]])]
+        step = logit_chunk(lm)
+        for s in range(0, len(chunk), step):  # each context's last position, unembedded once
+            first_logp = F.log_softmax(unembed(lm, last[s:s + step]), dim=-1)
+            here = [(row - s, i) for row, i in members if s <= row < s + step]
+            picked = first_logp[torch.tensor([r for r, _ in here], device=first_logp.device),
+                                torch.tensor([encoded[i][1][0] for _, i in here], device=first_logp.device)]
+            for (_, i), v in zip(here, picked.tolist()):
+                token_lps[i] = [v]
         rest = [(row, i) for row, i in members if len(encoded[i][1]) > 1]
         if rest:
             cache = out.past_key_values
-            cache.reorder_cache(torch.tensor([row for row, _ in rest], device=device))
-            width = max(len(encoded[i][1]) - 1 for _, i in rest)
-            tail = torch.full((len(rest), width), pad, dtype=torch.long)
+            ctx_rows = torch.tensor([row for row, _ in rest], device=device)
+            cache.reorder_cache(ctx_rows)
+            tail_w = max(len(encoded[i][1]) - 1 for _, i in rest)
+            tail = torch.full((len(rest), tail_w), pad, dtype=torch.long)
             for r, (_, i) in enumerate(rest):
                 cont = encoded[i][1][:-1]
                 tail[r, : len(cont)] = torch.tensor(cont)
-            n_ctx = ids.shape[1]
-            positions = torch.arange(n_ctx, n_ctx + width, device=device).expand(len(rest), -1)
-            with lm.router.apply(tail_plan):  # right padding: causal attention never sees it
-                hidden = base(input_ids=tail.to(device), past_key_values=cache, position_ids=positions,
-                              use_cache=True).last_hidden_state
+            # each tail continues its own context: positions from that context's length; the pad
+            # columns between stay masked, the tail's own right padding is never seen (causal)
+            positions = lengths[ctx_rows][:, None] + torch.arange(tail_w, device=device)
+            tail_mask = torch.cat([mask[ctx_rows], torch.ones((len(rest), tail_w), dtype=mask.dtype,
+                                                              device=device)], dim=1)
+            with lm.router.apply(_with_rows(plan, flags, [i for _, i in rest], spare_first=False)):
+                hidden = base(input_ids=tail.to(device), attention_mask=tail_mask, past_key_values=cache,
+                              position_ids=positions, use_cache=True).last_hidden_state
             rows, cols, targets, owner = [], [], [], []
             for r, (_, i) in enumerate(rest):
                 cont = encoded[i][1]
@@ -172,8 +276,10 @@ def continuation_logprobs_flat(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[tuple[float, int]]:
-    """The reference scorer: each pair as one right-padded row (no sharing). Used for plans
-    that route rows, and in the test and benchmark that check the shared scorer against it."""
+    """The reference scorer: each pair as one right-padded row (no sharing), ``batch_size`` rows
+    at a time. The test and the benchmark check the shared scorer against it. A plan with
+    ``rows`` gives one flag per pair, as for :func:`continuation_logprobs`."""
+    flags = _pair_flags(plan, len(pairs))
     encoded = [encode_pair(lm.tokenizer, c, x) for c, x in pairs]
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
@@ -197,7 +303,7 @@ def continuation_logprobs_flat(
                 cols.append(n_ctx + j - 1)  # the position that predicts token n_ctx + j
                 targets.append(s[n_ctx + j])
                 owner.append(i)
-        with lm.router.apply(plan):
+        with lm.router.apply(_with_rows(plan, flags, idx)):
             hidden = hidden_final(lm, ids.to(device), mask.to(device))
         sums: dict[int, list[float]] = {}
         for o, v in zip(owner, _token_logprobs(lm, hidden, rows, cols, targets)):
@@ -212,14 +318,23 @@ def continuation_logprobs_flat(
 
 @torch.no_grad()
 def perplexity(lm: LoadedModel, texts: Sequence[str], plan: RoutingPlan | None = None,
-               batch_size: int = 16, max_tokens: int = 256) -> float:
-    """Token-level perplexity of ``texts`` (every token after the first is predicted)."""
+               batch_size: int = 16, max_tokens: int = 256, chunk_positions: int | None = None,
+               should_stop: Callable[[], bool] | None = None) -> float:
+    """Token-level perplexity of ``texts`` (every token after the first is predicted).
+
+    The loss runs over the predicted positions ``chunk_positions`` at a time (default: as many
+    as ``LOGIT_BUDGET`` float32 logits allow), so the peak is one chunk's logits, not
+    batch × tokens × vocabulary (twice, with the log-softmax): 1 GiB per batch of 16 × 256 at
+    a 32k vocabulary, 4 GiB at Llama-3's 128k."""
     total_nll, total_tokens = 0.0, 0
     pad = lm.tokenizer.pad_token_id or 0
     enc = [lm.tokenizer(t).input_ids[:max_tokens] for t in texts]
     enc = [e for e in enc if len(e) >= 2]
     enc.sort(key=len, reverse=True)
+    step = chunk_positions or logit_chunk(lm)
     for start in range(0, len(enc), batch_size):
+        if should_stop and should_stop():
+            raise InterruptedError("evaluation cancelled")
         chunk = enc[start:start + batch_size]
         width = max(len(e) for e in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -231,9 +346,10 @@ def perplexity(lm: LoadedModel, texts: Sequence[str], plan: RoutingPlan | None =
             hidden = hidden_final(lm, ids.to(lm.device), mask.to(lm.device))
         sel = mask[:, 1:].bool()
         h = hidden[:, :-1][sel.to(hidden.device)]
-        logp = F.log_softmax(unembed(lm, h), dim=-1)
-        tgt = ids[:, 1:][sel].to(logp.device)
-        total_nll -= float(logp.gather(1, tgt[:, None]).sum())
+        tgt = ids[:, 1:][sel].to(h.device)
+        for s in range(0, h.shape[0], step):
+            logits = unembed(lm, h[s:s + step])
+            total_nll += float(F.cross_entropy(logits, tgt[s:s + step].to(logits.device), reduction="sum"))
         total_tokens += int(sel.sum())
     if total_tokens == 0:
         return float("nan")

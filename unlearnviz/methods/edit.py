@@ -3,11 +3,13 @@
 An Edit acts on a forward pass through the model's router (never by mutating weights), can be
 restricted to chosen batch rows, stacks with other edits (continual unlearning), saves as
 safetensors plus a JSON manifest (with checksums, and the fingerprint of the model it belongs
-to), and exports as a standalone Hugging Face checkpoint.
+to), and exports as a standalone Hugging Face checkpoint that plain loaders read as the edited
+model (or the export is refused).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
@@ -16,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_bytes, atomic_write_text
 from unlearnviz.model.adapter import get_path, is_conv1d
+from unlearnviz.model.exports import EXPORT_FORMAT, EXPORT_MANIFEST, drop_gguf_quantization, file_hashes, read_export
 from unlearnviz.model.loading import LoadedModel
-from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows
+from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows, plan_content_hash
 
 EDIT_FILE = "edit.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -185,16 +188,29 @@ class EditStack:
 
 # Learned position embeddings added to the token embedding before block 0 (GPT-2, OPT).
 POSITION_EMBED_PATHS = ("transformer.wpe", "model.decoder.embed_positions")
+EXPORT_SHARD = "5GB"  # the hub's usual shard size; also bounds the host copy of a GPU model's shard
 
 
-def _remove_rows(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """w − (w Qᵀ) Q over the last dimension, in float64 (rows of w projected off Q)."""
-    w64 = w.double()
-    return w64 - (w64 @ q.T) @ q
+def _remove_rows(w: torch.Tensor, q: torch.Tensor, add: torch.Tensor | None = None,
+                 chunk: int = 8192) -> torch.Tensor:
+    """w − (w Qᵀ) Q (+ ``add``) over the last dimension, in w's dtype and on w's device.
+
+    Computed in float64 on the CPU a block of rows at a time and rounded once, so a
+    128k-row embedding never exists whole in float64 and bf16 weights are rounded only once.
+    """
+    q = q.detach().double().cpu()
+    rows = w.detach().reshape(-1, w.shape[-1])
+    out = torch.empty(rows.shape, dtype=w.dtype)
+    for start in range(0, rows.shape[0], chunk):
+        x = rows[start:start + chunk].cpu().double()
+        x = x - (x @ q.T) @ q
+        out[start:start + chunk] = (x if add is None else x + add).to(w.dtype)
+    return out.reshape(w.shape).to(w.device)
 
 
 def _fold_stream(lm: LoadedModel, state: dict[str, torch.Tensor], stream: StreamProjection) -> dict:
-    """Fold a stream projection exactly into ``state`` (a copy of the model's state dict).
+    """Fold a stream projection exactly into ``state`` (the model's state dict: entries are
+    replaced, never written in place, so the loaded weights stay as they are).
 
     A write w = xW + b projected to wP (P = I − QᵀQ) is x(WP) + bP, so for blocks 0..last the
     attention and MLP output projections become W ← WP, b ← bP (nn.Linear stores [out, in]:
@@ -215,102 +231,163 @@ def _fold_stream(lm: LoadedModel, state: dict[str, torch.Tensor], stream: Stream
         return key
 
     def put(key: str, value: torch.Tensor) -> None:
-        state[key] = value.to(dtype=state[key].dtype, device=state[key].device)
+        state[key] = value.contiguous()
         folded.append(key)
 
     for layer in range(stream.last + 1):
         for module in (lm.adapter.attn_out(layer), lm.adapter.mlp_out(layer)):
             wkey = key_of(module, "weight")
-            w = state[wkey].cpu()
+            w = state[wkey]
             put(wkey, _remove_rows(w, q) if is_conv1d(module) else _remove_rows(w.T, q).T)
             if getattr(module, "bias", None) is not None:
                 bkey = key_of(module, "bias")
-                put(bkey, _remove_rows(state[bkey].cpu(), q))
+                put(bkey, _remove_rows(state[bkey], q))
     embed, unembed = lm.adapter.embed, lm.adapter.unembed
     ekey, ukey = key_of(embed, "weight"), names[id(unembed)] + ".weight"
-    original = state[ekey].clone()
+    original = state[ekey]
     scale = getattr(embed, "embed_scale", None)
     scale = 1.0 if scale is None else float(torch.as_tensor(scale).to(embed.weight.dtype))
-    rows = _remove_rows(state[ekey].cpu(), q)
+    add = None
     if stream.offset is not None:
         mu = stream.offset.detach().double().cpu()
-        rows = rows + ((mu @ q.T) @ q / scale)[None, :]
-    put(ekey, rows)
+        add = (mu @ q.T) @ q / scale
+    put(ekey, _remove_rows(original, q, add=add))
     positions = []
     for path in POSITION_EMBED_PATHS:
         module = get_path(lm.model, path)
         if module is not None and getattr(module, "weight", None) is not None:
             pkey = key_of(module, "weight")
-            put(pkey, _remove_rows(state[pkey].cpu(), q))
+            put(pkey, _remove_rows(state[pkey], q))
             positions.append(pkey)
     tied = unembed.weight.data_ptr() == embed.weight.data_ptr()
     # the unembedding reads the final stream through the original matrix
-    state[ukey] = (original if tied else state.get(ukey, unembed.weight.detach())).clone()
+    state[ukey] = original if tied else state.get(ukey, unembed.weight.detach())
     return {"blocks": [0, stream.last], "rank": int(stream.q.shape[0]), "centered": stream.offset is not None,
             "embedding": ekey, "embedding_scale": scale, "position_embeddings": positions,
             "untied_lm_head": tied, "folded": folded}
 
 
+def _model_on(lm: LoadedModel, config, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A model of ``config`` whose tensors are those of ``state``, built on the meta device.
+
+    Nothing is copied: tensors the export leaves alone are the loaded model's own (read, never
+    written), in its dtype and on its devices, so a bf16 7B export costs the changed matrices,
+    not a second float32 model. Buffers outside the state dict (rotary frequencies) are shared
+    with the loaded model too.
+    """
+    with torch.device("meta"):
+        fresh = type(lm.model)(config)
+    fresh.load_state_dict(state, strict=True, assign=True)
+    modules = dict(lm.model.named_modules())
+    for name, module in fresh.named_modules():
+        source = modules.get(name)
+        for key, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta and source is not None and isinstance(getattr(source, key, None), torch.Tensor):
+                module.register_buffer(key, getattr(source, key), persistent=False)
+        for key, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.is_meta and source is not None:
+                setattr(module, key, getattr(source, key))
+    left = [n for n, t in [*fresh.named_parameters(), *fresh.named_buffers()] if t.is_meta]
+    if left:
+        raise UserError(f"cannot build the export of this {lm.adapter.family!r} model: {left[0]} has no value")
+    if getattr(lm.model, "generation_config", None) is not None:
+        fresh.generation_config = copy.deepcopy(lm.model.generation_config)
+    device_map = getattr(lm.model, "hf_device_map", None)
+    if device_map and len({str(t.device) for t in state.values()}) > 1:
+        from accelerate import dispatch_model  # blocks on several GPUs: hooks move activations between them
+
+        dispatch_model(fresh, device_map=device_map)
+    return fresh.eval()
+
+
 @torch.no_grad()
 def _fold_check(lm: LoadedModel, fresh: torch.nn.Module, plan: RoutingPlan) -> dict:
-    """Max |logit| difference between the folded model and the hooked one on a padded probe."""
+    """Max |logit| difference between the folded model and the hooked one on a padded probe.
+
+    Each model gets its inputs on the device of its own embedding (the loaded one may sit on a
+    GPU while the check runs)."""
     vocab = int(lm.adapter.unembed.weight.shape[0])
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(vocab, (2, 12), generator=g).to(lm.device)
+    ids = torch.randint(vocab, (2, 12), generator=g)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # a left-padded row
+    at = lm.device
     with lm.router.apply(plan):
-        ref = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-    got = fresh(input_ids=ids.to(next(fresh.parameters()).device), attention_mask=mask,
-                use_cache=False).logits.float()
+        ref = lm.model(input_ids=ids.to(at), attention_mask=mask.to(at), use_cache=False).logits.float().cpu()
+    at = fresh.get_input_embeddings().weight.device
+    got = fresh(input_ids=ids.to(at), attention_mask=mask.to(at), use_cache=False).logits.float().cpu()
     keep = mask.bool()
-    diff = float((ref[keep] - got.to(ref.device)[keep]).abs().max())
+    diff = float((ref[keep] - got[keep]).abs().max())
     exact = lm.dtype in (torch.float32, torch.float64)
     tol = (1e-3 if exact else 5e-2) * max(1.0, float(ref[keep].abs().max()))
     return {"max_abs_logit_diff": diff, "tolerance": tol}
 
 
-def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
-    """A standalone HF folder: deltas merged, MRP's stream placement folded exactly.
+def _export_config(lm: LoadedModel, untie: bool):
+    """The loaded model's config for the export: its dtype, no GGUF entry, untied if asked."""
+    config = copy.deepcopy(lm.model.config)
+    for cfg in {id(c): c for c in (config, config.get_text_config())}.values():
+        quant = getattr(cfg, "quantization_config", None)
+        if quant is not None:
+            method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+            if str(getattr(method, "value", method)) != "gguf":
+                raise UserError(f"cannot export a quantized model ({getattr(method, 'value', method)}): load it "
+                                "without --quantization (bfloat16 or float32) to export")
+            delattr(cfg, "quantization_config")  # the weights written are plain safetensors
+        cfg.dtype = lm.dtype
+        if untie:
+            cfg.tie_word_embeddings = False
+    return config
 
-    RMU/SRMU deltas are added to the MLP output projections. An MRP "stream" projection is
-    folded exactly into the weights (``_fold_stream``: embedding, and every attention and MLP
-    output projection up to its deepest block; lm_head untied), checked against the hooked model
-    on a probe batch, and a plain ``from_pretrained`` of the folder is the edited model.
-    Projections at block outputs (placement "site") cannot be folded exactly (the next block
-    reads the stream through RMSNorm/LayerNorm, whose scale depends on the removed component):
-    they are written beside the weights as
-    ``unlearnviz_projections.safetensors`` and applied by ``load_exported``; the manifest says
-    so, and a plain ``from_pretrained`` of such a folder is the model *without* them.
+
+def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
+    """A standalone HF folder that ``AutoModelForCausalLM.from_pretrained`` loads as the edited
+    model, in the loaded model's dtype; anything that cannot be written so is refused.
+
+    RMU/SRMU deltas are added to the MLP output projections (in float32, rounded once). An MRP
+    "stream" projection is folded exactly (``_fold_stream``: embedding, and every attention and
+    MLP output projection up to its deepest block; lm_head untied) and checked against the
+    hooked model on a probe batch. Projections of block outputs (MRP placement "site") are
+    refused: the next block reads the stream through RMSNorm/LayerNorm, whose scale depends on
+    the removed component, and position 0 may be spared, so no standard weights reproduce them.
+    Only the changed tensors are new; the rest are written from the loaded weights as they are.
+    ``unlearnviz_export.json`` (``unlearnviz.model.exports``) names the edits, their content
+    hash, the base's fingerprint and every file's SHA-256.
     """
-    import copy
+    import shutil
 
     plan = stack.plan()
     if plan is None:
         raise UserError("nothing to export: the edit stack is empty")
-    state = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+    if plan.projections:
+        raise UserError("an MRP edit with placement=site cannot be exported as a standalone checkpoint (its "
+                        "block-output projections are read through the next block's norm, so no standard "
+                        "weights reproduce them): refit with --set placement=stream, which folds exactly")
+    state = dict(lm.model.state_dict())  # the loaded tensors themselves: entries are replaced, never written to
+    for key, value in state.items():
+        if value.is_meta:
+            raise UserError(f"cannot export a model whose weights are offloaded ({key} is not in memory): "
+                            "load it without CPU/disk offload to export")
+        if key.endswith("weight") and not value.is_floating_point():
+            raise UserError(f"cannot export a quantized model ({key} is {str(value.dtype).replace('torch.', '')}): "
+                            "load it without --quantization (bfloat16 or float32) to export")
     merged = []
     for layer, delta in plan.deltas.items():
         module = lm.adapter.mlp_out(layer)
         key = f"{lm.adapter.mlp_out_name(layer)}.weight"
         if key not in state:
             raise UserError(f"cannot find {key} in the model's state dict")
-        d = delta.detach().to(state[key].dtype).to(state[key].device)
-        state[key] = state[key] + (d.T if is_conv1d(module) else d)
+        w = state[key]
+        d = delta.detach().to(device=w.device, dtype=torch.float32)
+        state[key] = (w.float() + (d.T if is_conv1d(module) else d)).to(w.dtype).contiguous()
         merged.append(key)
-    config = copy.deepcopy(lm.model.config)
     stream_info = None
     if plan.stream is not None:
         why = lm.adapter.stream_unsupported()
         if why:
             raise UserError(f"cannot fold the MRP stream projection into {lm.adapter.family!r}: {why}")
         stream_info = _fold_stream(lm, state, plan.stream)
-        for cfg in {id(c): c for c in (config, config.get_text_config())}.values():
-            cfg.tie_word_embeddings = False
-    # A fresh model of the same config receives the merged weights: the loaded one is untouched.
-    fresh = type(lm.model)(config)
-    fresh.load_state_dict(state)
-    fresh.eval()
+    fresh = _model_on(lm, _export_config(lm, untie=stream_info is not None), state)
     if stream_info is not None:
         check = _fold_check(lm, fresh, RoutingPlan(deltas=plan.deltas, stream=plan.stream))
         if not check["max_abs_logit_diff"] <= check["tolerance"]:
@@ -321,32 +398,24 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
         stream_info["check"] = check
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    fresh.save_pretrained(tmp, safe_serialization=True)
+    fresh.save_pretrained(tmp, max_shard_size=EXPORT_SHARD)
+    del fresh, state
+    drop_gguf_quantization(tmp)  # whatever transformers wrote: these weights are plain safetensors
     lm.tokenizer.save_pretrained(tmp)
-    info = {"merged_weights": merged, "projection_layers": sorted(plan.projections),
+    info = {"format": EXPORT_FORMAT, "kind": "unlearnviz export", "dtype": str(lm.dtype).replace("torch.", ""),
+            "merged_weights": merged,
             "edits": [{"method": e.method, "hparams": e.hparams, "label": e.label()} for e in stack.edits],
-            "base_model": lm.name, "base_fingerprint": lm.fingerprint(refresh=False)}
+            "edit_hash": plan_content_hash(plan), "base_model": lm.name,
+            "base_fingerprint": lm.fingerprint(refresh=False), "versions": versions()}
     if stream_info is not None:
         info["stream_folded"] = stream_info
-    if plan.projections:
-        info["spare_first"] = plan.spare_first
-        tensors = {f"projection.{k}": v.float().cpu().contiguous() for k, v in plan.projections.items()}
-        tensors.update({f"offset.{k}": v.float().cpu().contiguous() for k, v in plan.offsets.items()})
-        save_file(tensors, str(tmp / "unlearnviz_projections.safetensors"))
-        info["note"] = ("MRP projections are applied by unlearnviz.methods.edit.load_exported; a plain "
-                        "from_pretrained of this folder is the model without them (they cannot be "
-                        "folded exactly into the weights).")
-    info["files"] = {f.name: _sha256(f.read_bytes()) for f in sorted(tmp.iterdir()) if f.is_file()}
-    (tmp / "unlearnviz_export.json").write_text(json.dumps(info, indent=2, default=float))
+    info["files"] = file_hashes(tmp)
+    atomic_write_text(tmp / EXPORT_MANIFEST, json.dumps(info, indent=2, default=float) + "\n")
     # Swap in: the old export is moved aside, not deleted, until the new one is in place, so an
-    # interruption leaves either the old folder or the new one (and load_exported verifies checksums).
+    # interruption leaves either the old folder or the new one (and loaders verify checksums).
     old = out.with_name(out.name + ".old")
-    import shutil
-
     if old.exists():
         shutil.rmtree(old)
     if out.exists():
@@ -364,31 +433,12 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
 
 def verify_export(folder: Path) -> dict:
     """The export's manifest, after checking every file it lists against its SHA-256."""
-    manifest_path = folder / "unlearnviz_export.json"
-    if not manifest_path.exists():
-        raise UserError(f"{folder} is not an unlearnviz export (no unlearnviz_export.json)")
-    try:
-        info = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{manifest_path}: not valid JSON (damaged export)") from None
-    for name, digest in (info.get("files") or {}).items():
-        path = folder / name
-        if not path.is_file() or _sha256(path.read_bytes()) != digest:
-            raise UserError(f"{path}: missing or checksum mismatch (truncated or tampered export)")
-    return info
+    return read_export(folder)
 
 
 def load_exported(folder: Path) -> LoadedModel:
-    """Load an exported checkpoint with its projections (if any) active by default."""
+    """Load an exported checkpoint after verifying its manifest (its info() names the edit)."""
     from unlearnviz.model.loading import load_model
 
-    info = verify_export(folder)
-    lm = load_model(str(folder))
-    proj_file = folder / "unlearnviz_projections.safetensors"
-    if proj_file.exists():
-        tensors = load_file(str(proj_file))
-        plan = RoutingPlan(projections={int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("projection")},
-                           offsets={int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("offset")},
-                           spare_first=info.get("spare_first", False))
-        lm.default_plan = plan  # type: ignore[attr-defined]
-    return lm
+    read_export(folder)
+    return load_model(str(folder))

@@ -26,13 +26,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from unlearnviz.data.batching import Batch, make_batches
 from unlearnviz.methods.pairing import MASK_KEYS, NoJoin, cut_kwargs, join_kwargs, pad_rows
-from unlearnviz.model.adapter import linear_weight
+from unlearnviz.model.adapter import execution_device
 from unlearnviz.model.loading import LoadedModel
-from unlearnviz.model.routing import RoutingPlan, StopForward, run_block_window
+from unlearnviz.model.quantized import linear_shape
+from unlearnviz.model.routing import RoutingPlan, StopForward, delta_output, run_block_window
 
 
 def step_order(n_forget: int, n_retain: int, steps: int, seed: int) -> list[tuple[int, int]]:
@@ -544,7 +544,7 @@ class WindowEngine:
         own = None if plan is None else plan.deltas.get(self.start)  # the prior's is in first_out
         if own is not None:
             x = c.mlp_in[:, cut]
-            h = h + F.linear(x.to(own.dtype), own).to(h.dtype)
+            h = h + delta_output(x, own, h.device).to(h.dtype)  # as the router adds it
         return self.start + 1, h
 
     def _run(self, first: int, h: torch.Tensor, kwargs: dict[int, dict], full: RoutingPlan | None) -> torch.Tensor:
@@ -695,15 +695,14 @@ def _close(a: torch.Tensor, b: torch.Tensor, batch: Batch, rel: float = 1e-4) ->
 
 def _mlp_width(lm: LoadedModel, layer: int) -> int:
     """Input width of a block's MLP output projection (the hidden MLP size)."""
-    w = linear_weight(lm.adapter.mlp_out(layer))
-    return int(w.shape[1])
+    return linear_shape(lm.adapter.mlp_out(layer))[1]
 
 
 def zero_delta(lm: LoadedModel, layer: int) -> torch.Tensor:
     """A trainable zero delta for block ``layer``'s MLP output projection, [out, in] (nn.Linear
     convention, whatever the module stores: GPT-2's Conv1D keeps [in, out])."""
-    w = linear_weight(lm.adapter.mlp_out(layer))
-    return torch.zeros(tuple(w.shape), device=w.device, dtype=torch.float32, requires_grad=True)
+    mlp = lm.adapter.mlp_out(layer)  # shape from its features: a 4-bit weight is packed
+    return torch.zeros(linear_shape(mlp), device=execution_device(mlp), dtype=torch.float32, requires_grad=True)
 
 
 def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:

@@ -64,6 +64,11 @@ class MRPParams:
     lr: float = hp(1e-2, "Adam learning rate on the direction rows W.", "2e-4 (SGD)", min=1e-7, max=1.0)
     batch_size: int = hp(8, "Texts per forget and per retain batch.", "5", min=1, max=256)
     max_tokens: int = hp(-1, MAX_TOKENS_DOC, "160", min=-1, max=4096)
+    init_batches: int = hp(512, "The init's statistics read at most this many forget and this many retain batches, "
+                           "the first ones (as the RMU reference code's max_num_batches), so its time is bounded "
+                           "whatever the corpus size (its memory is O(d²) anyway). Every built-in set has at most "
+                           "296 texts a side, so it reads them all, at any batch size.", "all rows", min=1,
+                           max=1_000_000)
     centered: bool = hp(True, "NON-PAPER: affine projection h − (h − μ)QᵀQ with μ the retain mean at the site: removes "
                         "the variation along Q but keeps its mean (the linear form also deletes large constant offsets, "
                         "which wrecked the model at deep sites).", "no (linear h − hQᵀQ)")
@@ -127,9 +132,20 @@ class Moments:
 
 def generalized_top(forget: Moments, retain: Moments, k: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k v of Σ_f v = λ(Σ_r + δI)v, both covariances centred at the retain mean: orthonormalised
-    rows [k, d] (float32) and the k eigenvalues, solved in float64."""
+    rows [k, d] (float32) and the k eigenvalues, solved in float64.
+
+    The solves (Cholesky, triangular inverse, eigh) run on the CPU whatever the statistics'
+    device: MPS has no float64, and the d × d matrices (128 MB at d = 4096) cost far less to
+    move than the pass that made them; the results go back to the statistics' device."""
+    dev = forget.shift.device
     mu = retain.mean()
-    sf, sr = forget.covariance(mu), retain.covariance(mu)
+    sf, sr = forget.covariance(mu).cpu(), retain.covariance(mu).cpu()
+    q, vals = _generalized_top_cpu(sf, sr, k, ridge)
+    return q.to(dev), vals.to(dev)
+
+
+def _generalized_top_cpu(sf: torch.Tensor, sr: torch.Tensor, k: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 solve of :func:`generalized_top` on CPU covariances."""
     d = sf.shape[0]
     eye = torch.eye(d, dtype=sf.dtype, device=sf.device)
     delta = ridge * float(torch.diagonal(sr).mean()) + 1e-6
@@ -348,14 +364,17 @@ def _init_site(req: _Request, s: int, base: RoutingPlan, prior_q: torch.Tensor |
     """The site's new rows (top-k generalised eigenvectors, orthogonal to ``prior_q``), their
     eigenvalues, and the retain mean at the site (which centres the projection).
 
-    One streaming pass: each batch's site output under ``base`` is computed, its masked tokens
+    One streaming pass over the first ``init_batches`` forget and retain batches: each batch's
+    site output under ``base`` is computed, its masked tokens
     (earlier directions projected out) are added to the forget or retain :class:`Moments`, and
     it is dropped, so memory is O(d²), not O(tokens·d)."""
     if s >= req.last:
         raise UserError("an MRP site must be below the last block")
     forget, retain = Moments(), Moments()
+    cap = req.hparams.init_batches
     for batches, acc in ((req.fb_stats, forget), (req.rb, retain)):
-        for b in batches:
+        for i in range(min(len(batches), cap)):  # the first ``init_batches``: only those are tokenised
+            b = batches[i]
             h = _site_output(req.lm, s, b, base)
             x = h.float()[b.loss_mask.to(h.device)]
             if prior_q is not None:
@@ -431,6 +450,8 @@ def _train(req: _Request, rows: dict[int, torch.Tensor], plan_of: Callable[[dict
 
 def _meta(req: _Request, history: list[dict], init_s: float, eigvals: dict, rank: dict, spare_first: bool) -> dict:
     """The Edit's record: losses, timings, the init's eigenvalues, the rank per site."""
+    cap = req.hparams.init_batches
     return {"steps": req.hparams.steps, "losses": history, "init_s": init_s, "eigenvalues": eigvals,
+            "init_batches_read": {"forget": min(cap, len(req.fb_stats)), "retain": min(cap, len(req.rb))},
             "placement": req.hparams.placement, "train_s": time.perf_counter() - req.t0 - init_s, "rank": rank,
             "spare_first": spare_first, **req.window}

@@ -17,6 +17,7 @@ import torch
 from unlearnviz.methods.base import hp, register, resolve_window
 from unlearnviz.methods.engine import Subset, mean_token_norm
 from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection, used
+from unlearnviz.model.routing import placed
 
 
 @dataclass
@@ -40,13 +41,16 @@ def fit_rmu(lm, data, hparams: RMUParams, progress=None, should_stop=None, prior
     norm = mean_token_norm(Subset(engine.frozen, uf), Subset(fb, uf))
     gen = torch.Generator().manual_seed(hparams.seed)
     u = torch.rand(lm.hidden_size, generator=gen)
-    u = (u / u.norm()).to(lm.device)
+    u = u / u.norm()
     c = hparams.steering_coeff * (norm if hparams.coeff_relative else 1.0)
 
     def target(i, frozen):
+        # on the device of block L's output (a model spread over devices: not the embedding's),
+        # copied there once
+        here = placed(u, frozen.device)
         if hparams.adaptive:
-            return hparams.steering_coeff * frozen.float().norm(dim=-1, keepdim=True) * u, None
-        return (c * u).expand_as(frozen), None
+            return hparams.steering_coeff * frozen.float().norm(dim=-1, keepdim=True) * here, None
+        return (c * here).expand_as(frozen), None
 
     edit = train_misdirection(lm, engine, fb, rb, hparams, target, "rmu", progress, should_stop,
                               {"target_norm": c, "mean_norm": norm, "precompute_s": time.perf_counter() - t0, **window})

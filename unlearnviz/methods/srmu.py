@@ -22,6 +22,7 @@ from unlearnviz.data.batching import Batch, subject_spans, tokenize_texts
 from unlearnviz.methods.base import hp, register, resolve_window
 from unlearnviz.methods.engine import LazyBatches, Subset, mean_abs_features, mean_token_norm
 from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection, used
+from unlearnviz.model.routing import placed
 
 
 def importance_map(v_f: torch.Tensor, v_r: torch.Tensor, variant: str = "ratio", lam: float = 1.0,
@@ -83,9 +84,9 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
         stat_r = (_all_tokens(rb[i], rb[i].loss_mask) for i in ur)  # never the sink (anchor_first holds it)
     v_f = mean_abs_features(frozen_f, stat_f)
     v_r = mean_abs_features(frozen_r, stat_r)
-    i_norm = importance_map(v_f, v_r, hparams.variant, hparams.lam).to(lm.device)
+    i_norm = importance_map(v_f, v_r, hparams.variant, hparams.lam)  # on block L's device (the captures')
     gen = torch.Generator().manual_seed(hparams.seed)
-    signs = (torch.randint(0, 2, (lm.hidden_size,), generator=gen).float() * 2 - 1).to(lm.device)
+    signs = (torch.randint(0, 2, (lm.hidden_size,), generator=gen).float() * 2 - 1).to(i_norm.device)
     direction = signs * i_norm
     norm = mean_token_norm(frozen_f, Subset(fb, uf))
     scale = hparams.c_map * norm / float(direction.norm()) if hparams.coeff_relative else hparams.c_map
@@ -93,9 +94,11 @@ def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, pri
     weight = i_norm if hparams.loss_mask_by_importance else None
 
     def target(i, frozen):
+        # on the device of block L's output, copied there once (see rmu.fit_rmu)
+        t, w = placed(target_vec, frozen.device), None if weight is None else placed(weight, frozen.device)
         if hparams.residual_target:
-            return frozen.float() + target_vec, weight
-        return target_vec.expand_as(frozen), weight
+            return frozen.float() + t, w
+        return t.expand_as(frozen), w
 
     meta = {"importance": i_norm.cpu().tolist(), "selectivity_top10": selectivity(i_norm),
             "importance_range": [float(i_norm.min()), float(i_norm.max())], "target_norm": float(target_vec.norm()),

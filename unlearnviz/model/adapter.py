@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from unlearnviz.errors import UserError
+from unlearnviz.model.quantized import module_quantization
 
 # Attribute paths, tried in order. Covers Llama, Mistral, Qwen2/3, Gemma 1/2/3, Phi-3, GPT-2,
 # GPT-NeoX (Pythia) and OPT-like layouts.
@@ -159,8 +160,28 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: its weight's device, or, for a layer that accelerate offloads
+    (its weight a meta placeholder), the device its hook brings the weight to for each call."""
+    for m in (module, *module.modules()):
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+            dev = getattr(h, "execution_device", None)
+            if dev is not None:
+                return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+    w = next(iter(module.parameters()), None)
+    return w.device if w is not None else torch.device("cpu")
+
+
 def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The module's weight in nn.Linear convention [out, in] (a view, never a copy)."""
+    """The module's weight in nn.Linear convention [out, in] (a view, never a copy).
+
+    A bitsandbytes layer has no such matrix (its weight is packed integers): refused; its shape
+    is ``linear_shape(module)``."""
+    q = module_quantization(module)
+    if q is not None:
+        raise UserError(f"{type(module).__name__} is a {q} (bitsandbytes) layer: its weight is packed "
+                        "integers, not an [out, in] matrix")
     return module.weight.T if is_conv1d(module) else module.weight
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from unlearnviz.errors import UserError
-from unlearnviz.model.adapter import ArchitectureAdapter
+from unlearnviz.model.adapter import ArchitectureAdapter, execution_device
+from unlearnviz.model.fingerprint import WeightsPrint
+from unlearnviz.model.quantized import freeze_quantized, n_weights, quantization_of
 from unlearnviz.model.routing import Router
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -37,11 +39,14 @@ def cache_dir() -> Path:
 
 @dataclass
 class LoadOptions:
-    """How to load a model. ``trust_remote_code`` and ``allow_pickle`` are operator opt-ins."""
+    """How to load a model. ``trust_remote_code`` and ``allow_pickle`` are operator opt-ins.
 
-    dtype: str = "float32"
+    ``dtype="auto"``: bfloat16 on CUDA (a 7B model in 14 GB, not 28), float32 elsewhere (CPU
+    bfloat16 matmuls are slow and MPS lacks some bfloat16 kernels)."""
+
+    dtype: str = "auto"
     device: str = "auto"
-    device_map: str | None = None  # "auto": spread over several GPUs through accelerate
+    device_map: str | dict | None = None  # "auto": spread over GPUs (and CPU, disk) through accelerate
     quantization: str | None = None  # "8bit" / "4bit" through bitsandbytes
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -62,10 +67,12 @@ class LoadedModel:
     name: str
     load_s: float = 0.0
     _fingerprint: str | None = field(default=None, repr=False)
+    _print: WeightsPrint | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
-        return self.adapter.embed.weight.device
+        """Where inputs go: the embedding's device (its execution device where it is offloaded)."""
+        return execution_device(self.adapter.embed)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -88,24 +95,43 @@ class LoadedModel:
         cfg = self.model.config
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
 
+    @property
+    def quantization(self) -> str | None:
+        """'8bit' / '4bit' for a bitsandbytes model, else None (``model.quantized``)."""
+        return quantization_of(self.model)
+
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        """Weights the model stands for (a packed 4-bit weight counts its unpacked values; tied
+        weights count once)."""
+        seen: dict[int, int] = {}
+        for m in self.model.modules():
+            for name, p in m.named_parameters(recurse=False):
+                seen.setdefault(id(p), n_weights(m, name, p.numel()))
+        return sum(seen.values())
 
     def fingerprint(self, refresh: bool = True) -> str:
-        """blake2b over every parameter's bytes: proves the base weights never changed."""
-        if refresh or self._fingerprint is None:
-            h = hashlib.blake2b(digest_size=16)
-            for name, p in sorted(self.model.state_dict(keep_vars=False).items()):
-                h.update(name.encode())
-                t = p.detach()
-                if t.dtype == torch.bfloat16:
-                    t = t.view(torch.int16)
-                h.update(t.cpu().contiguous().numpy().tobytes())
-            self._fingerprint = h.hexdigest()
+        """Which weights these are, and proof that they never changed (``model.fingerprint``).
+
+        ``refresh=False``: the value taken when the model was loaded (free). ``refresh=True``:
+        checked now, from a sampled re-read (about 4 MB at 7B) and each tensor's storage pointer
+        and in-place write counter; it differs from the loaded value once any base weight was
+        written to. The bytes the last take or check hashed are ``fingerprint_bytes``."""
+        if self._print is None:
+            self._print = WeightsPrint.take(self.model)
+            self._fingerprint = self._print.value()
+        elif refresh:
+            self._fingerprint = self._print.check(self.model)
         return self._fingerprint
 
+    @property
+    def fingerprint_bytes(self) -> int:
+        return self._print.bytes_read if self._print is not None else 0
+
     def info(self) -> dict:
+        from unlearnviz.model.exports import describe_export
+
         return {
+            "export": describe_export(self.source),  # an unlearnviz export: which edit, verified or not
             "name": self.name,
             "source": self.source,
             "family": self.adapter.family,
@@ -116,6 +142,7 @@ class LoadedModel:
             "device": str(self.device),
             "chat_template": self.is_chat,
             "memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 1),
+            "quantization": self.quantization,
             "fingerprint": self.fingerprint(refresh=False),
             "load_s": round(self.load_s, 2),
         }
@@ -135,6 +162,15 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise UserError(f"unknown device {device!r}: use cpu, cuda, mps or auto")
     return device
+
+
+def resolve_placement(opts: LoadOptions) -> tuple[str, torch.dtype]:
+    """(device, dtype) that ``opts`` mean on this machine; the device is "auto" under a
+    ``device_map`` (accelerate places the blocks). Model caches key on these, so that
+    ``dtype="auto"`` and the dtype it resolves to share one loaded copy."""
+    device = resolve_device(opts.device) if opts.device_map is None else "auto"
+    placed = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, resolve_dtype(opts.dtype, placed)
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -161,11 +197,18 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     """GGUF → a safetensors HF folder, written atomically (temp folder, then rename).
 
     transformers refuses to save a model loaded from GGUF, so the weights are copied into a
-    fresh model built from the same config and that one is saved.
+    fresh model built from the same config and that one is saved. The config loses its
+    ``quantization_config: {quant_method: gguf}`` entry: the folder holds plain safetensors, and
+    with the entry transformers attaches its GGUF quantizer and lm-eval refuses the folder. A
+    folder cached before that fix is repaired here, on its next load (config only: the weights
+    and so the fingerprint are unchanged).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from unlearnviz.model.exports import drop_gguf_quantization
+
     if (out / "config.json").exists():
+        drop_gguf_quantization(out)
         return out
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading a .gguf file needs the gguf package: pip install gguf")
@@ -180,6 +223,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
     try:
         fresh.save_pretrained(tmp, safe_serialization=True)
+        drop_gguf_quantization(tmp)
         tok.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -245,9 +289,7 @@ def load_model(source: str = "default", opts: LoadOptions | None = None) -> Load
     opts = opts or LoadOptions()
     t0 = time.perf_counter()
     # Cheap checks first: a bad option must not wait for a model conversion.
-    device = resolve_device(opts.device) if opts.device_map is None else "auto"
-    dtype = resolve_dtype(opts.dtype, device if device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    device, dtype = resolve_placement(opts)
     if opts.quantization not in (None, "8bit", "4bit"):
         raise UserError(f"unknown quantization {opts.quantization!r}: use 8bit or 4bit")
     path, name = resolve_source(source, opts)
@@ -261,13 +303,18 @@ def load_model(source: str = "default", opts: LoadOptions | None = None) -> Load
         kwargs["local_files_only"] = True
     if opts.device_map:
         kwargs["device_map"] = opts.device_map
+        # where accelerate keeps the blocks it offloads to disk (unused when all fit in memory)
+        kwargs["offload_folder"] = str(cache_dir() / "offload" / hashlib.sha1(path.encode()).hexdigest()[:10])
+    elif device != "cpu" or opts.quantization:
+        # straight onto the device: loading on the CPU and then moving needs the model twice
+        kwargs["device_map"] = device
     if opts.quantization:
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise UserError(f"{opts.quantization} loading needs bitsandbytes: pip install bitsandbytes (GPU only)")
+            raise UserError(f"{opts.quantization} loading needs bitsandbytes: pip install bitsandbytes")
         from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=opts.quantization == "8bit", load_in_4bit=opts.quantization == "4bit")
-        kwargs.setdefault("device_map", "auto")
+            load_in_8bit=opts.quantization == "8bit", load_in_4bit=opts.quantization == "4bit",
+            bnb_4bit_compute_dtype=dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(opts.trust_remote_code),
                                                   local_files_only=kwargs.get("local_files_only", False))
@@ -287,8 +334,7 @@ def load_model(source: str = "default", opts: LoadOptions | None = None) -> Load
             raise UserError(f"cannot load hub model {source!r} (hub unreachable, unknown id or no "
                             f"safetensors weights): {msg[:200]}") from None
         raise UserError(f"cannot load model {source!r}: {msg[:200]}") from None
-    if "device_map" not in kwargs and device != "cpu":
-        model.to(device)
+    freeze_quantized(model)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
@@ -303,6 +349,7 @@ def load_model(source: str = "default", opts: LoadOptions | None = None) -> Load
 
 def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory") -> LoadedModel:
     """Wrap an already-built model (tests, synthetic lab model) the same way load_model does."""
+    freeze_quantized(model)
     model.eval()
     model.requires_grad_(False)
     if tokenizer is not None and tokenizer.pad_token is None:

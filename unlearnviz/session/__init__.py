@@ -17,7 +17,7 @@ from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.methods.base import get_method, make_hparams
 from unlearnviz.methods.edit import Edit, EditStack
-from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model
+from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model, resolve_placement
 from unlearnviz.model.routing import RoutingPlan
 
 
@@ -85,7 +85,7 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def get(self, source: str, opts: LoadOptions) -> LoadedModel:
-        key = (source, opts.dtype, opts.device, opts.device_map, opts.quantization)
+        key = (source, *resolve_placement(opts), str(opts.device_map), opts.quantization)
         with self._lock:
             if key not in self._models:
                 self._models[key] = load_model(source, opts)
@@ -175,7 +175,7 @@ class Session:
     limits: Limits = field(default_factory=Limits)
 
     # ---- model and data -------------------------------------------------------------------
-    def load_model(self, source: str = "default", dtype: str = "float32", device: str = "auto",
+    def load_model(self, source: str = "default", dtype: str = "auto", device: str = "auto",
                    store: ModelStore = STORE) -> dict:
         from unlearnviz.data.synthetic import resolve_model_source
 
@@ -229,9 +229,11 @@ class Session:
 
     # ---- edits ----------------------------------------------------------------------------
     def run_edit(self, method: str, overrides: dict | None = None, progress=None, should_stop=None,
-                 evaluate: bool = True, data_spec: str | None = None) -> dict:
+                 evaluate: bool = True, data_spec: str | None = None, budget_bytes: int | None = None) -> dict:
         """Fit one edit on top of the stack. ``data_spec``: fit it on another data set (continual
-        unlearning on a new forget set, as a config's ``edits[i].data``); the session's data stays."""
+        unlearning on a new forget set, as a config's ``edits[i].data``); the session's data stays.
+        A fit whose planned peak memory is over what the device has (or ``budget_bytes``) is refused
+        before it starts (``session.planning``)."""
         lm = self.require_model()
         data = load_data(data_spec.strip(), tokenizer=lm.tokenizer) if data_spec else self.require_data()
         spec = get_method(str(method or "").strip())
@@ -243,6 +245,9 @@ class Session:
         if getattr(hparams, "steps", 0) > self.limits.max_steps:
             raise UserError(f"steps={hparams.steps} is over this server's limit of {self.limits.max_steps}")
         check_fits_context(lm, data, letter=False)
+        from unlearnviz.session.planning import check_fit
+
+        check_fit(lm, data, spec.name, hparams, self.stack, budget_bytes)
         fp = lm.fingerprint(refresh=False)
         prior = self.stack.plan()
         t0 = time.perf_counter()
@@ -389,7 +394,7 @@ class Session:
         model, data = self._last("load_model") or {}, self._last("load_data") or {}
         raw = base.to_dict() if base is not None else {}
         raw["model"] = {"source": model.get("model") or (self.lm.source if self.lm else "default"),
-                        "dtype": model.get("dtype", "float32"), "device": model.get("device", "auto")}
+                        "dtype": model.get("dtype", "auto"), "device": model.get("device", "auto")}
         raw["data"] = {"spec": data.get("data")}
         raw["edits"] = []
         for e in self.stack.edits:

@@ -19,6 +19,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# The data-part flags, as the CLI's (``python -m unlearnviz run --forget-corpus ...``).
+PART_FLAGS = {"forget_corpus": "--forget-corpus", "retain_corpus": "--retain-corpus", "forget_mcq": "--forget-mcq",
+              "retain_mcq": "--retain-mcq"}
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -36,7 +41,14 @@ def _dirs_from_env(name: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="unlearnviz dashboard")
     p.add_argument("--model", default="default", help="model loaded on first use")
-    p.add_argument("--data", default="builtin:demo", help="data loaded on first use")
+    p.add_argument("--data", default="builtin:demo", help="data loaded on first use (the part flags override its parts)")
+    what = {"forget_corpus": "the forget corpus", "retain_corpus": "the retain corpus",
+            "forget_mcq": "the forget multiple-choice set", "retain_mcq": "the retain multiple-choice set"}
+    for part, flag in PART_FLAGS.items():
+        p.add_argument(flag, dest=part, action="append", default=None, metavar="SOURCE",
+                       help=f"{what[part]} from its own source (as the CLI's): builtin:NAME, a file or folder, "
+                            "hf:DATASET[:CONFIG[:SPLIT]], with ?KEY=VALUE options; repeat to give several; the "
+                            "operator's own paths, not confined to --data-dir")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=int(os.environ.get("UNLEARNVIZ_PORT", 7860)))
     p.add_argument("--auth-file", default=os.environ.get("UNLEARNVIZ_AUTH_FILE"),
@@ -81,7 +93,40 @@ def read_auth(path: str | None) -> list[tuple[str, str]] | None:
     return pairs or None
 
 
-def apply_run_config(config, path: str) -> None:
+def _existing_path(path: str) -> str:
+    """A part's local path, absolute (the server may be asked from any folder); a missing one is
+    refused at launch rather than on a visitor's first click."""
+    from unlearnviz.errors import UserError
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{path}: no such file or folder")
+    return str(p.resolve())
+
+
+def launch_data_spec(args: argparse.Namespace, base: str | None = None) -> str:
+    """The data spec the dashboard starts on: ``--data`` (or ``base``, a ``--config``'s) with the
+    part flags over its parts, composed as ``run`` composes them; each part's source checked
+    (syntax, column map, a local path's existence). A bad part raises UserError naming it."""
+    from unlearnviz.errors import UserError
+    from unlearnviz.session import compose_data_spec
+
+    parts = {part: getattr(args, part, None) for part in PART_FLAGS}
+    spec = base or args.data
+    if not any(parts.values()):
+        return spec
+
+    def confine(path: str) -> str:
+        try:
+            return _existing_path(path)
+        except UserError as exc:
+            where = next((PART_FLAGS[k] for k, v in parts.items() if v and any(path in x for x in v)), "--data")
+            raise UserError(f"{where}: {exc}") from None
+
+    return compose_data_spec(spec, parts, confine=confine)
+
+
+def apply_run_config(config, path: str, args: argparse.Namespace | None = None) -> None:
     """``--config``: validate, replay once (the operator's own file: its model and data paths are not
     confined to --model-dir/--data-dir), and make it every new session's starting state and the
     default model and data."""
@@ -97,6 +142,8 @@ def apply_run_config(config, path: str) -> None:
         cfg.model.source = config.default_model
     if cfg.data.spec is None:
         cfg.data.spec = config.default_data
+    elif args is not None and any(getattr(args, part, None) for part in PART_FLAGS):
+        cfg.data.spec = launch_data_spec(args, base=cfg.data.spec)  # the part flags over the config's data
     t0 = time.perf_counter()
     template = replay(cfg, UISession(limits=config.limits),
                       log=lambda m: print(f"unlearnviz: --config: {m}", flush=True))
@@ -130,12 +177,17 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    config = AppConfig(default_model=args.model, default_data=args.data, limits=limits,
+    try:
+        data_spec = launch_data_spec(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    config = AppConfig(default_model=args.model, default_data=data_spec, limits=limits,
                        model_dirs=tuple(Path(d).resolve() for d in args.model_dir),
                        data_dirs=tuple(Path(d).resolve() for d in args.data_dir))
     if args.config:
         try:
-            apply_run_config(config, args.config)
+            apply_run_config(config, args.config, args)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None

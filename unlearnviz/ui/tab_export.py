@@ -43,8 +43,11 @@ def zip_folder(folder: Path, target: Path) -> Path:
 def import_into(session: UISession, path: str, config: AppConfig) -> dict:
     """Replace ``session``'s state with a verified bundle's; on any error the session is unchanged."""
     from unlearnviz.bundle import MAX_BUNDLE_BYTES, import_bundle
+    from unlearnviz.session import compose_data_spec
+    from unlearnviz.ui.common import confine_data_spec
 
     new = import_bundle(check_upload(path, config), allow_model=lambda s: confine_model_source(s, config),
+                        allow_data=lambda s: compose_data_spec(s, {}, confine=lambda p: confine_data_spec(p, config)),
                         limits=config.limits,
                         max_bytes=min(MAX_BUNDLE_BYTES, config.limits.max_upload_mb * 2**20 * 16))
     session.adopt(new)

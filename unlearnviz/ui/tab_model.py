@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from unlearnviz.session import planning
 from unlearnviz.ui.common import AppConfig, UISession, confine_model_source, ensure_ready, md_table, readable
 
 INTRO = ("**Model.** Load the built-in default (SmolLM2-135M-Instruct, offline), a local Hugging Face "
@@ -19,7 +20,7 @@ def info_markdown(session: UISession) -> str:
                      ("hidden size", str(i["hidden_size"])), ("parameters", f"{i['parameters'] / 1e6:.1f} M"),
                      ("dtype / device", f"{i['dtype']} / {i['device']}"), ("memory", f"{i['memory_mb']} MB"),
                      ("chat template", "yes" if i["chat_template"] else "no (plain completion)"),
-                     ("fingerprint", f"`{session.lm.fingerprint(refresh=False)}`")])
+                     ("fingerprint", f"`{session.lm.fingerprint(refresh=False)}`")]) + "\n\n" + planning.model_line(session)
 
 
 def build(state: gr.State, config: AppConfig) -> dict:
@@ -27,7 +28,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
     with gr.Row():
         source = gr.Textbox(value=config.default_model, label="Model", scale=3,
                             info="'default', a folder under the allowed model folder, or a hub id (needs a network)")
-        dtype = gr.Dropdown(["float32", "bfloat16", "float16", "auto"], value="float32", label="dtype", scale=1)
+        dtype = gr.Dropdown(["auto", "float32", "bfloat16", "float16"], value="auto", label="dtype", scale=1)
         device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="device", scale=1)
     load = gr.Button("Load model", variant="primary")
     info = gr.Markdown(info_markdown(UISession()))

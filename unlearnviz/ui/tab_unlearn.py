@@ -10,7 +10,7 @@ import time
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.session import catalogue
+from unlearnviz.session import catalogue, planning
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Unlearn.** Run an edit on the loaded model. *RMU* pushes forget activations at one layer toward a "
@@ -132,6 +132,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         run = gr.Button("Run edit", variant="primary")
         cancel = gr.Button("Cancel", variant="stop")
         undo = gr.Button("Undo last edit")
+    plan_md = gr.Markdown(planning.fit_line(UISession(), config.demo_method))
     status = gr.Markdown(edit_summary(UISession()))
     loss_plot = gr.Plot(label="Loss curves", show_label=False)
     with gr.Row():
@@ -146,6 +147,26 @@ def build(state: gr.State, config: AppConfig) -> dict:
     method.change(show_group, method, [groups[m] for m in methods], api_visibility="private")
 
     all_comps = [c for m in methods for c in fields[m][1]]
+
+    def chosen_overrides(m: str, values) -> dict:
+        """The overrides the chosen method's components ask for (the other methods' are skipped)."""
+        offset = 0
+        for name in methods:
+            names, comps = fields[name]
+            if name == m:
+                return overrides_from(m, names, list(values[offset:offset + len(comps)]))
+            offset += len(comps)
+        return {}
+
+    def on_plan(session: UISession, m: str, *values):
+        """The planned peak memory of the fit these hyperparameters ask for, before it runs."""
+        try:
+            return planning.fit_line(session, m, chosen_overrides(m, values))
+        except Exception as exc:  # a half-typed value: the plan waits for a readable one
+            return f"_No memory plan yet: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}_"
+
+    for comp in [method, *all_comps]:
+        comp.change(on_plan, [state, method, *all_comps], plan_md, api_visibility="private")
 
     @readable
     def on_run(session: UISession, m: str, *values, progress=gr.Progress()):
