@@ -29,7 +29,6 @@ input for its weight gradient) and to gated MLPs. The figures are estimates: the
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,9 +36,9 @@ import torch
 
 from unlearnviz.data.batching import AUTO, LONG_WINDOW, SHORT_WINDOW
 from unlearnviz.errors import UserError
-from unlearnviz.evaluation.scoring import LOGIT_BUDGET
+from unlearnviz.evaluation.scoring import LOGIT_BUDGET, TOKENS_PER_ROW, pack_contexts
 from unlearnviz.methods.base import get_method, make_hparams
-from unlearnviz.methods.engine import CACHE_SHARE, HOST_CACHE_MAX, JOIN_CACHE_BYTES
+from unlearnviz.methods.engine import CACHE_SHARE, HOST_CACHE_MAX, JOIN_CACHE_BYTES, available_ram
 from unlearnviz.methods.misdirection import auto_layer
 from unlearnviz.methods.mrp import KL_REFERENCE_BYTES
 from unlearnviz.model.adapter import ArchitectureAdapter
@@ -49,7 +48,7 @@ FP32 = 4
 # The scorer's defaults (evaluation/scoring.py, mcq.py): contexts packed to batch_size (32) × 128
 # padded tokens, perplexity over 16 texts of at most 256 tokens; full-vocabulary float32 logits
 # LOGIT_BUDGET at a time, with as many again for their log-softmax.
-SCORE_TOKENS = 32 * 128
+SCORE_TOKENS = 32 * TOKENS_PER_ROW
 PPL_BATCH, PPL_TOKENS = 16, 256
 # Analysis passes (analysis/activations.py) run 32 rows a batch; chat runs 4 rows (original,
 # edited and the two cross-scoring rows, generation.py).
@@ -380,25 +379,13 @@ def mcq_groups(tokenizer, data, letter: bool = False) -> list[tuple[int, list[in
 
 
 def _score_batches(groups: Sequence[tuple[int, list[int]]], budget: int) -> list[list[tuple[int, list[int]]]]:
-    """The scorer's batches (evaluation/scoring.py): contexts longest first, as many as ``budget``
-    padded tokens allow (the context rows × the longest context plus the tail rows × the longest
-    tail, a tail row per continuation of more than one token)."""
-    out: list[list] = []
-    cur: list = []
-    width = tail_w = tail_rows = 0
-    for g in sorted(groups, key=lambda g: -g[0]):
-        w = max(g[1]) - 1
-        n = sum(c > 1 for c in g[1])
-        if cur and (len(cur) + 1) * width + (tail_rows + n) * max(tail_w, w) <= budget:
-            cur.append(g)
-            tail_w, tail_rows = max(tail_w, w), tail_rows + n
-            continue
-        if cur:
-            out.append(cur)
-        cur, width, tail_w, tail_rows = [g], g[0], w, n
-    if cur:
-        out.append(cur)
-    return out
+    """The scorer's own batches (``scoring.pack_contexts``) of contexts given by their lengths:
+    each group is (context tokens, continuation tokens), a tail row per continuation of more than
+    one token. No sliding window: a plan is for the widest batch."""
+    ordered = sorted(groups, key=lambda g: -g[0])
+    keys = [(range(g[0]), i) for i, g in enumerate(ordered)]
+    tails = {k: (max(g[1]) - 1, sum(c > 1 for c in g[1])) for k, g in zip(keys, ordered)}
+    return [[ordered[k[1]] for k in batch] for batch in pack_contexts(keys, tails, budget, None)]
 
 
 def plan_evaluate(s: Shapes, groups: Sequence[tuple[int, list[int]]] | None = None,
@@ -481,18 +468,6 @@ def plan_actions(s: Shapes, methods: Sequence[str] = ("rmu", "srmu", "mrp"), ove
 # ------------------------------------------------------------------------------------------
 # What the device has, and refusing what will not fit
 # ------------------------------------------------------------------------------------------
-
-
-def available_ram() -> int:
-    """Bytes of RAM available now (MemAvailable; free pages where /proc is not there)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def available_bytes(device: torch.device | str) -> int:

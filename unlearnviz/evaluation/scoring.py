@@ -24,6 +24,8 @@ from unlearnviz.model.routing import RoutingPlan, plan_content_hash
 Progress = Callable[[int, int, str], None]
 
 
+# padded tokens per row of ``batch_size`` in a scoring batch's default token budget
+TOKENS_PER_ROW = 128
 # float32 logits held at once where a score or a loss reads the whole vocabulary (16 MiB: 128
 # positions at a 32k vocabulary, 32 at Llama-3's 128k); the log-softmax holds as many again
 LOGIT_BUDGET = 1 << 22
@@ -149,7 +151,7 @@ def attention_window(lm: LoadedModel) -> int | None:
     return min(spans) if spans else None
 
 
-def _pack(contexts: list[tuple], tails: dict[tuple, tuple[int, int]], budget: int,
+def pack_contexts(contexts: list[tuple], tails: dict[tuple, tuple[int, int]], budget: int,
           window: int | None) -> list[list[tuple]]:
     """Batches of ``contexts`` (sorted longest first) of at most ``budget`` padded tokens: the
     context forward (rows × the longest context) plus the tail forward (continuation rows × the
@@ -189,8 +191,8 @@ def _shared_context_logprobs(lm: LoadedModel, pairs: Sequence[tuple[str, str]], 
     tails = {key: (max(len(encoded[i][1]) - 1 for i in members),
                    sum(len(encoded[i][1]) > 1 for i in members)) for key, members in groups.items()}
     contexts = sorted(groups, key=lambda key: -len(key[0]))
-    budget = token_budget if token_budget is not None else batch_size * 128
-    batches = _pack(contexts, tails, budget, attention_window(lm))
+    budget = token_budget if token_budget is not None else batch_size * TOKENS_PER_ROW
+    batches = pack_contexts(contexts, tails, budget, attention_window(lm))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     pad = lm.tokenizer.pad_token_id or 0
     device = lm.device

@@ -282,8 +282,9 @@ class ByteCache:
         return out
 
 
-def _available_ram() -> int:
-    """Bytes of RAM available now (MemAvailable; free pages where /proc is not there)."""
+def available_ram() -> int:
+    """Bytes of RAM available now (MemAvailable; free pages where /proc is not there; the host
+    cache's cap where neither can be read). The memory planner reads it too."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -308,7 +309,7 @@ class CaptureCache:
         if device_bytes is None:
             device_bytes = int(CACHE_SHARE * torch.cuda.mem_get_info(device)[0]) if cuda else 0
         if host_bytes is None:
-            host_bytes = min(HOST_CACHE_MAX, int(CACHE_SHARE * _available_ram()))
+            host_bytes = min(HOST_CACHE_MAX, int(CACHE_SHARE * available_ram()))
         self.pin = cuda and torch.cuda.is_available()
         self.device_tier = ByteCache(device_bytes) if device_bytes > 0 else None
         self.host_tier = ByteCache(host_bytes)
