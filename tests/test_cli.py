@@ -181,3 +181,33 @@ def test_prepare_and_default_info(work):
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert (info["family"], info["layers"], info["hidden_size"]) == ("llama", 30, 576)
+
+
+@pytest.mark.slow
+def test_edit_commands_load_the_model_the_edit_names(tiny_dir, data_file, work, capsys):
+    """`export`, `relearn` and `analyze` given --edit and no --model load the model the edit was made
+    for (its config's source, else its manifest's), not the built-in default; a wrong --model is
+    still refused by the edit's fingerprint."""
+    from unlearnviz.cli import main
+
+    run = work / "run-tiny"
+    common = ["--device", "cpu"]
+    assert main(["run", "--model", str(tiny_dir), *common, "--data", str(data_file), "--method", "rmu",
+                 "--set", "steps=2", "--set", "layer=1", "--set", "window=2", "--no-letter", "--out", str(run)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["source"] == str(tiny_dir.resolve())
+    assert main(["export", "--edit", str(run), *common, "--out", str(work / "exp-tiny")]) == 0
+    assert json.loads((work / "exp-tiny" / "config.json").read_text())["num_hidden_layers"] == 2
+    bare = work / "run-tiny-manifest-only"  # no config.yaml: the manifest's source alone
+    shutil.copytree(run, bare)
+    (bare / "config.yaml").unlink()
+    capsys.readouterr()
+    assert main(["relearn", "--edit", str(bare), *common, "--data", str(data_file), "--steps", "1",
+                 "--eval-every", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["edited"]
+    assert main(["analyze", "--edit", str(bare), *common, "--data", str(data_file), "--out", str(work / "an-tiny"),
+                 "--no-umap", "--no-probes"]) == 0
+    assert (work / "an-tiny" / "analysis.json").exists()
+    other = save_tiny(work / "tiny-llama-other", "llama", layers=2, seed=1)
+    assert main(["export", "--edit", str(run), "--model", str(other), *common, "--out", str(work / "exp-x")]) != 0
+    assert "another model" in capsys.readouterr().err or not (work / "exp-x").exists()

@@ -187,6 +187,19 @@ def model_source_for(manifest: dict, config: dict | None = None) -> str:
     raise UserError(f"the run was made with model {name!r}; pass --model with its folder or hub id")
 
 
+def model_for_edit(folder: Path) -> str:
+    """The model an edit folder was made for (its config's source, else its manifest's), so that a
+    command given ``--edit`` and no ``--model`` loads it; the edit's fingerprint check then confirms
+    it is that model."""
+    from unlearnviz.methods.edit import MANIFEST_FILE
+
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).exists():
+        raise UserError(f"--edit {folder}: no {MANIFEST_FILE} there (an edit folder is written by "
+                        "`python -m unlearnviz run`)")
+    return model_source_for(read_json(folder / MANIFEST_FILE), read_config_mapping(folder))
+
+
 def relearn_result(obj: dict, index: int | None, path: Path) -> dict:
     """A relearning result: `relearn --json`'s object, or a run's relearn.json {stack index: result}."""
     if "edited" not in obj and obj:

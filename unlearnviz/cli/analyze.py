@@ -48,6 +48,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from unlearnviz.io import atomic_write_text
     from unlearnviz.methods import get_method, load_edit, make_hparams
     from unlearnviz.report.page import figures_page
+    from unlearnviz.runs import model_for_edit
 
     spec = hparams = None
     if not args.edit:
@@ -56,6 +57,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    args.model = args.model or (model_for_edit(Path(args.edit)) if args.edit else "default")
     lm = load_model_from_args(args)
     data = load_data(data_spec, tokenizer=lm.tokenizer)
     layers = resolve_layers(lm, layers)
@@ -98,6 +100,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="importance maps, geometry, residual-knowledge probes → JSON + HTML")
     add_model_args(p)
+    p.set_defaults(model=None)  # default: with --edit the model its manifest names, else the default model
     add_data_args(p)
     p.add_argument("--edit", default=None, help="an edit folder (from `run`); without it one is fitted")
     p.add_argument("--method", default="srmu", help="method to fit when no --edit is given (default srmu)")

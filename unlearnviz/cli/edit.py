@@ -125,7 +125,7 @@ def cmd_relearn(args: argparse.Namespace) -> None:
 
     from unlearnviz.data import check_data, load_data
     from unlearnviz.evaluation.relearn import RelearnSettings, relearn_record, steps_to_recovery
-    from unlearnviz.runs import load_stack
+    from unlearnviz.runs import load_stack, model_for_edit
 
     if args.steps < 1 or args.eval_every < 1:
         raise UserError("--steps and --eval-every must be at least 1")
@@ -133,6 +133,7 @@ def cmd_relearn(args: argparse.Namespace) -> None:
         raise UserError(f"--lr must be a positive finite number, got {args.lr}")
     spec = data_spec_from_args(args)
     check_data(spec)
+    args.model = args.model or model_for_edit(Path(args.edit))
     lm = load_model_from_args(args)
     data = load_data(spec, tokenizer=lm.tokenizer)
     stack = load_stack(lm, Path(args.edit))
@@ -151,12 +152,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from unlearnviz.methods.edit import export_checkpoint
     from unlearnviz.model.exports import EXPORT_MANIFEST, export_label
-    from unlearnviz.runs import load_stack
+    from unlearnviz.runs import load_stack, model_for_edit
 
     out = Path(args.out)
     if out.exists() and not (out / EXPORT_MANIFEST).exists():
         # export_checkpoint replaces its target folder: never one that holds something else
         raise UserError(f"--out {out} exists and is not an earlier unlearnviz export; choose a new folder")
+    args.model = args.model or model_for_edit(Path(args.edit))
     lm = load_model_from_args(args)
     info = export_checkpoint(lm, load_stack(lm, Path(args.edit)), out)
     print(json.dumps(info, indent=2, default=float))
@@ -181,6 +183,7 @@ def register(sub) -> None:
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("relearn", help="relearning attack curves for an edit and the original")
     add_model_args(p)
+    p.set_defaults(model=None)  # default: the model the edit's manifest names (its fingerprint is checked)
     p.add_argument("--edit", required=True)
     add_data_args(p)
     p.add_argument("--steps", type=int, default=40)
@@ -190,6 +193,7 @@ def register(sub) -> None:
     p.set_defaults(fn=cmd_relearn)
     p = sub.add_parser("export", help="write a standalone Hugging Face checkpoint")
     add_model_args(p)
+    p.set_defaults(model=None)  # default: the model the edit's manifest names (its fingerprint is checked)
     p.add_argument("--edit", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)

@@ -24,7 +24,7 @@ from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_bytes, atomic_write_text
 from unlearnviz.model.adapter import get_path, is_conv1d
 from unlearnviz.model.exports import EXPORT_FORMAT, EXPORT_MANIFEST, drop_gguf_quantization, file_hashes, read_export
-from unlearnviz.model.loading import LoadedModel
+from unlearnviz.model.loading import DEFAULT_ALIASES, LoadedModel
 from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows, plan_content_hash
 
 EDIT_FILE = "edit.safetensors"
@@ -88,6 +88,14 @@ def versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+
+def source_record(source: str) -> str:
+    """What a manifest records as the model's source: a local folder or file as an absolute path (a
+    command run from another folder still finds it), anything else (``default``, a hub id) as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if source not in DEFAULT_ALIASES and path.exists() else source
+
+
 def save_edit(edit: Edit, folder: Path, lm: LoadedModel, stack_index: int = 0) -> Path:
     """Write edit.safetensors and manifest.json atomically; the manifest carries checksums."""
     from safetensors.torch import save
@@ -98,7 +106,8 @@ def save_edit(edit: Edit, folder: Path, lm: LoadedModel, stack_index: int = 0) -
         "format": FORMAT_VERSION,
         "method": edit.method,
         "hparams": edit.hparams,
-        "model": {"name": lm.name, "fingerprint": lm.fingerprint(refresh=False), "family": lm.adapter.family,
+        "model": {"name": lm.name, "source": source_record(lm.source), "fingerprint": lm.fingerprint(refresh=False),
+                  "family": lm.adapter.family,
                   "layers": lm.n_layers, "hidden_size": lm.hidden_size},
         "meta": edit.meta,
         "stack_index": stack_index,
