@@ -27,7 +27,8 @@ from pathlib import Path
 from bench.common import ROOT, Result, device_name
 
 B9_BASELINE = os.environ.get("B9_BASELINE", "b341956")  # issue 13's house: every batch captured up front
-FULL = {"sizes": (1000, 4000, 16000), "distinct": 4000, "steps": 150, "max_tokens": 512, "tokens": 512,
+# B9_STEPS: fewer steps for a quick side-by-side re-measure of B9t (time per step does not depend on it)
+FULL = {"sizes": (1000, 4000, 16000), "distinct": 4000, "steps": int(os.environ.get("B9_STEPS", "150")), "max_tokens": 512, "tokens": 512,
         "equality": (16, 20, 8)}
 QUICK = {"sizes": (48, 96, 192), "distinct": 96, "steps": 12, "max_tokens": 64, "tokens": 128,
          "equality": (8, 10, 6)}
