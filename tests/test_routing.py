@@ -338,6 +338,7 @@ def test_orthonormal_rows_spans_what_the_float64_oracle_spans():
         torch.testing.assert_close(q[:i].T @ q[:i], ref[:i].T @ ref[:i], atol=1e-5, rtol=0)
 
 
+@pytest.mark.gpu  # an accelerator test: the only kind CI may skip
 @pytest.mark.skipif(not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
                     reason="needs Apple MPS")
 def test_orthonormal_rows_on_mps_equals_the_cpu_basis():
