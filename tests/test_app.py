@@ -185,3 +185,23 @@ def test_launch_bad_part_is_one_line_and_exit_2(flags, words):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr
+
+
+def test_opening_the_unlearn_tab_plans_for_the_session_model(tiny_lm, tiny_data):
+    """The Unlearn tab's memory plan follows the session: a model loaded in another tab (or by the
+    demo or a bundle) is what the plan describes once the tab is opened, not the page's first text."""
+    import gradio as gr
+
+    from unlearnviz.ui.app import build_app
+    from unlearnviz.ui.common import UISession
+
+    app = build_app()
+    tab = next(b for b in app.blocks.values() if isinstance(b, gr.Tab) and getattr(b, "id", None) == "unlearn")
+    on_open = [f for f in app.fns.values() if (tab._id, "select") in [tuple(t) for t in f.targets]]
+    assert len(on_open) == 1 and [type(o).__name__ for o in on_open[0].outputs] == ["Markdown"]
+    defaults = [c.value for c in on_open[0].inputs]
+    empty = on_open[0].fn(UISession(), *defaults[1:])
+    assert "Load a model" in empty
+    session = UISession(lm=tiny_lm, data=tiny_data)
+    planned = on_open[0].fn(session, *defaults[1:])
+    assert "Planned peak memory" in planned and "the device has" in planned

@@ -47,7 +47,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                 model_ui = tab_model.build(state, config)
             with gr.Tab("Data", id="data"):
                 data_ui = tab_data.build(state, config)
-            with gr.Tab("Unlearn", id="unlearn"):
+            with gr.Tab("Unlearn", id="unlearn") as unlearn_tab:
                 unlearn_ui = tab_unlearn.build(state, config)
             analysis_ui = tab_analysis.build(state, config)
             with gr.Tab("Chat", id="chat") as chat_tab:
@@ -63,6 +63,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                    chat_ui["details"], chat_ui["examples"], *analysis_ui["outputs"]]
         # the example prompts follow whatever data the session has now (loaded, demo, bundle, config)
         chat_tab.select(tab_chat.example_samples, state, chat_ui["examples"], api_visibility="private")
+        # the memory plan follows the session's model and data, whichever tab loaded them
+        unlearn_tab.select(*unlearn_ui["plan"], api_visibility="private")
 
         @readable
         def run_demo(session: UISession, progress=gr.Progress()):

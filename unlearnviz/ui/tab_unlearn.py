@@ -226,4 +226,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         return session, edit_summary(session), timeline_rows(session)
 
     selected.submit(on_select, [state, selected], [state, status, timeline], api_name="select_edit")
-    return {"status": status, "loss_plot": loss_plot, "timeline": timeline}
+    # the plan line follows the session (a model or data loaded in another tab, the demo, a bundle):
+    # the app refreshes it whenever this tab is opened
+    return {"status": status, "loss_plot": loss_plot, "timeline": timeline,
+            "plan": (on_plan, [state, method, *all_comps], plan_md)}
