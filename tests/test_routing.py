@@ -560,3 +560,123 @@ def test_hooks_handle_tuple_and_tensor_block_outputs(as_tuple):
         out = run_block_window(lm.adapter, 1, 2, inputs[1][0][0], {i: inputs[i][1] for i in (1, 2)})
     torch.testing.assert_close(out, states[3], atol=ATOL, rtol=0)
     assert lm.fingerprint() == fp
+
+
+# ----- parameter deltas and LoRA factors (imported checkpoints) -----
+
+def _all_param_deltas(lm, scale=0.05, seed=3, only=None) -> dict[str, torch.Tensor]:
+    """A random delta for every parameter (a full fine-tune), or for the names matching ``only``."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in lm.model.named_parameters():
+        if only is None or only(name):
+            out[name] = torch.randn(p.shape, generator=g) * scale * (p.detach().abs().mean() + 1e-3)
+    return out
+
+
+def _copy_with(lm, weights: dict[str, torch.Tensor], lora: dict | None = None) -> nn.Module:
+    """A hook-free copy with parameter + delta written into it (and B·A added for LoRA)."""
+    edited = _plain_copy(lm)
+    params = dict(edited.named_parameters())
+    with torch.no_grad():
+        for name, d in weights.items():
+            params[name] += d
+        for name, (a, b) in (lora or {}).items():
+            params[f"{name}.weight"] += b @ a
+    return edited
+
+
+def test_parameter_deltas_of_every_parameter_equal_a_changed_copy(lm):
+    ids, mask = _batch(lm)
+    weights = _all_param_deltas(lm)
+    routed = _logits(lm, ids, mask, RoutingPlan(weights=weights))
+    with torch.no_grad():
+        ref = _copy_with(lm, weights)(input_ids=ids, attention_mask=mask).logits
+    assert (routed - _logits(lm, ids, mask)).abs().max() > 1e-3
+    keep = mask.bool()
+    torch.testing.assert_close(routed[keep], ref[keep], atol=ATOL, rtol=1e-5)
+
+
+def test_parameter_deltas_reach_only_the_chosen_rows(lm):
+    ids, mask = _batch(lm)
+    weights = _all_param_deltas(lm, seed=4)
+    base = _logits(lm, ids, mask)
+    full = _logits(lm, ids, mask, RoutingPlan(weights=weights))
+    mixed = _logits(lm, ids, mask, RoutingPlan(weights=weights, rows=torch.tensor([0.0, 1.0])))
+    keep = mask.bool()
+    torch.testing.assert_close(mixed[0][keep[0]], base[0][keep[0]], atol=ATOL, rtol=0)
+    torch.testing.assert_close(mixed[1][keep[1]], full[1][keep[1]], atol=ATOL, rtol=1e-5)
+
+
+def test_lora_factors_equal_the_merged_weights_and_stack_with_deltas(lm):
+    ids, mask = _batch(lm)
+    g = torch.Generator().manual_seed(7)
+    lora = {}
+    for name, module in lm.model.named_modules():
+        if isinstance(module, nn.Linear) and name.endswith(("q_proj", "down_proj", "dense_4h_to_h", "query_key_value")):
+            a = torch.randn(2, module.in_features, generator=g) * 0.1
+            b = torch.randn(module.out_features, 2, generator=g) * 0.1
+            lora[name] = (a, b)
+    if not lora:  # GPT-2's Conv1D layers take no LoRA factors here: its deltas are covered above
+        pytest.skip("no nn.Linear projection in this family")
+    layer = LAYERS - 1
+    delta = _random_delta(lm, layer, scale=0.2)
+    plan = RoutingPlan(lora=lora).merged(RoutingPlan(deltas={layer: delta}))
+    routed = _logits(lm, ids, mask, plan)
+    edited = _copy_with(lm, {}, lora)
+    module = ArchitectureAdapter.for_model(edited).mlp_out(layer)
+    with torch.no_grad():
+        module.weight += delta
+        ref = edited(input_ids=ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(routed[keep], ref[keep], atol=ATOL, rtol=1e-5)
+
+
+def test_a_tied_embedding_delta_reaches_the_unembedding_too():
+    loaded = wrap_model(tiny_model("gemma"), byte_tokenizer(), name="tiny-gemma-tied")
+    embed, unembed = loaded.adapter.embed, loaded.adapter.unembed
+    assert embed.weight is unembed.weight
+    name = next(n for n, p in loaded.model.named_parameters() if p is embed.weight)
+    owners = loaded.router.owners()[name]
+    assert len(owners) == 2  # the embedding and the unembedding read one matrix
+    ids, mask = prompt_batch(loaded.tokenizer, TEXTS)
+    d = torch.randn(embed.weight.shape, generator=torch.Generator().manual_seed(2)) * 0.05
+    routed = _logits(loaded, ids, mask, RoutingPlan(weights={name: d}))
+    edited = tiny_model("gemma")
+    edited.load_state_dict(loaded.model.state_dict())
+    with torch.no_grad():
+        edited.get_input_embeddings().weight += d  # tied: the unembedding changes with it
+        ref = edited(input_ids=ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(routed[keep], ref[keep], atol=ATOL, rtol=1e-5)
+
+
+def test_parameter_deltas_sum_when_merged_and_change_the_content_hash():
+    a = {"x.weight": torch.ones(2, 2)}
+    b = {"x.weight": torch.full((2, 2), 2.0), "y.bias": torch.ones(2)}
+    merged = RoutingPlan(weights=a).merged(RoutingPlan(weights=b))
+    assert torch.equal(merged.weights["x.weight"], torch.full((2, 2), 3.0)) and "y.bias" in merged.weights
+    la = {"m": (torch.ones(1, 3), torch.ones(4, 1))}
+    lb = {"m": (torch.full((2, 3), 2.0), torch.ones(4, 2))}
+    joined = RoutingPlan(lora=la).merged(RoutingPlan(lora=lb)).lora["m"]
+    assert joined[0].shape == (3, 3) and joined[1].shape == (4, 3)
+    assert torch.equal(joined[1] @ joined[0], la["m"][1] @ la["m"][0] + lb["m"][1] @ lb["m"][0])
+    assert not RoutingPlan(weights=a).is_empty() and RoutingPlan().is_empty()
+    h1, h2 = plan_content_hash(RoutingPlan(weights=a)), plan_content_hash(RoutingPlan(weights=b))
+    assert "none" not in (h1, h2) and h1 != h2
+    assert plan_content_hash(RoutingPlan(lora=la)) == content_hash_uncached(RoutingPlan(lora=la)) != "none"
+
+
+def test_edited_layers_name_the_blocks_of_changed_parameters():
+    plan = RoutingPlan(weights={"model.layers.2.self_attn.q_proj.weight": torch.zeros(1),
+                                "model.embed_tokens.weight": torch.zeros(1)},
+                       lora={"transformer.h.1.mlp.c_fc": (torch.zeros(1, 1), torch.zeros(1, 1))})
+    assert plan.edited_layers() == [1, 2]
+
+
+def test_an_unknown_parameter_or_lora_module_is_one_line(lm):
+    ids, mask = _batch(lm)
+    with pytest.raises(Exception, match="not a parameter of this model"):
+        _logits(lm, ids, mask, RoutingPlan(weights={"no.such.weight": torch.zeros(1)}))
+    with pytest.raises(Exception, match="not a linear layer"):
+        _logits(lm, ids, mask, RoutingPlan(lora={"no.such": (torch.zeros(1, 1), torch.zeros(1, 1))}))

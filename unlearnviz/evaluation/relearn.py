@@ -217,7 +217,7 @@ def whitebox_attacks(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPl
     if edit_plan.projections or edit_plan.stream is not None:
         removed = dataclasses.replace(edit_plan, projections={}, offsets={}, stream=None)
         out["projection_removed"] = _eval_b(lm, data, removed)
-    if edit_plan.deltas:
+    if edit_plan.deltas or edit_plan.weights or edit_plan.lora:
         direction = mean_shift_direction(lm, data, edit_plan, layer)
         ablate = {k: direction[None, :] for k in range(layer, lm.n_layers - 1)}
         merged = dict(edit_plan.projections)
@@ -239,7 +239,8 @@ def relearn_record(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan, set
     return {"edited": finetune_attack(lm, data, plan, resolved, progress=progress, should_stop=should_stop,
                                       stats=stats),
             "original": finetune_attack(lm, data, None, resolved, progress=progress, should_stop=should_stop),
-            "whitebox": whitebox_attacks(lm, data, plan, max(plan.edited_layers())),
+            # the deepest changed block, short of the last (an imported fine-tune may change every block)
+            "whitebox": whitebox_attacks(lm, data, plan, min(max(plan.edited_layers(), default=0), lm.n_layers - 2)),
             "settings": dataclasses.asdict(resolved),
             "window": {"max_tokens_auto": settings.max_tokens == AUTO, "truncated_share": info["truncated_share"],
                        "warnings": info["warnings"]},

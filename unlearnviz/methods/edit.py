@@ -25,7 +25,14 @@ from unlearnviz.io import atomic_write_bytes, atomic_write_text
 from unlearnviz.model.adapter import get_path, is_conv1d
 from unlearnviz.model.exports import EXPORT_FORMAT, EXPORT_MANIFEST, drop_gguf_quantization, file_hashes, read_export
 from unlearnviz.model.loading import DEFAULT_ALIASES, LoadedModel
-from unlearnviz.model.routing import RoutingPlan, StreamProjection, orthonormal_rows, plan_content_hash
+from unlearnviz.model.routing import (
+    RoutingPlan,
+    StreamProjection,
+    join_lora,
+    orthonormal_rows,
+    plan_content_hash,
+    sum_weights,
+)
 
 EDIT_FILE = "edit.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -40,6 +47,9 @@ class Edit:
     convention). ``projections[layer]`` holds orthonormal rows Q [k, d] removed from block
     ``layer``'s output (h ← h − h QᵀQ). ``stream`` is MRP's "stream" placement (the subspace
     removed from every write into the residual stream up to a block; folds exactly on export).
+    ``weights[name]`` is a delta of any parameter (its ``named_parameters()`` name) and
+    ``lora[module]`` a LoRA adapter's factors (A [r, in], B [out, r], the scale folded into B):
+    what a checkpoint or adapter made by another tool differs from its base by.
     """
 
     method: str
@@ -48,6 +58,8 @@ class Edit:
     projections: dict[int, torch.Tensor] = field(default_factory=dict)
     offsets: dict[int, torch.Tensor] = field(default_factory=dict)  # centred projections' μ
     stream: StreamProjection | None = None
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name → delta (imports)
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # module → (A, B·scale)
     meta: dict = field(default_factory=dict)
 
     @property
@@ -56,7 +68,8 @@ class Edit:
 
     def plan(self, rows: torch.Tensor | None = None) -> RoutingPlan:
         return RoutingPlan(deltas=dict(self.deltas), projections=dict(self.projections),
-                           offsets=dict(self.offsets), spare_first=self.spare_first, stream=self.stream, rows=rows)
+                           offsets=dict(self.offsets), spare_first=self.spare_first, stream=self.stream,
+                           weights=dict(self.weights), lora=dict(self.lora), rows=rows)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"delta.{k}": v.detach().float().cpu().contiguous() for k, v in self.deltas.items()}
@@ -66,10 +79,17 @@ class Edit:
             out[f"stream.{self.stream.last}"] = self.stream.q.detach().float().cpu().contiguous()
             if self.stream.offset is not None:
                 out[f"stream_offset.{self.stream.last}"] = self.stream.offset.detach().float().cpu().contiguous()
+        # imported parameter deltas keep their dtype (a bfloat16 fine-tune's deltas stay bfloat16 on disk)
+        out.update({f"weight.{k}": v.detach().cpu().contiguous() for k, v in self.weights.items()})
+        for k, (a, b) in self.lora.items():
+            out[f"lora_a.{k}"], out[f"lora_b.{k}"] = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
         return out
 
     def n_params(self) -> int:
-        return sum(v.numel() for v in self.tensors().values())
+        stream = [] if self.stream is None else [self.stream.q, self.stream.offset]
+        return sum(v.numel() for v in [*self.deltas.values(), *self.projections.values(), *self.offsets.values(),
+                                       *self.weights.values(), *(t for ab in self.lora.values() for t in ab),
+                                       *stream] if v is not None)
 
     def label(self) -> str:
         return self.meta.get("label") or f"{self.method}"
@@ -140,10 +160,14 @@ def load_edit(folder: Path, lm: LoadedModel) -> Edit:
     tensors = load_file(str(epath))
     parts: dict[str, dict[int, torch.Tensor]] = {"delta": {}, "projection": {}, "offset": {}, "stream": {},
                                                  "stream_offset": {}}
+    named: dict[str, dict[str, torch.Tensor]] = {"weight": {}, "lora_a": {}, "lora_b": {}}
     for key, t in tensors.items():
         kind, _, layer = key.partition(".")
         if kind in parts:
             parts[kind][int(layer)] = t.to(lm.device)
+        elif kind in named:
+            named[kind][layer] = t
+    weights, lora = _named_tensors(lm, named, epath)
     stream = None
     if len(parts["stream"]) > 1:
         raise UserError(f"{epath}: more than one stream projection in one edit (damaged file)")
@@ -151,8 +175,37 @@ def load_edit(folder: Path, lm: LoadedModel) -> Edit:
         lm.adapter.check_layer(last, "stream projection block")
         stream = StreamProjection(q=q, offset=parts["stream_offset"].get(last), last=last)
     return Edit(method=manifest["method"], hparams=manifest.get("hparams", {}), deltas=parts["delta"],
-                projections=parts["projection"], offsets=parts["offset"], stream=stream,
+                projections=parts["projection"], offsets=parts["offset"], stream=stream, weights=weights, lora=lora,
                 meta=manifest.get("meta", {}))
+
+
+def _named_tensors(lm: LoadedModel, named: dict[str, dict[str, torch.Tensor]],
+                   epath: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Parameter deltas and LoRA factors of a saved edit, each checked against the model and put
+    on its parameter's device (an offloaded parameter's delta stays on the CPU)."""
+    params = dict(lm.model.named_parameters())
+
+    def device_of(p: torch.Tensor) -> torch.device:
+        return torch.device("cpu") if p.is_meta else p.device
+
+    weights = {}
+    for name, t in named["weight"].items():
+        p = params.get(name)
+        if p is None or tuple(p.shape) != tuple(t.shape):
+            raise UserError(f"{epath}: a delta for {name!r} {tuple(t.shape)} does not match the model "
+                            f"({'no such parameter' if p is None else tuple(p.shape)})")
+        weights[name] = t.to(device_of(p))
+    modules = dict(lm.model.named_modules())
+    lora = {}
+    if set(named["lora_a"]) != set(named["lora_b"]):
+        raise UserError(f"{epath}: LoRA factors come in pairs (A and B); some have only one (damaged file)")
+    for name, a in named["lora_a"].items():
+        b, module = named["lora_b"][name], modules.get(name)
+        if (not isinstance(module, torch.nn.Linear) or a.shape[1] != module.in_features
+                or b.shape[0] != module.out_features or a.shape[0] != b.shape[1]):
+            raise UserError(f"{epath}: LoRA factors for {name!r} do not fit this model's layers")
+        lora[name] = (a.to(device_of(module.weight)), b.to(device_of(module.weight)))
+    return weights, lora
 
 
 class EditStack:
@@ -192,7 +245,9 @@ class EditStack:
                 directions.setdefault(k, []).append(v)
         projections = {k: orthonormal_rows(torch.cat(v)) for k, v in directions.items()}
         return RoutingPlan(deltas=deltas, projections=projections, offsets=offsets,
-                           spare_first=any(e.spare_first for e in chosen), stream=stream, rows=rows)
+                           spare_first=any(e.spare_first for e in chosen), stream=stream,
+                           weights=sum_weights(*(e.weights for e in chosen)), lora=join_lora(*(e.lora for e in chosen)),
+                           rows=rows)
 
 
 # Learned position embeddings added to the token embedding before block 0 (GPT-2, OPT).
@@ -349,6 +404,32 @@ def _export_config(lm: LoadedModel, untie: bool):
     return config
 
 
+def _add_to_state(state: dict[str, torch.Tensor], keys: list[str], delta: torch.Tensor) -> None:
+    """state[key] ← state[key] + delta for each key (names of one shared tensor: they get one new
+    tensor), in float32, rounded once to the weight's dtype; the loaded tensor is never written."""
+    for key in keys:
+        if key not in state:
+            raise UserError(f"cannot find {key} in the model's state dict")
+    w = state[keys[0]]
+    new = (w.float() + delta.detach().to(device=w.device, dtype=torch.float32)).to(w.dtype).contiguous()
+    for key in keys:
+        state[key] = new
+
+
+def _fold_imported(lm: LoadedModel, state: dict[str, torch.Tensor], plan: RoutingPlan) -> list[str]:
+    """Parameter deltas and LoRA factors (B·A) added into ``state``; returns the keys changed."""
+    owners = lm.router.owners() if plan.weights else {}
+    merged = []
+    for name, delta in plan.weights.items():
+        keys = [f"{m}.{a}" for m, a in owners.get(name, [])] or [name]
+        _add_to_state(state, keys, delta)
+        merged += keys
+    for name, (a, b) in plan.lora.items():
+        _add_to_state(state, [f"{name}.weight"], b.float() @ a.float())
+        merged.append(f"{name}.weight")
+    return merged
+
+
 def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
     """A standalone HF folder that ``AutoModelForCausalLM.from_pretrained`` loads as the edited
     model, in the loaded model's dtype; anything that cannot be written so is refused.
@@ -384,12 +465,9 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
     for layer, delta in plan.deltas.items():
         module = lm.adapter.mlp_out(layer)
         key = f"{lm.adapter.mlp_out_name(layer)}.weight"
-        if key not in state:
-            raise UserError(f"cannot find {key} in the model's state dict")
-        w = state[key]
-        d = delta.detach().to(device=w.device, dtype=torch.float32)
-        state[key] = (w.float() + (d.T if is_conv1d(module) else d)).to(w.dtype).contiguous()
+        _add_to_state(state, [key], delta.T if is_conv1d(module) else delta)
         merged.append(key)
+    merged += _fold_imported(lm, state, plan)
     stream_info = None
     if plan.stream is not None:
         why = lm.adapter.stream_unsupported()
@@ -398,7 +476,8 @@ def export_checkpoint(lm: LoadedModel, stack: EditStack, out: Path) -> dict:
         stream_info = _fold_stream(lm, state, plan.stream)
     fresh = _model_on(lm, _export_config(lm, untie=stream_info is not None), state)
     if stream_info is not None:
-        check = _fold_check(lm, fresh, RoutingPlan(deltas=plan.deltas, stream=plan.stream))
+        check = _fold_check(lm, fresh, RoutingPlan(deltas=plan.deltas, stream=plan.stream, weights=plan.weights,
+                                                   lora=plan.lora))
         if not check["max_abs_logit_diff"] <= check["tolerance"]:
             raise UserError(f"the folded checkpoint's logits differ from the edited model's by "
                             f"{check['max_abs_logit_diff']:.3g} (tolerance {check['tolerance']:.3g}): this "

@@ -221,6 +221,12 @@ class _Request:
     def nf(self) -> int:
         return len(self.fb)
 
+    def prior_changes(self) -> dict:
+        """The prior's parameter deltas and LoRA factors (an imported checkpoint's), which every
+        plan of this fit carries as they are."""
+        p = self.prior
+        return {} if p is None else {"weights": dict(p.weights), "lora": dict(p.lora)}
+
     @property
     def last(self) -> int:
         return self.lm.n_layers - 1
@@ -330,7 +336,8 @@ def _site_plan(req: _Request, rows: dict[int, torch.Tensor]) -> RoutingPlan:
     q = dict(req.prior_proj)
     for s, w in rows.items():
         q[s] = orthonormal_rows(torch.cat([req.prior_proj[s], w])) if s in req.prior_proj else orthonormal_rows(w)
-    return RoutingPlan(projections=q, offsets=dict(req.offsets), spare_first=req.spare, stream=req.prior_stream)
+    return RoutingPlan(projections=q, offsets=dict(req.offsets), spare_first=req.spare, stream=req.prior_stream,
+                       **req.prior_changes())
 
 
 def _stream_plan(req: _Request, rows: dict[int, torch.Tensor], mu: torch.Tensor | None) -> RoutingPlan:
@@ -343,7 +350,7 @@ def _stream_plan(req: _Request, rows: dict[int, torch.Tensor], mu: torch.Tensor 
         stream = StreamProjection(q=orthonormal_rows(torch.cat([*frozen, *rows.values()])), offset=mu,
                                   last=max([*rows, *([prior_stream.last] if prior_stream else [])]))
     return RoutingPlan(projections=dict(req.prior_proj), offsets=dict(req.offsets), spare_first=req.spare,
-                       stream=stream)
+                       stream=stream, **req.prior_changes())
 
 
 @torch.no_grad()

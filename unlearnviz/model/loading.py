@@ -340,7 +340,7 @@ def load_model(source: str = "default", opts: LoadOptions | None = None) -> Load
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     adapter = ArchitectureAdapter.for_model(model)
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, router=Router(adapter),
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, router=Router(adapter, model),
                          source=source, name=name)
     loaded.load_s = time.perf_counter() - t0
     loaded.fingerprint()
@@ -355,7 +355,7 @@ def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory") -> Lo
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     adapter = ArchitectureAdapter.for_model(model)
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, router=Router(adapter),
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, router=Router(adapter, model),
                          source=name, name=name)
     loaded.fingerprint()
     return loaded

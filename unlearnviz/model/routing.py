@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import re
+import threading
 import types
 import weakref
 from collections.abc import Callable, Iterator
@@ -21,11 +23,22 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from unlearnviz.errors import UserError
 from unlearnviz.model.adapter import (
+    BLOCK_PATHS,
     ArchitectureAdapter,
     block_output_tensor,
     replace_block_output,
 )
+
+_BLOCK_OF_NAME = re.compile("^(?:" + "|".join(re.escape(p) for p in BLOCK_PATHS) + r")\.(\d+)\.")
+
+
+def block_of(name: str) -> int | None:
+    """The decoder block a parameter or module name belongs to ("model.layers.3.mlp…" → 3), or
+    None for what sits outside the blocks (embeddings, the final norm, the unembedding)."""
+    m = _BLOCK_OF_NAME.match(name)
+    return None if m is None else int(m.group(1))
 
 
 class StopForward(Exception):
@@ -71,6 +84,11 @@ class RoutingPlan:
       projecting it wrecks the model while carrying no content of its own.
     - ``stream``: a :class:`StreamProjection` (MRP placement "stream"): the subspace is removed
       from the embedding and from every attention/MLP output projection of blocks 0..last.
+    - ``weights``: parameter name (as ``model.named_parameters()`` gives it) → a delta of that
+      parameter's shape: the edited rows run the module with parameter + delta. What an imported
+      checkpoint differs by; any module (linear layers, embeddings, norms), see :class:`Router`.
+    - ``lora``: module name → (A [r, in], B [out, r]), the scale folded into B: the module's
+      output gains x AᵀBᵀ on the edited rows (a LoRA adapter, kept low-rank).
     - ``rows``: a bool/float mask over the batch rows the edit applies to (None = all rows).
     - ``capture``: layer → callback(hidden) receiving each block's (edited) output.
     - ``stop_after``: raise StopForward after this block's output has been captured.
@@ -87,6 +105,8 @@ class RoutingPlan:
     offsets: dict[int, torch.Tensor] = field(default_factory=dict)
     spare_first: bool = False  # leave sequence position 0 (the attention sink) unprojected
     stream: StreamProjection | None = None
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     rows: torch.Tensor | None = None
     capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
     stop_after: int | None = None
@@ -94,11 +114,17 @@ class RoutingPlan:
     mlp_input_capture: dict[int, Callable[[torch.Tensor], None]] = field(default_factory=dict)
 
     def edited_layers(self) -> list[int]:
-        """Blocks the edit touches: deltas, site projections and a stream's last block."""
+        """Blocks the edit touches: deltas, site projections, a stream's last block, and the blocks
+        of changed parameters and LoRA modules (an embedding or final norm is in no block)."""
         layers = set(self.deltas) | set(self.projections)
         if self.stream is not None:
             layers.add(self.stream.last)
+        layers |= {b for b in map(block_of, [*self.weights, *self.lora]) if b is not None}
         return sorted(layers)
+
+    def is_empty(self) -> bool:
+        """Whether the plan changes nothing (captures and hooks alone change no output)."""
+        return not (self.deltas or self.projections or self.stream is not None or self.weights or self.lora)
 
     def merged(self, other: RoutingPlan) -> RoutingPlan:
         """This plan's edits plus another's (deltas summed, projections and streams stacked)."""
@@ -111,11 +137,35 @@ class RoutingPlan:
         stream = self.stream if other.stream is None else (
             other.stream if self.stream is None else self.stream.merged(other.stream))
         return RoutingPlan(deltas=deltas, projections=projections, offsets={**other.offsets, **self.offsets},
-                           spare_first=self.spare_first or other.spare_first, stream=stream, rows=self.rows,
+                           spare_first=self.spare_first or other.spare_first, stream=stream,
+                           weights=sum_weights(self.weights, other.weights), lora=join_lora(self.lora, other.lora),
+                           rows=self.rows,
                            capture={**self.capture, **other.capture},
                            stop_after=other.stop_after if other.stop_after is not None else self.stop_after,
                            block_input_hook={**self.block_input_hook, **other.block_input_hook},
                            mlp_input_capture={**self.mlp_input_capture, **other.mlp_input_capture})
+
+
+def sum_weights(*parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameter deltas of several edits as one: summed where two change the same parameter."""
+    out: dict[str, torch.Tensor] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out[k] + v.to(out[k].device) if k in out else v
+    return out
+
+
+def join_lora(*parts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoRA factors of several edits as one per module: B₁A₁ + B₂A₂ = [B₁ B₂][A₁; A₂], still low-rank."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for part in parts:
+        for k, (a, b) in part.items():
+            if k in out:
+                a0, b0 = out[k]
+                out[k] = (torch.cat([a0, a.to(a0.device)]), torch.cat([b0, b.to(b0.device)], dim=1))
+            else:
+                out[k] = (a, b)
+    return out
 
 
 def _independent_rows(directions: torch.Tensor, rel_tol: float = 1e-5) -> list[int]:
@@ -314,11 +364,13 @@ def _fuse_delta(module: torch.nn.Module, key: int, layer: int) -> _Restore:
     return _Restore(module, forward)
 
 
-def _plan_parts(plan: RoutingPlan) -> list[tuple[str, dict[int, torch.Tensor]]]:
+def _plan_parts(plan: RoutingPlan) -> list[tuple[str, dict]]:
     stream = plan.stream
     return [("d", plan.deltas), ("p", plan.projections), ("o", plan.offsets),
             ("s", {} if stream is None else {stream.last: stream.q}),
-            ("m", {} if stream is None or stream.offset is None else {stream.last: stream.offset})]
+            ("m", {} if stream is None or stream.offset is None else {stream.last: stream.offset}),
+            ("w", plan.weights), ("la", {k: ab[0] for k, ab in plan.lora.items()}),
+            ("lb", {k: ab[1] for k, ab in plan.lora.items()})]
 
 
 def _plan_identity(plan: RoutingPlan) -> tuple[tuple, list[torch.Tensor]] | None:
@@ -340,7 +392,7 @@ def _plan_identity(plan: RoutingPlan) -> tuple[tuple, list[torch.Tensor]] | None
 
 def content_hash_uncached(plan: RoutingPlan | None) -> str:
     """:func:`plan_content_hash` computed afresh (reads every tensor; the memo's test oracle)."""
-    if plan is None or not plan.edited_layers():
+    if plan is None or plan.is_empty():
         return "none"
     h = hashlib.blake2b(digest_size=12)
     h.update(b"spare" if plan.spare_first else b"all")
@@ -361,7 +413,7 @@ def plan_content_hash(plan: RoutingPlan | None) -> str:
     every delta back (at 7B, 3 × 58 M floats through the CPU) each time cost more than the
     lookup saved. The memo is keyed by each tensor's identity and version counter, so a plan
     whose dicts are changed, or whose tensors are written in place, is hashed again."""
-    if plan is None or not plan.edited_layers():
+    if plan is None or plan.is_empty():
         return "none"
     ident = _plan_identity(plan)
     memo = plan.__dict__.get("_content_hash")
@@ -375,13 +427,23 @@ def plan_content_hash(plan: RoutingPlan | None) -> str:
 
 
 class Router:
-    """Installs the permanent hooks on one model (once per process) and applies plans."""
+    """Installs the permanent hooks on one model (once per process) and applies plans.
 
-    def __init__(self, adapter: ArchitectureAdapter):
+    Blocks and MLP output projections are hooked at once (every fitted edit acts there). A plan's
+    parameter deltas and LoRA factors (an imported checkpoint, any module) are served by hooks
+    installed on first use on just the modules they name, so a model nobody imports into runs
+    no extra hooks."""
+
+    def __init__(self, adapter: ArchitectureAdapter, model: torch.nn.Module | None = None):
         self.adapter = adapter
         self._key = id(adapter.blocks)
         for old in _INSTALLED.pop(self._key, []):  # a model is hooked once, whoever wraps it
             old.remove()
+        self._model = None if model is None else weakref.ref(model)
+        self._owners: dict[str, list[tuple[str, str]]] | None = None
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._param_hooked: set[str] = set()
+        self._install_lock = threading.Lock()
         self._handles = []
         for layer, block in enumerate(adapter.blocks):
             # Hooks compare the module they fire on with the one they were installed on, so a
@@ -485,12 +547,57 @@ class Router:
             return changed
         return hook
 
+    def owners(self) -> dict[str, list[tuple[str, str]]]:
+        """Parameter name (``named_parameters()``'s, shared weights named once) → every (module
+        name, attribute) holding it: a tied unembedding reads the embedding's matrix, so a delta
+        of that matrix reaches both modules."""
+        if self._owners is None:
+            model = None if self._model is None else self._model()
+            if model is None:
+                raise UserError("this model was wrapped without its root module: parameter deltas cannot be routed")
+            canonical = {id(p): n for n, p in model.named_parameters()}
+            owners: dict[str, list[tuple[str, str]]] = {}
+            for mname, module in model.named_modules():
+                for local, p in module.named_parameters(recurse=False):
+                    if id(p) in canonical:
+                        owners.setdefault(canonical[id(p)], []).append((mname, local))
+                        self._modules[mname] = module
+            self._owners = owners
+        return self._owners
+
+    def _ensure_param_hooks(self, plan: RoutingPlan) -> None:
+        """Hook (once) every module whose parameters the plan changes or that carries LoRA factors."""
+        owners = self.owners()
+        wanted = set()
+        for name in plan.weights:
+            if name not in owners:
+                raise UserError(f"the edit changes {name!r}, which is not a parameter of this model")
+            wanted |= {m for m, _ in owners[name]}
+        for name in plan.lora:
+            module = self._modules.get(name)
+            if module is None or not isinstance(module, torch.nn.Linear):
+                raise UserError(f"the edit carries LoRA factors for {name!r}, which is not a linear layer of this model")
+            wanted.add(name)
+        missing = wanted - self._param_hooked
+        if not missing:
+            return
+        with self._install_lock:
+            for name in sorted(missing - self._param_hooked):
+                module = self._modules[name]
+                # prepended: the delta's write is part of the module's output before any other hook
+                # (a stream projection, a capture) sees it
+                self._handles.append(module.register_forward_hook(
+                    _param_hook(self._key, name, weakref.ref(module), owners), with_kwargs=True, prepend=True))
+                self._param_hooked.add(name)
+
     @contextlib.contextmanager
     def apply(self, plan: RoutingPlan | None) -> Iterator[None]:
         """Run the body with ``plan`` active for this model, in this thread/context only.
 
         Plans are per model: a plan applied to one model never reaches another model's hooks.
         """
+        if plan is not None and (plan.weights or plan.lora):
+            self._ensure_param_hooks(plan)
         plans = dict(_PLANS.get() or {})
         if plan is None:
             plans.pop(self._key, None)
@@ -508,6 +615,79 @@ class Router:
         if _INSTALLED.get(self._key) is self._handles:
             del _INSTALLED[self._key]
         self._handles = []
+
+
+def _module_weights(plan: RoutingPlan, owners: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, torch.Tensor]]:
+    """The plan's parameter deltas by module: module name → {attribute: delta} (memoised on the plan)."""
+    memo = plan.__dict__.get("_by_module")
+    if memo is not None and memo[0] is plan.weights and memo[1] == len(plan.weights):
+        return memo[2]
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for name, delta in plan.weights.items():
+        for mname, local in owners.get(name, []):
+            by_module.setdefault(mname, {})[local] = delta
+    plan.__dict__["_by_module"] = (plan.weights, len(plan.weights), by_module)
+    return by_module
+
+
+def _param_hook(key: int, name: str, owner: weakref.ref, owners: dict[str, list[tuple[str, str]]]):
+    """The edited rows of module ``name`` as if its parameters were parameter + delta.
+
+    Linear layers (and GPT-2's Conv1D) add xΔᵀ + Δb and plain embeddings add Δ[ids], in the
+    compute dtype (as :func:`delta_output`, and for the same reason: a delta added to a bfloat16
+    weight first loses its small entries); LoRA factors add x AᵀBᵀ. Any other module (a norm, a
+    scaled embedding) is run again with parameter + delta and its edited rows taken from that run,
+    which is exact for any forward, at the cost of a second call of that module."""
+
+    def hook(module, args, kwargs, output):
+        plan = _current_plan(key)
+        if plan is None or module is not owner() or (not plan.weights and not plan.lora):
+            return None
+        entries = _module_weights(plan, owners).get(name, {}) if plan.weights else {}
+        lora = plan.lora.get(name)
+        if not entries and lora is None:
+            return None
+        if not isinstance(output, torch.Tensor):
+            raise UserError(f"cannot route a parameter delta through {name!r}: its output is not one tensor")
+        x = args[0] if args else next(iter(kwargs.values()))
+        dev = output.device
+        conv = type(module).__name__ == "Conv1D"
+        additive = set(entries) <= {"weight", "bias"} and (isinstance(module, torch.nn.Linear) or conv)
+        if type(module) is torch.nn.Embedding and set(entries) == {"weight"} and lora is None:
+            add = F.embedding(x.to(dev), placed(entries["weight"], dev, output.dtype))
+        elif additive:
+            xd = x.to(dev)
+            add = torch.zeros((), device=dev, dtype=output.dtype)
+            if "weight" in entries:
+                w = placed(entries["weight"], dev, xd.dtype)
+                add = add + (xd @ w if conv else F.linear(xd, w))
+            if "bias" in entries:
+                add = add + placed(entries["bias"], dev, output.dtype)
+            if lora is not None:
+                a, b = lora
+                add = add + F.linear(F.linear(xd, placed(a, dev, xd.dtype)), placed(b, dev, xd.dtype))
+        else:
+            if lora is not None:
+                raise UserError(f"LoRA factors on {name!r} together with changes of its other parameters are not supported")
+            params = dict(module.named_parameters(recurse=False))
+            if any(p.is_meta for p in params.values()):
+                raise UserError(f"the edit changes {name!r}, whose weights are offloaded (on the meta device): load "
+                                "the model without CPU/disk offload")
+            edited = {k: (p + placed(entries[k], p.device, p.dtype)) if k in entries else p for k, p in params.items()}
+            plans = dict(_PLANS.get() or {})
+            plans.pop(key, None)  # the second call runs plain, not through this hook again
+            token = _PLANS.set(plans)
+            try:
+                again = torch.func.functional_call(module, edited, args, kwargs)
+            finally:
+                _PLANS.reset(token)
+            mask = _row_mask(plan.rows, again)
+            return again if mask is None else torch.where(mask > 0, again, output)
+        add = add.to(output.dtype)
+        mask = _row_mask(plan.rows, add if add.dim() == output.dim() else output)
+        return output + (add if mask is None else add * mask)
+
+    return hook
 
 
 def run_block_window(adapter: ArchitectureAdapter, start: int, stop: int, hidden: torch.Tensor,

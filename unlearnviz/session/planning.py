@@ -26,8 +26,8 @@ def edits_bytes(stack) -> int:
     """Bytes the stacked edits hold (deltas, projections, offsets, stream bases)."""
     if stack is None:
         return 0
-    return value_bytes([[e.deltas, e.projections, e.offsets, e.stream.q if e.stream is not None else None]
-                        for e in getattr(stack, "edits", [])])
+    return value_bytes([[e.deltas, e.projections, e.offsets, e.stream.q if e.stream is not None else None,
+                         e.weights, list(e.lora.values())] for e in getattr(stack, "edits", [])])
 
 
 def budget(lm, stack=None, budget_bytes: int | None = None) -> tuple[int, int]:
