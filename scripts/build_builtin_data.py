@@ -9,7 +9,9 @@ On 2 shared CPU cores: ~7 min to score the 14,584 distinct (stem, option) pairs 
 (cached per model fingerprint under ``$UNLEARNVIZ_CACHE/builtin_data/``, so a rerun skips it) and
 ~6 min to measure the three sets. ``--threads 1`` is 3-4x faster than torch's default of 2 threads
 when other processes share the cores. ``--no-eval`` writes the JSONL only; ``--readme-only``
-rewrites ``assets/data/README.md`` from the cards.
+rewrites ``assets/data/README.md`` from the cards; ``--measure-only`` re-measures the shipped
+files' figures (baselines, held-out draw, floors) under the current scoring rule and rewrites the
+cards and README without rebuilding or touching the JSONL files (~6 min).
 
 What it does, deterministically for a given seed:
 
@@ -23,12 +25,16 @@ What it does, deterministically for a given seed:
    same sub-region first, then the same region; element symbols sharing a letter with the gold
    symbol or the element's initial; authors of the same era and tradition.
 3. **Pruning to what the model knows.** Every candidate is scored (cloze: log-likelihood of
-   `` {choice}`` after the stem per byte, the same rule as ``unlearnviz.evaluation.mcq``) under
+   `` {choice}`` after the stem over the choice's characters, lm-eval's ``acc_norm``, the same rule
+   as ``unlearnviz.evaluation.mcq``) under
    ``N_DRAWS`` independent distractor draws; a candidate is kept only when the gold option wins in
    all of them. Draw 0 is the one shipped, so the shipped baseline is ~100% by construction; one more
    unseen draw gives an honest estimate (``heldout_draw_cloze_acc`` in the card). Candidates whose
    gold option also wins in every draw *without the subject* (the subject-blind stem) are dropped as
-   well: they measure option popularity, not knowledge of the subject.
+   well: they measure option popularity, not knowledge of the subject. The shipped files were
+   pruned under the project's earlier rule (log-likelihood per UTF-8 byte of `` {choice}``, the
+   delimiter included) and their figures re-measured under lm-eval's with ``--measure-only``; a
+   full rebuild prunes under the current rule, so it ships a slightly different set.
 4. **Sets.** Forget = European country facts, split by country into halves A and B (all facts about
    one country in the same half, so relearning on A cannot read B off a reverse-direction twin),
    balanced by item count. Retain = other regions' facts (high entanglement) or chemistry and
@@ -65,6 +71,9 @@ MIN_PHRASINGS = 4
 RETAIN_CAP = 150  # most retain MCQ items per set (keeps evaluation fast)
 MIN_POPULATION = 100_000
 THRESHOLDS = {"min_forget": 60, "min_retain": 100, "min_cloze": 0.80, "max_floor": 0.35}
+# The cloze rule a build prunes with (today's, lm-eval's acc_norm) and the one the shipped files were pruned with.
+RULE_CHARS = "sum log p of ' choice' / characters of the choice, without the delimiter: lm-eval's acc_norm"
+RULE_BYTES = "sum log p of ' choice' / UTF-8 bytes of ' choice'"
 
 # --------------------------------------------------------------------------------------------
 # Countries (countryinfo, MIT)
@@ -583,22 +592,26 @@ def score_pairs(lm, pairs: list[tuple[str, str]], log, use_cache: bool = True, c
 
 def score_candidates(lm, facts: list[Fact], log, use_cache: bool = True) -> dict[str, dict]:
     """Per fact and draw: does the gold option win after the stem (cloze) and after the blind stem
-    (floor)? The same rule as ``unlearnviz.evaluation.mcq.score_items``: the highest summed
-    log-probability of `` {option}`` divided by its length in UTF-8 bytes."""
+    (floor)? The same rule as ``unlearnviz.evaluation.mcq.score_items`` (lm-eval's ``acc_norm``):
+    the highest summed log-probability of `` {option}`` divided by the option's length in
+    characters, without the delimiter."""
     pairs = [(stem, " " + o) for f in facts for d in f.draws for o in [f.answer, *d]
              for stem in (f.stem, f.blind)]
     lp = score_pairs(lm, pairs, log, use_cache)
+    return {f.key: _fact_scores(f, lp) for f in facts}
 
-    def wins(stem: str, options: list[str]) -> bool:
-        norm = [lp[(stem, " " + o)] / len((" " + o).encode("utf-8")) for o in options]
-        return max(range(len(norm)), key=lambda i: norm[i]) == 0
 
-    out = {}
-    for f in facts:
-        opts = [[f.answer, *d] for d in f.draws]
-        out[f.key] = {"cloze": [wins(f.stem, o) for o in opts], "floor": [wins(f.blind, o) for o in opts],
-                      "gold_logprob": lp[(f.stem, " " + f.answer)]}
-    return out
+def _wins(lp: dict, stem: str, options: list[str]) -> bool:
+    from unlearnviz.evaluation.mcq import cloze_pick
+
+    return cloze_pick([lp[(stem, " " + o)] for o in options], options) == 0
+
+
+def _fact_scores(f: Fact, lp: dict) -> dict:
+    opts = [[f.answer, *d] for d in f.draws]
+    return {"cloze": [_wins(lp, f.stem, o) for o in opts], "floor": [_wins(lp, f.blind, o) for o in opts],
+            "gold_logprob": lp[(f.stem, " " + f.answer)]}
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -763,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: torch's default; 1 is faster on a busy shared machine)")
     ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing cards")
+    ap.add_argument("--measure-only", action="store_true", help="re-measure the shipped files' card figures under "
+                    "the current scoring rule (cards and README rewritten, JSONL files untouched)")
     args = ap.parse_args(argv)
     if args.readme_only:
         cards = {n: json.loads((args.out / f"{n}.card.json").read_text()) for n in SET_INFO}
@@ -778,6 +793,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
+    if args.measure_only:
+        failures = measure_only(args.out, args.seed, log)
+        log(f"done in {time.perf_counter() - t_start:.0f} s")
+        for msg in failures:
+            print("FAILED:", msg, file=sys.stderr)
+        return 1 if failures else 0
     from unlearnviz.model import load_model
 
     lm = load_model("default")
@@ -848,19 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         card["texts"]["forget_half_A"] = sum(1 for r in rows if "text" in r and r.get("half") == "A")
         card["texts"]["forget_half_B"] = sum(1 for r in rows if "text" in r and r.get("half") == "B")
         if not args.no_eval:
-            from unlearnviz.data.loaders import load_file
-            from unlearnviz.evaluation.mcq import evaluate
-
-            data = load_file(path, name=f"builtin:{name}")
-            log(f"measuring builtin:{name} ...")
-            m = evaluate(lm, data)
-            card["baseline"] = {k: _r(m[k]) for k in (
-                "forget_cloze_acc", "forget_floor_acc", "retain_cloze_acc", "retain_floor_acc",
-                "forget_mcq_acc", "retain_mcq_acc", "retain_ppl")}
-            card["baseline_detail"] = {k: _r(v) for k, v in sorted(m.items()) if k != "wall_s"}
-            card["baseline_eval_s"] = round(m["wall_s"], 1)
-            card["overlap"] = {k: round(v, 4) for k, v in data.overlap().items()}
-            log(f"  {card['baseline']}  overlap {card['overlap']}")
+            _measure(lm, path, name, card, log)
             failures += _check(name, card)
         cards[name] = card
         if not args.no_eval:  # a card without measured baselines would mislead; keep the old one
@@ -872,6 +881,75 @@ def main(argv: list[str] | None = None) -> int:
     for msg in failures:
         print("FAILED:", msg, file=sys.stderr)
     return 1 if failures else 0
+
+
+def _measure(lm, path: Path, name: str, card: dict, log):
+    """The card's measured figures for the file at ``path`` (``unlearnviz.evaluation.mcq.evaluate``:
+    cloze, floor, letter, perplexity; the corpus overlap); returns the loaded data."""
+    from unlearnviz.data.loaders import load_file
+    from unlearnviz.evaluation.mcq import evaluate
+
+    data = load_file(path, name=f"builtin:{name}")
+    log(f"measuring builtin:{name} ...")
+    m = evaluate(lm, data)
+    card["baseline"] = {k: _r(m[k]) for k in (
+        "forget_cloze_acc", "forget_floor_acc", "retain_cloze_acc", "retain_floor_acc",
+        "forget_mcq_acc", "retain_mcq_acc", "retain_ppl")}
+    card["baseline_detail"] = {k: _r(v) for k, v in sorted(m.items()) if k != "wall_s"}
+    card["baseline_eval_s"] = round(m["wall_s"], 1)
+    card["overlap"] = {k: round(v, 4) for k, v in data.overlap().items()}
+    log(f"  {card['baseline']}  overlap {card['overlap']}")
+    return data
+
+
+REMEASURED = (f"Pruned under the project's earlier cloze rule ({RULE_BYTES}); every figure in this card "
+              f"(baseline, baseline_detail, heldout_draw_cloze_acc, floor_draw0_on_kept) re-measured on the "
+              f"shipped files under the current one ({RULE_CHARS}) by scripts/build_builtin_data.py "
+              "--measure-only, so the shipped baseline can lie a little under 100%.")
+
+
+def measure_only(out: Path, seed: int, log) -> list[str]:
+    """Re-measure the shipped sets' cards without rebuilding them: the baselines on the shipped
+    files, the held-out draw (regenerated from the seed and matched to the shipped items by stem
+    and answer) and the draw-0 floors, under the current scoring rule. The JSONL files are read,
+    never written; a shipped item whose facts or draw no longer regenerate is an error."""
+    from unlearnviz.model import load_model
+
+    lm = load_model("default")
+    facts = country_facts(load_countries()) + element_facts() + book_facts()
+    by_item = {}
+    for f in facts:
+        f.draws = [draw_distractors(f, d, seed) for d in range(N_DRAWS + 1)]
+        by_item[(f.stem, f.answer)] = f
+    cards, failures = {}, []
+    for name in SET_INFO:
+        card = json.loads((out / f"{name}.card.json").read_text(encoding="utf-8"))
+        if card.get("seed", seed) != seed:
+            raise SystemExit(f"{name}: the card was built with seed {card['seed']}, not {seed}")
+        data = _measure(lm, out / f"{name}.jsonl", name, card, log)
+        heldout = {}
+        for split, items in (("forget", data.forget_mcq), ("retain", data.retain_mcq)):
+            shipped = []
+            for it in items:
+                f = by_item.get((it.question, it.gold))
+                if f is None or sorted(it.choices) != sorted([f.answer, *f.draws[0]]):
+                    raise SystemExit(f"{name}: shipped item {it.question!r} does not regenerate (seed {seed})")
+                shipped.append(f)
+            pairs = [(f.stem, " " + o) for f in shipped for o in [f.answer, *f.draws[N_DRAWS]]]
+            lp = score_pairs(lm, pairs, log, use_cache=True)
+            heldout[split] = _r(sum(_wins(lp, f.stem, [f.answer, *f.draws[N_DRAWS]]) for f in shipped) / len(shipped))
+        card["heldout_draw_cloze_acc"] = heldout
+        # the shipped options are draw 0 and the floor scores them after the blind stem: the same figure
+        card["floor_draw0_on_kept"] = {s: card["baseline"][f"{s}_floor_acc"] for s in ("forget", "retain")}
+        steps = [step for step in card["how_built"] if step != REMEASURED]
+        at = next((i + 1 for i, step in enumerate(steps) if step.startswith("Pruning:")), len(steps))
+        card["how_built"] = [*steps[:at], REMEASURED, *steps[at:]]
+        card["cloze_rule"] = {"pruning": RULE_BYTES, "figures": RULE_CHARS}
+        (out / f"{name}.card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+        failures += _check(name, card)
+        cards[name] = card
+    (out / "README.md").write_text(_readme(cards))
+    return failures
 
 
 def _counts(facts, status, forget_domains, retain_domains, n_forget, n_retain) -> dict:
@@ -922,7 +1000,7 @@ def _card(name, forget, retain, halves, in_texts, counts, chosen, scores, floor0
             "languages, never another official language of the same country); element symbols sharing "
             "the gold symbol's or the name's first letter; formulas with the same first letter; authors "
             "of the same era and tradition.",
-            f"Pruning: each candidate scored by cloze (sum log p of ' choice' / UTF-8 bytes) under {N_DRAWS} "
+            f"Pruning: each candidate scored by cloze ({RULE_CHARS}) under {N_DRAWS} "
             "seeded distractor draws; kept only if right in all; also dropped if the subject-blind stem "
             "picks the gold in all draws (option popularity, not knowledge). Draw 0 is shipped, so the "
             "baseline cloze accuracy is ~100% by construction; heldout_draw_cloze_acc is the accuracy "
@@ -942,6 +1020,7 @@ def _card(name, forget, retain, halves, in_texts, counts, chosen, scores, floor0
             "retain_mcq_in_texts": sum(1 for f in retain if f.entity in in_texts),
             "retain_generic_texts": len(GENERIC)}},
         "heldout_draw_cloze_acc": heldout,
+        "cloze_rule": {"pruning": RULE_CHARS, "figures": RULE_CHARS},
         "floor_draw0_on_kept": {"forget": _r(sum(floor0[f.key] for f in forget) / len(forget)),
                                 "retain": _r(sum(floor0[f.key] for f in retain) / len(retain))},
         "thresholds": THRESHOLDS,
@@ -988,9 +1067,10 @@ def _readme(cards: dict) -> str:
         "",
         "## Baselines (default model, measured on the shipped files)",
         "",
-        "Cloze = log-likelihood of ` choice` after the stem per byte (primary metric); floor = the same "
-        "options after the subject-blind stem (what option popularity alone scores); letter = lm-eval's "
-        "`Question/A-D/Answer:` format (chance for a 135M model); ppl = perplexity on the retain texts. "
+        "Cloze = log-likelihood of ` choice` after the stem over the choice's characters, lm-eval's `acc_norm` "
+        "(primary metric); floor = the same options after the subject-blind stem (what option popularity alone "
+        "scores); letter = lm-eval's `Question/A-D/Answer:` format (chance for a 135M model); ppl = perplexity on "
+        "the held-out fifth of the retain texts (no method trains on it; what `eval` reports). "
         "Overlap = share of the forget corpus's distinct word uni/bigrams found in the retain corpus.",
         "",
         "| set | regime | forget items (A/B) | retain items | forget / retain texts | forget cloze | forget floor "
@@ -1045,7 +1125,9 @@ def _readme(cards: dict) -> str:
         "model does not agree with were pruned, not corrected. Cyprus counts as Asia, as countryinfo has it.",
         "- Pruning on the shipped draw makes the baseline ~100%: the sets measure what an edit removes from "
         "known facts, not how much a model knows. The held-out draw shows that the knowledge is robust to "
-        "other distractors.",
+        "other distractors. The shipped files were pruned under the project's earlier cloze rule (per UTF-8 "
+        "byte of ` choice`) and re-measured under lm-eval's `acc_norm` (`--measure-only`), which leaves a few "
+        "items wrong: the baselines lie a little under 100%.",
         "- Floors lie below chance (15-20% with 4 options): items the model answers without the subject "
         "were removed and the rest is what remains. A model that has forgotten a subject is expected to fall "
         "to the floor, which is the number to compare forget accuracy with, not 25%.",

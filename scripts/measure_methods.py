@@ -19,8 +19,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from unlearnviz.attacks.projection_removal import without_projections  # noqa: E402
 from unlearnviz.data import load_data  # noqa: E402
-from unlearnviz.evaluation.mcq import evaluate  # noqa: E402
+from unlearnviz.evaluation.mcq import evaluate, score_items, summarise  # noqa: E402
 from unlearnviz.evaluation.relearn import RelearnSettings, finetune_attack, whitebox_attacks  # noqa: E402
 from unlearnviz.methods import get_method, make_hparams  # noqa: E402
 from unlearnviz.model import load_model  # noqa: E402
@@ -102,6 +103,10 @@ def main() -> None:
             layer = max(plan.edited_layers())
             curve = finetune_attack(lm, data, plan, s)
             wb = whitebox_attacks(lm, data, plan, layer)
+            if plan.projections or plan.stream is not None:  # the robustness card's projection removal
+                wb["projection_removed"] = summarise(score_items(lm, data.forget_mcq_half("B"),
+                                                                 plan=without_projections(plan), letter=False,
+                                                                 floor=False))["cloze_acc"]
             rel["methods"][method] = {"curve": curve, "whitebox": wb}
             print(method, curve, wb, flush=True)
             results["relearn"] = rel

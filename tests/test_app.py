@@ -205,3 +205,48 @@ def test_opening_the_unlearn_tab_plans_for_the_session_model(tiny_lm, tiny_data)
     session = UISession(lm=tiny_lm, data=tiny_data)
     planned = on_open[0].fn(session, *defaults[1:])
     assert "Planned peak memory" in planned and "the device has" in planned
+
+
+@pytest.mark.slow
+def test_compare_with_a_checkpoint_made_by_a_plain_loop(tiny_model_path, tmp_path_factory):
+    """The Model tab's "compare with a checkpoint": a gradient-ascent checkpoint of the served
+    model, written by a plain loop and saved with save_pretrained inside --model-dir, is checked
+    (headers only), imported as an edit whose metrics are the checkpoint's own, and every tab then
+    shows it; a folder outside --model-dir and a checkpoint of another model are readable errors
+    that leave the timeline as it was."""
+    from foreign_models import gradient_ascent
+    from gradio_client.exceptions import AppError
+    from tiny_models import save_tiny
+
+    from unlearnviz.data.synthetic import make_world
+    from unlearnviz.evaluation.mcq import evaluate
+    from unlearnviz.model import LoadOptions, load_model
+
+    models = tmp_path_factory.mktemp("models")
+    ckpt = gradient_ascent(tiny_model_path, models / "ga", steps=3, lr=5e-2)
+    direct = evaluate(load_model(str(ckpt), LoadOptions(device="cpu")), make_world(0.1, seed=0), letter=False)
+    srv = Server("--model", "synthetic", "--data", "synthetic", "--model-dir", str(models))
+    try:
+        c = client(srv)
+        c.predict("synthetic", "float32", "cpu", api_name="/load_model")
+        c.predict("synthetic", "", None, api_name="/load_data")
+        described = c.predict(str(ckpt), api_name="/describe_unlearned")
+        assert "checkpoint" in described and "MB" in described
+        out = c.predict(str(ckpt), api_name="/import_unlearned")[-1]
+        assert out["method"] == "imported" and out["index"] == 0
+        after = out["metrics"]["after"]
+        for key in ("forget_cloze_acc", "retain_cloze_acc", "forget_gold_logprob"):
+            assert after[key] == pytest.approx(direct[key], rel=1e-4, abs=1e-6), key
+        outside = tmp_path_factory.mktemp("outside")
+        with pytest.raises(AppError, match="outside the folders"):
+            c.predict(str(outside), api_name="/import_unlearned")
+        other = save_tiny(models / "other-llama", "llama", layers=2)
+        with pytest.raises(AppError, match="llama"):
+            c.predict(str(other), api_name="/import_unlearned")
+        ev = c.predict(False, api_name="/evaluate")[-1]
+        assert ev["after"]["forget_gold_logprob"] == pytest.approx(direct["forget_gold_logprob"], rel=1e-4)
+        chat = c.predict("The capital of Velmora is", 6, 0.0, api_name="/chat")[-1]
+        assert chat["original"] and chat["edited"]
+        assert srv.alive()
+    finally:
+        srv.stop()

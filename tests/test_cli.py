@@ -211,3 +211,55 @@ def test_edit_commands_load_the_model_the_edit_names(tiny_dir, data_file, work, 
     other = save_tiny(work / "tiny-llama-other", "llama", layers=2, seed=1)
     assert main(["export", "--edit", str(run), "--model", str(other), *common, "--out", str(work / "exp-x")]) != 0
     assert "another model" in capsys.readouterr().err or not (work / "exp-x").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_made_by_a_plain_loop_is_compared_with_its_base(tiny_dir, data_file, work, capsys):
+    """A gradient-ascent checkpoint written by a plain training loop (tests/foreign_models.py) and
+    saved with save_pretrained: `eval --base --unlearned` gives the base's and the checkpoint's own
+    metrics (each equal to `eval --model` of that folder alone), `import` writes a run folder that
+    `relearn`, `export` and `report` read, and `analyze --base --unlearned` runs every view on it."""
+    from foreign_models import gradient_ascent
+
+    from unlearnviz.cli import main
+
+    ckpt = gradient_ascent(tiny_dir, work / "ga-ckpt", steps=4, lr=5e-2)
+    common = ["--device", "cpu", "--data", str(data_file), "--no-letter"]
+
+    def eval_json(*flags: str) -> dict:
+        capsys.readouterr()
+        assert main(["eval", *flags, *common]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    both = eval_json("--base", str(tiny_dir), "--unlearned", str(ckpt))
+    alone_base, alone_ckpt = eval_json("--model", str(tiny_dir)), eval_json("--model", str(ckpt))
+    for key in ("forget_cloze_acc", "retain_cloze_acc", "forget_gold_logprob", "retain_ppl"):
+        assert both["original"][key] == pytest.approx(alone_base[key], rel=1e-5, abs=1e-6), key
+        assert both["edited"][key] == pytest.approx(alone_ckpt[key], rel=1e-5, abs=1e-6), key
+    assert both["edited"]["forget_gold_logprob"] != pytest.approx(both["original"]["forget_gold_logprob"], abs=1e-3)
+
+    run = work / "run-imported"
+    assert main(["import", "--base", str(tiny_dir), "--unlearned", str(ckpt), *common, "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "imported"
+    assert metrics["after"]["forget_gold_logprob"] == pytest.approx(alone_ckpt["forget_gold_logprob"], rel=1e-5)
+    assert "method: imported" in (run / "config.yaml").read_text()
+    assert main(["export", "--edit", str(run), "--device", "cpu", "--out", str(work / "exp-imported")]) == 0
+    again = eval_json("--model", str(work / "exp-imported"))
+    assert again["forget_gold_logprob"] == pytest.approx(alone_ckpt["forget_gold_logprob"], rel=1e-5)
+    capsys.readouterr()
+    assert main(["relearn", "--edit", str(run), "--device", "cpu", "--data", str(data_file), "--steps", "1",
+                 "--eval-every", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["edited"]
+    assert main(["report", "--run", str(run), "--device", "cpu", "--out", str(work / "imported.html"),
+                 "--relearn-steps", "0", "--chat-prompts", "1", "--chat-tokens", "4", "--max-texts", "8",
+                 "--max-items", "4"]) == 0
+    assert "imported" in (work / "imported.html").read_text().lower()
+    out = work / "an-imported"
+    assert main(["analyze", "--base", str(tiny_dir), "--unlearned", str(ckpt), "--device", "cpu", "--data",
+                 str(data_file), "--out", str(out), "--no-umap", "--max-texts", "8", "--max-items", "4"]) == 0
+    report = json.loads((out / "analysis.json").read_text())
+    assert report["edit"]["source"].startswith("imported: ")
+    assert main(["analyze", "--base", str(tiny_dir), "--unlearned", str(ckpt), "--edit", str(run), *common[:2],
+                 "--data", str(data_file), "--out", str(out)]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -23,8 +23,9 @@ PACKAGE = ROOT / "unlearnviz"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry", ("unlearnviz.cli", "unlearnviz.ui", "unlearnviz.__main__")),
     ("session", ("unlearnviz.session", "unlearnviz.bundle")),
-    ("work", ("unlearnviz.report", "unlearnviz.sweep", "unlearnviz.planner", "unlearnviz.analysis",
-              "unlearnviz.evaluation", "unlearnviz.generation", "unlearnviz.plots")),
+    ("work", ("unlearnviz.report", "unlearnviz.sweep", "unlearnviz.calibrate", "unlearnviz.planner",
+              "unlearnviz.attacks", "unlearnviz.analysis", "unlearnviz.evaluation", "unlearnviz.generation",
+              "unlearnviz.plots")),
     ("records", ("unlearnviz.runs", "unlearnviz.config")),
     ("methods", ("unlearnviz.methods",)),
     ("data", ("unlearnviz.data",)),

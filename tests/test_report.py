@@ -121,7 +121,7 @@ def test_every_section_with_its_figures_and_plain_captions(report):
     assert [(k, v["heading"]) for k, v in p.sections.items()] == SECTIONS
     figures = {k: v["figures"] for k, v in p.sections.items()}
     assert figures == {"summary": 0, "what": 0, "model-data": 0, "method": 0, "metrics": 1, "importance": 1,
-                       "geometry": 2, "residual": 2, "relearning": 1, "chats": 0, "about": 0}
+                       "geometry": 2, "residual": 2, "relearning": 1, "robustness": 0, "chats": 0, "about": 0}
     for sec in p.sections.values():  # one plain sentence per figure
         assert len(sec["captions"]) == sec["figures"] and all(len(c.split()) >= 12 for c in sec["captions"])
     for title in ("Before and after the edit: cloze acc", "Where the forget data lives", "Hidden-state geometry at "

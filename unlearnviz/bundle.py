@@ -1,4 +1,4 @@
-"""Session bundles: a whole session (config, data, edits, metrics, relearning, chats) in one zip.
+"""Session bundles: a whole session (config, data, edits, metrics, relearning, robustness cards, chats) in one zip.
 
 A bundle is a plain zip with a fixed set of member names::
 
@@ -11,7 +11,8 @@ A bundle is a plain zip with a fixed set of member names::
                              hash in the manifest, the source re-read and its hash checked on import
     edits/000/manifest.json  each edit of the stack, as save_edit writes it (its own checksums and
     edits/000/edit.safetensors  the model's fingerprint), in stack order
-    results.json             metrics before and after each edit, relearning results, the selected edit
+    results.json             metrics before and after each edit, relearning results, robustness cards
+                             (``unlearnviz.attacks.card``), the selected edit
     chats.json, history.json the chat transcripts and the session's actions
 
 Importing verifies everything before anything changes: the archive, its member names (only the
@@ -131,7 +132,8 @@ def export_bundle(session, path: Path, base=None, max_data_bytes: int = DATA_BY_
             for name in ("edit.safetensors", "manifest.json"):
                 files[f"edits/{i:03d}/{name}"] = (folder / name).read_bytes()
     results = {"before": session.before, "after": {str(k): v for k, v in session.after.items()},
-               "relearn": {str(k): v for k, v in session.relearn.items()}, "selected": session.selected}
+               "relearn": {str(k): v for k, v in session.relearn.items()},
+               "attacks": {str(k): v for k, v in session.attacks.items()}, "selected": session.selected}
     files["results.json"] = json.dumps(results, indent=1, default=float).encode("utf-8")
     files["chats.json"] = json.dumps(session.chats, indent=1, ensure_ascii=False).encode("utf-8")
     files["history.json"] = json.dumps(session.history, indent=1, ensure_ascii=False, default=str).encode("utf-8")
@@ -279,6 +281,13 @@ def _indexed(mapping: dict, n: int, what: str) -> dict[int, dict]:
     return out
 
 
+def _cards(cards: dict[int, dict]) -> dict[int, dict]:
+    """Robustness cards from results.json, each checked (``attacks.card.check_card``)."""
+    from unlearnviz.attacks.card import check_card
+
+    return {k: check_card(v, f"results.json: attacks entry {k} (damaged bundle)") for k, v in cards.items()}
+
+
 # ---- import ------------------------------------------------------------------------------------
 def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str] | None = None, store=None,
                   limits=None, max_bytes: int = MAX_BUNDLE_BYTES, allow_data: Callable[[str], str] | None = None):
@@ -362,6 +371,7 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
         raise UserError("results.json: 'before' is not a mapping (damaged bundle)")
     after = _indexed(results.get("after") or {}, n, "after")
     relearn = _indexed(results.get("relearn") or {}, n, "relearn")
+    attacks = _cards(_indexed(results.get("attacks") or {}, n, "attacks"))
     selected = results.get("selected")
     if selected is not None and not (isinstance(selected, int) and 0 <= selected < n):
         raise UserError(f"results.json: selected edit {selected!r} is not one of the {n} edits (damaged bundle)")
@@ -372,6 +382,7 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     session = Session(limits=limits or Limits())
     session.lm, session.data, session.stack, session.selected = lm, data, EditStack(edits), selected
     session.before, session.after, session.relearn, session.chats = before, after, relearn, chats
+    session.attacks = attacks
     session.history = [h for h in history if isinstance(h, dict)] + [
         {"action": "import_bundle", "file": Path(path).name, "created": manifest.get("created")}]
     if not session._last("load_model"):

@@ -12,9 +12,13 @@ made anywhere can be replayed anywhere. YAML or JSON::
     edits:                       # the edit stack, fitted in order, each on top of the ones before
       - method: rmu
         hparams: {steps: 200}    # validated by the method's own hyperparameter dataclass
+        preset: null             # a method preset by name, hparams over it (none: the defaults; null:
+                                 # the one whose model rule matches, when no hparams are given)
       - method: mrp
         hparams: {k: 4}
         data: builtin:geo_europe_vs_science_books   # optional: fit this edit on another set
+      - method: imported         # an unlearned model made by another tool, diffed against the base
+        source: runs/npo-checkpoint            # (unlearnviz.methods.imports; re-imported on replay)
     evaluation:
       letter: true               # also lettered (lm-eval) A-D scoring
       relearn: null              # or {steps: 40, lr: 1.0e-4, eval_every: 10}: attack the final stack
@@ -96,10 +100,16 @@ class DataSection:
 class EditSection:
     """One request of the edit stack."""
 
-    method: str = opt("", "str", "rmu, srmu or mrp")
+    method: str = opt("", "str", "rmu, srmu or mrp; or imported (with source)")
     hparams: dict = opt(dict, "hparams", "overrides of the method's defaults (the rest keep their defaults)")
+    preset: str | None = opt(None, "str", "a named preset of the method (unlearnviz.methods.base.Preset), hparams "
+                                          "over it; none: the defaults; null: the one whose model rule matches the "
+                                          "loaded model, if no hparams are given", optional=True)
     data: str | None = opt(None, "str", "fit this edit on another data set (continual unlearning); "
                                         "default: data.spec", optional=True)
+    source: str | None = opt(None, "str", "method imported: the unlearned model (a checkpoint folder, a PEFT "
+                                          "adapter folder, a .gguf file or a hub id), diffed against the base",
+                             optional=True)
 
 
 @dataclass
@@ -277,7 +287,24 @@ def _check_edit(edit: EditSection, path: str) -> None:
     """Method name and hyperparameters, by the methods' own registry and ``make_hparams``; the
     overrides are stored as read by it (typed), so ``to_dict`` writes numbers, not strings."""
     from unlearnviz.methods.base import get_method, make_hparams
+    from unlearnviz.methods.imports import IMPORTED
 
+    if edit.method == IMPORTED:  # an unlearned model made elsewhere: re-imported on replay, nothing fitted
+        source = edit.source or edit.hparams.get("source")
+        extra = sorted(set(edit.hparams) - {"source", "kind"})
+        if extra:
+            raise UserError(f"{path}.hparams.{extra[0]}: an imported edit has no hyperparameters (give source only)")
+        if not isinstance(source, str) or not source.strip():
+            raise UserError(f"{path}.source: an imported edit needs source: the unlearned model's folder, .gguf "
+                            "file or hub id")
+        if edit.data:
+            raise UserError(f"{path}.data: an imported edit is not fitted on data (leave data out)")
+        if edit.preset is not None:
+            raise UserError(f"{path}.preset: an imported edit is not fitted (leave preset out)")
+        edit.source, edit.hparams = source.strip(), {}
+        return
+    if edit.source is not None:
+        raise UserError(f"{path}.source: only an imported edit (method: imported) has a source")
     if not edit.method:
         raise UserError(f"{path}.method: missing (rmu, srmu or mrp)")
     try:
@@ -291,6 +318,14 @@ def _check_edit(edit: EditSection, path: str) -> None:
         except UserError as exc:
             raise UserError(f"{path}.hparams.{key}: {exc}") from None
     edit.hparams = typed
+    if edit.preset is not None:
+        from unlearnviz.methods.base import preset_named
+
+        edit.preset = edit.preset.strip()
+        try:
+            preset_named(spec, edit.preset)
+        except UserError as exc:
+            raise UserError(f"{path}.preset: {exc}") from None
 
 
 def _fold_data(data: DataSection) -> None:

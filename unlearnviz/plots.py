@@ -396,6 +396,35 @@ def relearning_curve(edited: Sequence[dict], original: Sequence[dict] | None = N
                   "forget accuracy (held-out half)")
 
 
+def robustness_card(rows: Sequence[dict], floor: float | None = None, chance: float | None = None,
+                    subtitle: str = "") -> go.Figure:
+    """Forget accuracy under each attack (its strongest condition) beside the edited model with no
+    attack and the original, with the floor and chance. ``rows``: {attack, condition, split,
+    edited, attacked, original, recovered} (``attacks.card.figure_rows``)."""
+    fig = go.Figure()
+    xs = [f"{r['attack']}<br>{r.get('condition', '')}<br>({r.get('split', '')})" for r in rows]
+
+    def pct(v) -> str:
+        return "" if v is None else f"{v:.0%}"
+
+    for key, name, color, pattern in (("edited", "edited, no attack", COLORS["edited"], ""),
+                                      ("attacked", "edited, attacked", COLORS["forget"], "/"),
+                                      ("original", "original", COLORS["original"], "")):
+        ys = [np.nan if r.get(key) is None else r[key] for r in rows]
+        text = [pct(r.get(key)) + (f"<br>{r['recovered']:+.0%} back" if key == "attacked"
+                                   and r.get("recovered") is not None else "") for r in rows]
+        fig.add_trace(go.Bar(x=xs, y=ys, name=name, text=text, textposition="outside",
+                             marker={"color": color, "pattern": {"shape": pattern},
+                                     "line": {"color": "#000000", "width": 1}}))
+    _hline(fig, chance, "chance", COLORS["chance"], position="top left")
+    _hline(fig, floor, "forget floor", COLORS["floor"])
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.2], tickformat=".0%")
+    return _style(fig, "Robustness card: forget accuracy under each attack", None, "forget accuracy",
+                  subtitle or "the strongest condition of each attack; 'back': share of the forgotten knowledge "
+                              "it recovered", height=560)
+
+
 def loss_curves(losses: Sequence[dict], log_y: bool | None = None) -> go.Figure:
     """Training losses per step (total, forget term, retain term: whichever are present).
     ``log_y`` None: a log axis when every value is positive and they span over two decades (a
@@ -471,3 +500,52 @@ def tradeoff_figure(rows: Sequence[dict], front: set[str] | None = None, before:
     fig.update_yaxes(tickformat=".0%", range=[-0.03, 1.05])
     return _style(fig, "Forget vs retain: every setting of the sweep", "forget accuracy (lower is better)",
                   "retain accuracy", "ringed: the Pareto front (nothing forgets more while keeping more)")
+
+
+def calibration_figure(rows: Sequence[dict], front: Sequence[int] = (), before: dict | None = None,
+                       chosen: int | None = None, bars: dict | None = None) -> go.Figure:
+    """A calibration's trials: forget vs retain accuracy on the calibration items, coloured by the
+    perplexity change, the Pareto front (of all three) ringed, the chosen setting and the original
+    model as stars, and the region within the bars shaded. ``rows``: calibration rows (trial,
+    state, forget_cloze_acc, retain_cloze_acc, ppl_rise, settings); ``bars``: forget_margin,
+    retain_drop (shares), measured from ``before``'s level (chance or floor) and retain accuracy."""
+    done = [r for r in rows if r.get("state") == "complete"]
+    front = set(front)
+    fig = go.Figure()
+    if before and bars and "retain_cloze_acc" in before:
+        level = max(before.get("chance", 0.0), before.get("forget_floor_acc", 0.0))
+        fig.add_shape(type="rect", x0=-0.03, x1=level + bars["forget_margin"], y0=before["retain_cloze_acc"]
+                      - bars["retain_drop"], y1=1.05, fillcolor="#009E73", opacity=0.12, line_width=0)
+        fig.add_annotation(x=level + bars["forget_margin"], y=1.03, text="within the bars", showarrow=False,
+                           xanchor="right", font={"size": 13})
+    if done:
+        rise = [100 * float(r.get("ppl_rise") or 0.0) for r in done]
+        fig.add_trace(go.Scatter(
+            x=[float(r["forget_cloze_acc"]) for r in done], y=[float(r["retain_cloze_acc"]) for r in done],
+            mode="markers", name="trials",
+            marker={"size": [16 if r["trial"] in front else 11 for r in done], "color": rise,
+                    "colorscale": [[0.0, COLORS["retain"]], [1.0, COLORS["forget"]]],
+                    "cmin": min(0.0, min(rise)), "cmax": max(10.0, max(rise)),
+                    "colorbar": {"title": {"text": "perplexity<br>change %"}},
+                    "line": {"width": [3 if r["trial"] in front else 0 for r in done], "color": "#000000"}},
+            text=[f"trial {r['trial']}: {r.get('settings', '')}" for r in done], customdata=rise,
+            hovertemplate="%{text}<br>forget %{x:.1%}, retain %{y:.1%}, perplexity %{customdata:+.1f}%"
+                          "<extra></extra>"))
+    pick = [r for r in done if r["trial"] == chosen]
+    if pick:
+        fig.add_trace(go.Scatter(x=[float(pick[0]["forget_cloze_acc"])], y=[float(pick[0]["retain_cloze_acc"])],
+                                 mode="markers", name=f"chosen (trial {chosen})",
+                                 marker={"symbol": "star", "size": 22, "color": COLORS["edited"],
+                                         "line": {"width": 1, "color": "#000000"}},
+                                 hovertemplate="chosen: forget %{x:.1%}, retain %{y:.1%}<extra></extra>"))
+    if before and "forget_cloze_acc" in before and "retain_cloze_acc" in before:
+        fig.add_trace(go.Scatter(x=[before["forget_cloze_acc"]], y=[before["retain_cloze_acc"]], mode="markers",
+                                 name="original model", marker={"symbol": "star", "size": 18,
+                                                                "color": COLORS["original"]},
+                                 hovertemplate="original: forget %{x:.1%}, retain %{y:.1%}<extra></extra>"))
+    fig.update_xaxes(tickformat=".0%", range=[-0.03, 1.05])
+    fig.update_yaxes(tickformat=".0%", range=[-0.03, 1.05])
+    stopped = len(rows) - len(done)
+    return _style(fig, "Calibration: every trial on the calibration items", "forget accuracy (lower is better)",
+                  "retain accuracy", "ringed: the Pareto front of forgetting, retain damage and perplexity"
+                  + (f"; {stopped} trial(s) stopped early are not drawn" if stopped else ""))

@@ -37,6 +37,9 @@ METRICS_FILE = "metrics.json"
 CHATS_FILE = "chats.json"
 RELEARN_FILE = "relearn.json"
 STACKED_ON_FILE = "stacked_on.txt"
+ATTACKS_FILE = "attacks.json"  # the robustness card (unlearnviz.attacks.card)
+LMEVAL_FILE = "lmeval.json"  # lm-evaluation-harness's results (unlearnviz.evaluation.lmeval)
+LMEVAL_TASKS_DIR = "lmeval_tasks"  # the local task files those results were scored on
 STACK_DIR = "stack"
 
 
@@ -54,7 +57,8 @@ def save_run(session: Session, out: Path, cfg: Config, first: int = 0, stacked_o
         raise UserError("nothing to save: the run fitted no edit")
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / STACK_DIR, ignore_errors=True)  # an earlier run's files in the same folder
-    for name in (STACKED_ON_FILE, CHATS_FILE, RELEARN_FILE):
+    shutil.rmtree(out / LMEVAL_TASKS_DIR, ignore_errors=True)
+    for name in (STACKED_ON_FILE, CHATS_FILE, RELEARN_FILE, ATTACKS_FILE, LMEVAL_FILE):
         (out / name).unlink(missing_ok=True)
     original = session.before or {}
     before = session.after.get(first - 1, original) if first else original

@@ -121,12 +121,15 @@ def write_results(folder: Path, rows: list[dict]) -> None:
 
 def pareto_front(rows: list[dict], forget: str = "forget_cloze_acc", retain: str = "retain_cloze_acc") -> set[str]:
     """Ids of the points that no other point beats on both axes (lower forget, higher retain)."""
-    pts = [(r["id"], float(r[forget]), float(r[retain])) for r in rows]
-    front = set()
-    for pid, f, r in pts:
-        if not any((f2 <= f and r2 >= r) and (f2 < f or r2 > r) for _, f2, r2 in pts):
-            front.add(pid)
-    return front
+    return pareto_ids(rows, lower=(forget,), higher=(retain,))
+
+
+def pareto_ids(rows: list[dict], lower: tuple[str, ...] = (), higher: tuple[str, ...] = ()) -> set[str]:
+    """Ids of the rows no other row dominates: as good on every key (``lower`` keys lower,
+    ``higher`` keys higher) and better on one. The sweep's two axes; calibration's three."""
+    pts = [(r["id"], [float(r[k]) for k in lower] + [-float(r[k]) for k in higher]) for r in rows]
+    return {pid for pid, v in pts
+            if not any(all(a <= b for a, b in zip(w, v)) and any(a < b for a, b in zip(w, v)) for _, w in pts)}
 
 
 def run_sweep(lm, data, points: list[tuple[str, dict]], folder: Path,

@@ -41,8 +41,9 @@ A fresh probe is trained on the edited activations too: an attacker with white-b
 do the same. The output accuracy (original and edited) comes from the same pass: the full
 statements ``stem + " " + choice`` run once (both models, adjacent rows) and the last block's
 output goes through the final norm and unembedding for the cloze log-likelihood normalised by
-bytes, as :mod:`unlearnviz.evaluation.mcq` scores it. The stem features are read from the same
-statements (in a causal model the stem's last position does not see the choice).
+the choice's characters (lm-eval's ``acc_norm``), as :mod:`unlearnviz.evaluation.mcq` scores it.
+The stem features are read from the same statements (in a causal model the stem's last position
+does not see the choice).
 
 **Verdict.** The output has forgotten when the edited cloze accuracy fell at least halfway to
 its floor. A layer is *still readable* when the better readout keeps at least half of its
@@ -76,10 +77,11 @@ from unlearnviz.analysis.activations import (
 from unlearnviz.data.batching import encode_pair
 from unlearnviz.data.schema import MCQItem, UnlearningData
 from unlearnviz.errors import UserError
-from unlearnviz.evaluation.mcq import blind_default
+from unlearnviz.evaluation.mcq import blind_default, cloze_pick
 from unlearnviz.evaluation.scoring import continuation_logprobs
 from unlearnviz.model.loading import LoadedModel
-from unlearnviz.model.readout import unembed
+from unlearnviz.model.readout import final_norm, readout_plan, unembed, unembed_rows
+from unlearnviz.model.routing import RoutingPlan
 
 MARGIN = 0.10  # "well above" the floor: ten accuracy points
 
@@ -89,14 +91,13 @@ MARGIN = 0.10  # "well above" the floor: ten accuracy points
 # ------------------------------------------------------------------------------------------
 
 
-def lens_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits of residual-stream vectors read through the final norm and the unembedding."""
-    norm = lm.adapter.final_norm
+def lens_logits(lm: LoadedModel, hidden: torch.Tensor, plan: RoutingPlan | None = None) -> torch.Tensor:
+    """Logits of residual-stream vectors read through the final norm and the unembedding (the
+    edited ones where ``plan``, the edited side's, changes them: an imported fine-tune)."""
+    readout = readout_plan(plan)
     h = hidden.to(device=lm.device, dtype=lm.dtype)
     with torch.no_grad():
-        if norm is not None:
-            h = norm(h)
-        return unembed(lm, h).float().cpu()
+        return unembed(lm, final_norm(lm, h, readout), readout).float().cpu()
 
 
 def _continuation(answer: str) -> str:
@@ -150,7 +151,7 @@ def logit_lens(lm: LoadedModel, prompt: str, answer: str | None = None, plan=Non
     ranks: dict[str, list[int]] = {}
     for side, acts in sides.items():
         stacked = torch.stack([acts[layer][0] for layer in layers])
-        p = F.softmax(lens_logits(lm, stacked), dim=-1)
+        p = F.softmax(lens_logits(lm, stacked, plan if side == "edited" else None), dim=-1)
         vals, idx = p.topk(min(top_k, p.shape[-1]), dim=-1)
         tops[side] = [[(lm.tokenizer.decode([int(i)]), round(float(v), 5)) for v, i in zip(vr, ir)]
                       for vr, ir in zip(vals, idx)]
@@ -268,15 +269,16 @@ def probe_item_accuracy(x: torch.Tensor, items: list[MCQItem], first_tokens: lis
     return credit
 
 
-def answer_embeddings(lm: LoadedModel, first_tokens: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
+def answer_embeddings(lm: LoadedModel, first_tokens: list[list[int]],
+                      plan: RoutingPlan | None = None) -> tuple[torch.Tensor, list[list[int]]]:
     """The output-embedding rows of the tokens in ``first_tokens`` (float64, on the CPU) and the
     tokens renumbered as rows of that table: the probes need one row per distinct answer token,
     not the vocabulary (a float64 copy of it is 1 GiB at 7B, and there is a probe per layer,
-    side and floor). Edits never change the unembedding (the router hooks blocks, MLP and
-    attention outputs and the stream entering block 0), so the original model's rows serve both."""
+    side and floor). Fitted edits never change the unembedding; an imported one may (``plan``:
+    the edited side's), and its side then reads the edited rows."""
     ids = sorted({t for tokens in first_tokens for t in tokens})
-    w = lm.adapter.unembed.weight
-    table = w.detach()[torch.tensor(ids, dtype=torch.long, device=w.device)].double().cpu()
+    w, _ = unembed_rows(lm, torch.tensor(ids, dtype=torch.long), readout_plan(plan))
+    table = w.double().cpu()
     row_of = {t: r for r, t in enumerate(ids)}
     return table, [[row_of[t] for t in tokens] for tokens in first_tokens]
 
@@ -288,23 +290,21 @@ def _credit(scores: torch.Tensor, answer: int) -> float:
 
 
 def lens_item_accuracy(lm: LoadedModel, x: torch.Tensor, items: list[MCQItem],
-                       first_tokens: list[list[int]]) -> np.ndarray:
+                       first_tokens: list[list[int]], plan: RoutingPlan | None = None) -> np.ndarray:
     """Per item, the credit of the logit lens restricted to the item's choices (no training).
 
     Only the choices' unembedding rows are used (4 dot products per item instead of the whole
-    vocabulary); Gemma's soft-capping is monotonic, so it cannot change the ranking."""
-    norm = lm.adapter.final_norm
-    w = lm.adapter.unembed.weight
-    bias = getattr(lm.adapter.unembed, "bias", None)
+    vocabulary); Gemma's soft-capping is monotonic, so it cannot change the ranking. ``plan``:
+    the edited side's (an imported edit may change the final norm and the unembedding)."""
+    readout = readout_plan(plan)
     with torch.no_grad():
-        h = x.to(device=lm.device, dtype=lm.dtype)
-        h = (norm(h) if norm is not None else h).float()
+        h = final_norm(lm, x.to(device=lm.device, dtype=lm.dtype), readout).float()
         out = []
         for i, it in enumerate(items):
-            idx = torch.tensor(first_tokens[i], device=w.device)
-            scores = h[i] @ w[idx].float().T
+            w, bias = unembed_rows(lm, torch.tensor(first_tokens[i]), readout)
+            scores = h[i] @ w.float().T.to(h.device)
             if bias is not None:
-                scores = scores + bias[idx].float()
+                scores = scores + bias.float().to(h.device)
             out.append(_credit(scores.cpu(), it.answer))
     return np.asarray(out)
 
@@ -312,8 +312,7 @@ def lens_item_accuracy(lm: LoadedModel, x: torch.Tensor, items: list[MCQItem],
 def _cloze_correct(logprob: list[float], items: list[MCQItem]) -> np.ndarray:
     out, k = [], 0
     for it in items:
-        vals = [logprob[k + j] / len((" " + ch).encode("utf-8")) for j, ch in enumerate(it.choices)]
-        out.append(float(int(np.argmax(vals)) == it.answer))
+        out.append(float(cloze_pick(logprob[k:k + len(it.choices)], it.choices) == it.answer))
         k += len(it.choices)
     return np.asarray(out)
 
@@ -413,6 +412,8 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
     chance_acc = np.asarray([1 / len(it.choices) for it in items])
     red, firsts = _statement_pass(lm, items, False, layers, plan, batch_size)
     emb, answer_rows = answer_embeddings(lm, firsts)  # the probes' targets, copied once per call
+    # the edited side's targets: the same rows unless the edit changes the unembedding (an import)
+    emb_e = emb if readout_plan(plan) is None else answer_embeddings(lm, firsts, plan)[0]
     sides = ["original"] + (["edited"] if plan is not None else [])
     probe: dict[str, dict[str, list[float]]] = {s: {"forget": [], "retain": []} for s in sides}
     lens: dict[str, dict[str, list[float]]] = {s: {"forget": [], "retain": []} for s in sides}
@@ -427,13 +428,13 @@ def residual_knowledge(lm: LoadedModel, data: UnlearningData, plan=None, layers=
         if plan is not None:
             xe = torch.stack(red.features["edited"][layer])
             same = float((xo - xe).abs().max()) <= 1e-6 * max(float(xo.abs().max()), 1e-12)
-            results["edited"] = acc_o if same or not train_probe else \
-                probe_item_accuracy(xe, items, answer_rows, emb, fold_of, folds)
+            results["edited"] = acc_o if (same and emb_e is emb) or not train_probe else \
+                probe_item_accuracy(xe, items, answer_rows, emb_e, fold_of, folds)
         for side, acc in results.items():
             probe[side]["forget"].append(float(acc[is_f].mean()))
             probe[side]["retain"].append(float(acc[~is_f].mean()))
             x = xo if side == "original" else xe
-            acc_l = lens_item_accuracy(lm, x, items, firsts)
+            acc_l = lens_item_accuracy(lm, x, items, firsts, plan if side == "edited" else None)
             lens[side]["forget"].append(float(acc_l[is_f].mean()))
             lens[side]["retain"].append(float(acc_l[~is_f].mean()))
 

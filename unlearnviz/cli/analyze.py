@@ -2,6 +2,7 @@
 
     python -m unlearnviz analyze --model default --data builtin:NAME --edit runs/srmu --out runs/srmu-analysis
     python -m unlearnviz analyze --model default --data builtin:NAME --method srmu --set steps=30 --out DIR
+    python -m unlearnviz analyze --base default --unlearned CKPT --data builtin:NAME --out DIR
 
 writes ``DIR/analysis.json`` (per layer: separability, centroid distance, CKA, probe accuracy
 original/edited, footprint; importance top-k; selectivity; logit-lens summary; verdicts) and
@@ -17,7 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args, load_model_from_args, parse_sets
+from unlearnviz.cli.common import (
+    add_data_args,
+    add_model_args,
+    add_unlearned_arg,
+    data_spec_from_args,
+    imported_edit,
+    load_model_from_args,
+    parse_sets,
+)
 from unlearnviz.errors import UserError
 
 
@@ -41,8 +50,11 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     data_spec = data_spec_from_args(args)
     check_data(data_spec)  # fails fast, before the model loads
-    if args.edit and args.set:
-        raise UserError("--set changes the hyperparameters of a fitted edit; with --edit the edit is loaded as is")
+    if args.edit and args.unlearned:
+        raise UserError("give --edit (an edit folder) or --unlearned (a checkpoint made by another tool), not both")
+    if (args.edit or args.unlearned) and args.set:
+        raise UserError("--set changes the hyperparameters of a fitted edit; with --edit or --unlearned the edit is "
+                        "loaded as is")
     layers = _parse_layers(args.layers)
     from unlearnviz.analysis import encode, resolve_layers, run_analysis
     from unlearnviz.io import atomic_write_text
@@ -51,7 +63,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from unlearnviz.runs import model_for_edit
 
     spec = hparams = None
-    if not args.edit:
+    if not args.edit and not args.unlearned:
         spec = get_method(args.method)
         hparams = make_hparams(spec.hparams_cls, parse_sets(args.set))
     out = Path(args.out)
@@ -69,6 +81,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.edit:
         edit = load_edit(Path(args.edit), lm)
+    elif args.unlearned:
+        edit = imported_edit(lm, args)
     else:
         print(f"fitting {args.method} ({', '.join(f'{k}={v}' for k, v in parse_sets(args.set).items()) or 'defaults'})",
               file=sys.stderr)
@@ -81,7 +95,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
                        log=lambda m: print(m, file=sys.stderr))
     res.timings["edit"] = fit_s
     report = res.to_json(args.top_k)
-    report["edit"]["source"] = str(Path(args.edit).resolve()) if args.edit else f"fitted: {args.method}"
+    report["edit"]["source"] = (str(Path(args.edit).resolve()) if args.edit else
+                                f"imported: {edit.hparams.get('source')}" if args.unlearned else f"fitted: {args.method}")
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "analysis.json", json.dumps(report, indent=2) + "\n")
@@ -102,7 +117,9 @@ def register(sub) -> None:
     add_model_args(p)
     p.set_defaults(model=None)  # default: with --edit the model its manifest names, else the default model
     add_data_args(p)
-    p.add_argument("--edit", default=None, help="an edit folder (from `run`); without it one is fitted")
+    p.add_argument("--edit", default=None, help="an edit folder (from `run`); without it (or --unlearned) one is "
+                   "fitted")
+    add_unlearned_arg(p)
     p.add_argument("--method", default="srmu", help="method to fit when no --edit is given (default srmu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     p.add_argument("--out", required=True, help="folder for analysis.json and analysis.html")

@@ -1,10 +1,19 @@
-"""CLI commands about the model and data alone: ``prepare``, ``info``, ``data list``, ``eval``."""
+"""CLI commands about the model and data alone: ``prepare``, ``info``, ``data list``, ``eval`` (of one model,
+or of a base and an ``--unlearned`` checkpoint side by side)."""
 
 from __future__ import annotations
 
 import argparse
 
-from unlearnviz.cli.common import add_data_args, add_model_args, data_spec_from_args, load_model_from_args, write_json
+from unlearnviz.cli.common import (
+    add_data_args,
+    add_model_args,
+    add_unlearned_arg,
+    data_spec_from_args,
+    imported_edit,
+    load_model_from_args,
+    write_json,
+)
 from unlearnviz.errors import UserError
 
 
@@ -80,8 +89,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     lm = load_model_from_args(args)
     data = load_data(spec, tokenizer=lm.tokenizer)
     check_fits_context(lm, data, letter=not args.no_letter)
-    res = evaluate(lm, data, letter=not args.no_letter)
-    res.update({"model": lm.name, "data": data.name})
+    edit = imported_edit(lm, args)
+    if edit is None:
+        res = evaluate(lm, data, letter=not args.no_letter)
+        res.update({"model": lm.name, "data": data.name})
+    else:  # the base and the checkpoint, rows of the same batches
+        res = {"original": evaluate(lm, data, letter=not args.no_letter),
+               "edited": evaluate(lm, data, plan=edit.plan(), letter=not args.no_letter),
+               "model": lm.name, "unlearned": edit.hparams.get("source"), "data": data.name}
     write_json(args.json, res)
 
 
@@ -110,6 +125,7 @@ def register(sub) -> None:
     q.set_defaults(fn=cmd_data_fetch)
     p = sub.add_parser("eval", help="forget/retain accuracy (letter, cloze, floor) and perplexity")
     add_model_args(p)
+    add_unlearned_arg(p)
     add_data_args(p)
     p.add_argument("--json", default=None, help="also write the JSON here")
     p.add_argument("--no-letter", action="store_true", help="skip lettered (lm-eval) scoring")

@@ -25,14 +25,38 @@ class OneLineParser(argparse.ArgumentParser):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags of every command that loads a model (the dashboard's model choices)."""
-    p.add_argument("--model", default="default",
-                   help="'default' (built-in SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id")
+    p.add_argument("--model", "--base", dest="model", default="default",
+                   help="'default' (built-in SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id (--base: the "
+                        "same, read as the base an --unlearned checkpoint is compared with)")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
     p.add_argument("--device-map", default=None, help="'auto' spreads the model over several GPUs")
     p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes")
     p.add_argument("--trust-remote-code", action="store_true", help="operator opt-in: run model code")
     p.add_argument("--allow-pickle", action="store_true", help="operator opt-in: load .bin weights")
+
+
+UNLEARNED_HELP = ("an unlearned checkpoint made by another tool (a folder saved by save_pretrained, a .gguf file, a "
+                  "hub id where the network is) or a PEFT LoRA adapter folder, compared with --base as an edit")
+
+
+def add_unlearned_arg(p: argparse.ArgumentParser) -> None:
+    """``--unlearned``: the edited side is a checkpoint or adapter made by another tool."""
+    p.add_argument("--unlearned", default=None, metavar="CKPT", help=UNLEARNED_HELP)
+
+
+def imported_edit(lm, args: argparse.Namespace):
+    """The edit ``--unlearned`` names, imported against the loaded base (one line on stderr says
+    what differed), or None without the flag."""
+    if not getattr(args, "unlearned", None):
+        return None
+    from unlearnviz.methods.imports import import_unlearned
+
+    edit = import_unlearned(lm, args.unlearned, allow_pickle=getattr(args, "allow_pickle", False))
+    info = edit.meta.get("import", {})
+    print(f"imported {args.unlearned} as an edit of {lm.name}: "
+          + ", ".join(f"{k} {v}" for k, v in info.items() if isinstance(v, (int, float, str)))[:300], file=sys.stderr)
+    return edit
 
 
 DATA_HELP = ("builtin:NAME, synthetic[:E], a JSONL/CSV/Parquet file, hf:DATASET[:CONFIG] (needs a network), "

@@ -467,8 +467,11 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def _cloze_scorer(model, tokenizer, items: list[MCQItem]):
-    """A closure returning cloze accuracy of ``model`` on ``items`` (same convention as
-    :func:`unlearnviz.evaluation.mcq.score_items`: byte-normalised log-likelihood)."""
+    """A closure returning cloze accuracy of ``model`` on ``items``: the lab model's training
+    monitor (when to stop), log-likelihood per UTF-8 byte of `` choice``. The reported metrics use
+    lm-eval's rule (per character of the choice, ``unlearnviz.evaluation.mcq.cloze_pick``); this
+    monitor keeps the rule the cached lab models (``-v1``) were trained under, so that a fresh
+    cache trains the same model."""
     import torch
     import torch.nn.functional as F
 

@@ -6,15 +6,16 @@
    The fine-tune trains a copy of the MLP output projections of a band of layers as deltas on
    top of the edit (never the loaded weights), so the base model stays untouched; its state is
    bounded by a byte budget (RelearnSettings).
-2. White-box: remove MRP's projection (the "delete the module" attack), and ablate the mean
-   forget-activation shift direction at the edited layer (the known weakness of RMU: its effect
-   is largely one junk direction).
+2. White-box: ablate the mean forget-activation shift direction at the edited layer (the known
+   weakness of RMU: its effect is largely one junk direction). Removing MRP's projection (the
+   "delete the module" attack) is ``unlearnviz.attacks.projection_removal``, one attack of the
+   robustness card.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,13 +95,15 @@ def choose_layers(per_layer: list[int], edited: list[int], budget: int) -> list[
 
 
 def resolve_settings(lm: LoadedModel, data: UnlearningData, plan: RoutingPlan | None,
-                     settings: RelearnSettings) -> tuple[RelearnSettings, dict]:
+                     settings: RelearnSettings, texts: Sequence[str] | None = None) -> tuple[RelearnSettings, dict]:
     """The settings with ``max_tokens`` and ``layers`` resolved (numbers, not "auto"), and what
-    they cost: the window's truncated share and warnings, the blocks' state bytes."""
+    they cost: the window's truncated share and warnings, the blocks' state bytes. ``texts``: what
+    the attack trains on (default: the forget texts of half A), whose lengths set the window."""
     s = settings
     if s.max_state_mb < 1:
         raise UserError(f"relearn max_state_mb={s.max_state_mb} must be at least 1")
-    max_tokens, share, warning = resolve_max_tokens(lm, data.forget_texts_half("A"), s.max_tokens)
+    texts = data.forget_texts_half("A") if texts is None else texts
+    max_tokens, share, warning = resolve_max_tokens(lm, texts, s.max_tokens)
     per_layer = [layer_state_bytes(lm, x) for x in range(lm.n_layers)]
     if s.layers == "all":
         layers = list(range(lm.n_layers))
@@ -142,16 +145,25 @@ def finetune_attack(
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     stats: dict | None = None,
+    texts: Sequence[str] | None = None,
+    score: Callable[[RoutingPlan | None], dict] | None = None,
 ) -> list[dict]:
     """Curve of half-B cloze accuracy while fine-tuning on half A: [{step, acc, loss}].
 
     ``settings`` still "auto" are resolved here (``resolve_settings``); ``stats``, if given,
     receives the resolution's figures and ``measured_bytes``, the trained tensors' bytes after
-    the first step (parameters, gradients, optimiser state)."""
-    texts = data.forget_texts_half("A")
-    if not texts or not data.forget_mcq_half("B"):
+    the first step (parameters, gradients, optimiser state). ``texts``: train on these instead
+    of half A (benign relearning on unrelated text, ``unlearnviz.attacks.relearn_retain``);
+    ``score(plan)``: what each curve point records instead of ``acc`` (a mapping of figures)."""
+    default_texts = texts is None
+    texts = data.forget_texts_half("A") if default_texts else texts
+    if default_texts and (not texts or not data.forget_mcq_half("B")):
         raise UserError("relearning needs forget texts in half A and forget items in half B")
-    s, info = resolve_settings(lm, data, edit_plan, settings or RelearnSettings())
+    if not len(texts):
+        raise UserError("relearning needs training texts: none were given")
+    if score is None and not data.forget_mcq_half("B"):
+        raise UserError("relearning needs forget items in half B to measure")
+    s, info = resolve_settings(lm, data, edit_plan, settings or RelearnSettings(), texts)
     layers = [int(x) for x in s.layers.split(",")]
     pad = lm.tokenizer.pad_token_id or 0
     batches = make_batches(tokenize_texts(lm, texts, s.max_tokens), s.batch_size, pad)
@@ -159,7 +171,12 @@ def finetune_attack(
     deltas = {layer: zero_delta(lm, layer) for layer in layers}
     opt = adam(list(deltas.values()), s.lr)
     g = torch.Generator().manual_seed(s.seed)
-    curve = [{"step": 0, "acc": _eval_b(lm, data, edit_plan), "loss": None}]
+    def point(step: int, plan: RoutingPlan | None, loss: float | None) -> dict:
+        if score is None:
+            return {"step": step, "acc": _eval_b(lm, data, plan), "loss": loss}
+        return {"step": step, **score(plan), "loss": loss}
+
+    curve = [point(0, edit_plan, None)]
     ticker = Ticker(s.steps, progress, should_stop, "relearn", info["warnings"])
     for step in range(1, s.steps + 1):
         b = batches[int(torch.randint(len(batches), (1,), generator=g))]
@@ -181,7 +198,7 @@ def finetune_attack(
         if step % s.eval_every == 0 or step == s.steps:
             with torch.no_grad():
                 frozen = dataclasses.replace(plan, deltas={k: v.detach() for k, v in plan.deltas.items()})
-                curve.append({"step": step, "acc": _eval_b(lm, data, frozen), "loss": loss.item()})
+                curve.append(point(step, frozen, loss.item()))
     return curve
 
 
@@ -211,12 +228,10 @@ def mean_shift_direction(lm: LoadedModel, data: UnlearningData, edit_plan: Routi
 
 
 def whitebox_attacks(lm: LoadedModel, data: UnlearningData, edit_plan: RoutingPlan, layer: int) -> dict:
-    """Half-B accuracy under the edit, with the projections removed, and with the mean-shift
-    direction ablated at ``layer`` (and at every later block, where the junk direction lives)."""
+    """Half-B accuracy under the edit and with the mean-shift direction ablated at ``layer`` (and
+    at every later block, where the junk direction lives). The projection-removal attack is
+    ``unlearnviz.attacks.projection_removal`` (the robustness card)."""
     out = {"edited": _eval_b(lm, data, edit_plan), "original": _eval_b(lm, data, None)}
-    if edit_plan.projections or edit_plan.stream is not None:
-        removed = dataclasses.replace(edit_plan, projections={}, offsets={}, stream=None)
-        out["projection_removed"] = _eval_b(lm, data, removed)
     if edit_plan.deltas or edit_plan.weights or edit_plan.lora:
         direction = mean_shift_direction(lm, data, edit_plan, layer)
         ablate = {k: direction[None, :] for k in range(layer, lm.n_layers - 1)}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from unlearnviz.data.batching import encode_pair
 from unlearnviz.model.adapter import linear_weight
 from unlearnviz.model.loading import LoadedModel
-from unlearnviz.model.readout import base_model, hidden_final, unembed
+from unlearnviz.model.readout import base_model, hidden_final, readout_plan, unembed
 from unlearnviz.model.routing import RoutingPlan, plan_content_hash
 
 Progress = Callable[[int, int, str], None]
@@ -37,14 +37,15 @@ def logit_chunk(lm: LoadedModel) -> int:
 
 
 def _token_logprobs(lm: LoadedModel, hidden: torch.Tensor, rows: list[int], cols: list[int],
-                    targets: list[int]) -> list[float]:
+                    targets: list[int], plan: RoutingPlan | None = None) -> list[float]:
     """log p(targets[k]) from the final hidden state at (rows[k], cols[k]): the unembedding runs
-    only at those positions, ``logit_chunk`` of them at a time."""
+    only at those positions, ``logit_chunk`` of them at a time (``plan``: the forward's, whose
+    rows say which vectors the edited unembedding reads)."""
     picked = hidden[torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)]
     want = torch.tensor(targets, device=hidden.device)
     step, out = logit_chunk(lm), []
     for s in range(0, len(targets), step):
-        logp = F.log_softmax(unembed(lm, picked[s:s + step]), dim=-1)
+        logp = F.log_softmax(unembed(lm, picked[s:s + step], readout_plan(plan, rows[s:s + step])), dim=-1)
         out += logp.gather(1, want[s:s + step, None].to(logp.device))[:, 0].tolist()
     return out
 
@@ -220,14 +221,17 @@ def _shared_context_logprobs(lm: LoadedModel, pairs: Sequence[tuple[str, str]], 
             mask[row, : len(key[0])] = 1
         ids, mask = ids.to(device), mask.to(device)
         first_of = [groups[key][0] for key in chunk]  # any member stands for its row's flag
-        with lm.router.apply(_with_rows(plan, flags, first_of)):
+        row_plan = _with_rows(plan, flags, first_of)
+        with lm.router.apply(row_plan):
             out = base(input_ids=ids, attention_mask=mask, position_ids=torch.arange(width, device=device)
                        .expand(len(chunk), -1), use_cache=True)
         last = out.last_hidden_state[torch.arange(len(chunk), device=device), lengths - 1]
         token_lps: dict[int, list[float]] = {}
         step = logit_chunk(lm)
         for s in range(0, len(chunk), step):  # each context's last position, unembedded once
-            first_logp = F.log_softmax(unembed(lm, last[s:s + step]), dim=-1)
+            first_logp = F.log_softmax(unembed(lm, last[s:s + step],
+                                               readout_plan(row_plan, list(range(s, min(s + step, len(chunk)))))),
+                                       dim=-1)
             here = [(row - s, i) for row, i in members if s <= row < s + step]
             picked = first_logp[torch.tensor([r for r, _ in here], device=first_logp.device),
                                 torch.tensor([encoded[i][1][0] for _, i in here], device=first_logp.device)]
@@ -248,7 +252,8 @@ def _shared_context_logprobs(lm: LoadedModel, pairs: Sequence[tuple[str, str]], 
             positions = lengths[ctx_rows][:, None] + torch.arange(tail_w, device=device)
             tail_mask = torch.cat([mask[ctx_rows], torch.ones((len(rest), tail_w), dtype=mask.dtype,
                                                               device=device)], dim=1)
-            with lm.router.apply(_with_rows(plan, flags, [i for _, i in rest], spare_first=False)):
+            tail_plan = _with_rows(plan, flags, [i for _, i in rest], spare_first=False)
+            with lm.router.apply(tail_plan):
                 hidden = base(input_ids=tail.to(device), attention_mask=tail_mask, past_key_values=cache,
                               position_ids=positions, use_cache=True).last_hidden_state
             rows, cols, targets, owner = [], [], [], []
@@ -259,7 +264,7 @@ def _shared_context_logprobs(lm: LoadedModel, pairs: Sequence[tuple[str, str]], 
                     cols.append(j - 1)
                     targets.append(cont[j])
                     owner.append(i)
-            for o, v in zip(owner, _token_logprobs(lm, hidden, rows, cols, targets)):
+            for o, v in zip(owner, _token_logprobs(lm, hidden, rows, cols, targets, tail_plan)):
                 token_lps[o].append(v)
         for i, vals in token_lps.items():
             results[i] = (float(sum(vals)), len(vals))
@@ -305,10 +310,11 @@ def continuation_logprobs_flat(
                 cols.append(n_ctx + j - 1)  # the position that predicts token n_ctx + j
                 targets.append(s[n_ctx + j])
                 owner.append(i)
-        with lm.router.apply(_with_rows(plan, flags, idx)):
+        batch_plan = _with_rows(plan, flags, idx)
+        with lm.router.apply(batch_plan):
             hidden = hidden_final(lm, ids.to(device), mask.to(device))
         sums: dict[int, list[float]] = {}
-        for o, v in zip(owner, _token_logprobs(lm, hidden, rows, cols, targets)):
+        for o, v in zip(owner, _token_logprobs(lm, hidden, rows, cols, targets, batch_plan)):
             sums.setdefault(o, []).append(v)
         for i in idx:
             vals = sums.get(i, [])
@@ -349,8 +355,9 @@ def perplexity(lm: LoadedModel, texts: Sequence[str], plan: RoutingPlan | None =
         sel = mask[:, 1:].bool()
         h = hidden[:, :-1][sel.to(hidden.device)]
         tgt = ids[:, 1:][sel].to(h.device)
+        row_of = torch.arange(len(chunk))[:, None].expand_as(sel)[sel]  # each position's batch row
         for s in range(0, h.shape[0], step):
-            logits = unembed(lm, h[s:s + step])
+            logits = unembed(lm, h[s:s + step], readout_plan(plan, row_of[s:s + step]))
             total_nll += float(F.cross_entropy(logits, tgt[s:s + step].to(logits.device), reduction="sum"))
         total_tokens += int(sel.sum())
     if total_tokens == 0:

@@ -5,6 +5,12 @@ and decorates it with ``@register``. Every hyperparameter field documents itself
 ``field(metadata={"doc": ..., "paper": ..., "min": ..., "max": ..., "choices": ...})``; the CLI,
 the UI and the report read the same metadata, and ``make_hparams`` validates every override (CLI
 text, UI JSON, config files, sweep grids) by the pydantic schema generated from it.
+
+A method may also offer *presets*: named sets of overrides with where they come from (a paper's
+section or table, or a calibration run), each optionally tied to the models it was set for. Every
+default here was tuned on one small model and does not transfer (Li et al., arXiv 2403.03218, tuned
+c and α to Zephyr-7B's activation norms), so a preset is chosen by name, or automatically when the
+loaded model matches its rule and the user gave no settings of their own (``choose_preset``).
 """
 
 from __future__ import annotations
@@ -45,9 +51,69 @@ class FitFn(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelMatch:
+    """The models a preset was set for: a family (``config.model_type``) and size (layers, hidden
+    size), or one set of weights (its ``LoadedModel.fingerprint``). Shapes are read from the
+    config, so a model on the meta device (the planner's named 7B configs) matches too; a shape
+    rule cannot tell fine-tunes of one base apart (Zephyr-7B-β from Mistral-7B-Instruct)."""
+
+    model_type: str | None = None
+    n_layers: int | None = None
+    hidden_size: int | None = None
+    fingerprint: str | None = None
+
+    def matches(self, config: Any, fingerprint: Callable[[], str] | None = None) -> bool:
+        """Whether a model of ``config`` (and, for a fingerprint rule, weights ``fingerprint()``) fits."""
+        if self.fingerprint is not None:
+            return fingerprint is not None and fingerprint() == self.fingerprint
+        have = {"model_type": getattr(config, "model_type", None),
+                "n_layers": getattr(config, "num_hidden_layers", getattr(config, "n_layer", None)),
+                "hidden_size": getattr(config, "hidden_size", getattr(config, "n_embd", None))}
+        want = {k: getattr(self, k) for k in have if getattr(self, k) is not None}
+        return bool(want) and all(have[k] == v for k, v in want.items())
+
+    def describe(self) -> str:
+        if self.fingerprint is not None:
+            return f"weights with fingerprint {self.fingerprint}"
+        parts = [self.model_type or "any family"]
+        if self.n_layers is not None:
+            parts.append(f"{self.n_layers} layers")
+        if self.hidden_size is not None:
+            parts.append(f"hidden size {self.hidden_size}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named hyperparameter overrides and where each value comes from.
+
+    ``source`` names the paper and its section/table or the code release, or, for a calibrated
+    preset, the calibration run (``calibrated_source``): a preset with no measured source must not
+    exist. ``model``: the models it is applied to automatically (None: by name only). ``note``:
+    what it leaves at this project's defaults and why (a value the paper does not give)."""
+
+    name: str
+    hparams: Mapping[str, Any]
+    source: str
+    model: ModelMatch | None = None
+    note: str = ""
+
+    def record(self, how: str, overridden: Sequence[str] = ()) -> dict:
+        """What an edit's meta keeps about the preset it was fitted with."""
+        return {"name": self.name, "source": self.source, "how": how, "hparams": dict(self.hparams),
+                "overridden": sorted(overridden), **({"note": self.note} if self.note else {})}
+
+
+def calibrated_source(model: str, data: str, date: str, run: str = "") -> str:
+    """The ``source`` of a preset that ``unlearnviz calibrate`` measured (model, data, date, run folder)."""
+    return f"calibrated by unlearnviz calibrate on {model}/{data}, {date}" + (f" ({run})" if run else "")
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A registered method. ``summary`` is its full name (CLI and UI lists); ``plain_name`` and
-    ``description`` are what the report tells a reader who has never heard of it."""
+    ``description`` are what the report tells a reader who has never heard of it; ``presets``:
+    its named presets, in the order a model is matched against them."""
 
     name: str
     hparams_cls: type
@@ -55,16 +121,25 @@ class MethodSpec:
     summary: str
     plain_name: str
     description: str
+    presets: Mapping[str, Preset] = dataclasses.field(default_factory=dict)
 
 
 REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, hparams_cls: type, summary: str, *, plain_name: str, description: str):
-    """Decorate a method's ``fit``; the method's module is then the only place that names it."""
+def register(name: str, hparams_cls: type, summary: str, *, plain_name: str, description: str,
+             presets: Sequence[Preset] = ()):
+    """Decorate a method's ``fit``; the method's module is then the only place that names it.
+    Each preset's overrides are validated now, so a misspelt key fails at import, not at a fit."""
+    for p in presets:
+        make_hparams(hparams_cls, dict(p.hparams))
+        if p.name == NO_PRESET or not p.source.strip():
+            raise ValueError(f"preset {p.name!r} of {name}: needs a name other than {NO_PRESET!r} and a source")
+
     def deco(fn: FitFn) -> FitFn:
         REGISTRY[name] = MethodSpec(name=name, hparams_cls=hparams_cls, fit=fn, summary=summary,
-                                    plain_name=plain_name, description=description)
+                                    plain_name=plain_name, description=description,
+                                    presets={p.name: p for p in presets})
         return fn
     return deco
 
@@ -162,6 +237,66 @@ def make_hparams(cls: type, overrides: dict[str, Any] | None = None):
         return cls(**_schema(cls).validate_python(overrides))
     except ValidationError as exc:
         raise UserError(_message(cls, overrides, exc)) from None
+
+
+NO_PRESET = "none"  # `--preset none`: the method's defaults, even where a preset matches the model
+NOT_SETTINGS = frozenset({"seed"})  # overrides that do not count as the user's own settings
+
+
+@dataclass
+class PresetChoice:
+    """The overrides a fit uses (the preset's, then the user's over them), the record of the preset
+    applied (None: none), and the line that says so (or why a matching preset was not applied)."""
+
+    overrides: dict[str, Any]
+    record: dict | None
+    message: str
+
+
+def preset_named(spec: MethodSpec, name: str) -> Preset | None:
+    """The method's preset called ``name`` (None for ``none``); an unknown name is one line."""
+    if name == NO_PRESET:
+        return None
+    if name not in spec.presets:
+        raise UserError(f"unknown preset {name!r} for {spec.name}; available: {', '.join([*spec.presets, NO_PRESET])}")
+    return spec.presets[name]
+
+
+def choose_preset(spec: MethodSpec, config: Any, overrides: Mapping[str, Any] | None = None,
+                  name: str | None = None, fingerprint: Callable[[], str] | None = None) -> PresetChoice:
+    """The preset a fit uses. By ``name``: that one, with the user's ``overrides`` winning over
+    its values (``none``: no preset). Without a name: the first preset whose model rule matches
+    ``config`` (``fingerprint()`` for a fingerprint rule), only when the user gave no settings
+    (overrides other than the seed): a preset mixed with settings chosen for the defaults would
+    be neither. Unknown name: one line with the method's presets."""
+    overrides = dict(overrides or {})
+    name = (name or "").strip() or None
+    if name == NO_PRESET:
+        return PresetChoice(overrides, None, "")
+    if name is not None:
+        preset, how = preset_named(spec, name), "by name"
+    else:
+        preset = next((p for p in spec.presets.values() if p.model and p.model.matches(config, fingerprint)), None)
+        if preset is None:
+            return PresetChoice(overrides, None, "")
+        if set(overrides) - NOT_SETTINGS:
+            return PresetChoice(overrides, None, (
+                f"preset {preset.name!r} ({preset.source}) matches this model but was not applied: settings were "
+                f"given; add --preset {preset.name} to fit it with them"))
+        how = f"automatically: the model matches {preset.model.describe()}"
+    overridden = [k for k, v in overrides.items() if k in preset.hparams and v != preset.hparams[k]]
+    merged = {**preset.hparams, **overrides}
+    line = f"{spec.name} preset {preset.name!r} applied {how} ({preset.source})"
+    if overridden:
+        line += f"; your settings win for {', '.join(sorted(overridden))}"
+    return PresetChoice(merged, preset.record(how, overridden), line)
+
+
+def describe_presets(spec: MethodSpec) -> list[dict]:
+    """Name, overrides, source, model rule and note of each preset: for the CLI help and the docs."""
+    return [{"name": p.name, "hparams": dict(p.hparams), "source": p.source,
+             "model": p.model.describe() if p.model else "by name only", "note": p.note}
+            for p in spec.presets.values()]
 
 
 def describe_hparams(cls: type) -> list[dict]:

@@ -17,7 +17,7 @@ import torch
 from unlearnviz.data.batching import AUTO, subject_spans, tokenize_texts
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
-from unlearnviz.methods.base import MAX_TOKENS_DOC, ProgressFn, StopFn, Ticker, hp, resolve_window
+from unlearnviz.methods.base import MAX_TOKENS_DOC, ModelMatch, ProgressFn, StopFn, Ticker, hp, resolve_window
 from unlearnviz.methods.edit import Edit
 from unlearnviz.methods.engine import (
     LazyBatches,
@@ -55,6 +55,12 @@ class MisdirectionParams:
                             "its frozen value; the deltas act on every position, and a moved sink shifts every "
                             "token's attention.", "no (pads and all tokens, sink included, in one mean)")
     seed: int = hp(0, "Seed for the target's random vector and the batch order.", "")
+
+
+# The model both papers' settings are for: Zephyr-7B-β's shapes (Mistral-7B: 32 blocks, hidden
+# size 4096). A shape rule also matches other Mistral-7B fine-tunes; `--preset none` fits those at
+# the defaults.
+ZEPHYR_7B = ModelMatch(model_type="mistral", n_layers=32, hidden_size=4096)
 
 
 # target_fn(batch index, frozen forget output, loss mask) -> (target, per-feature weight or None)

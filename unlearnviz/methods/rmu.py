@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearnviz.methods.base import hp, register, resolve_window
+from unlearnviz.methods.base import Preset, hp, register, resolve_window
 from unlearnviz.methods.engine import Subset, mean_token_norm
-from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection, used
+from unlearnviz.methods.misdirection import ZEPHYR_7B, MisdirectionParams, prepare, train_misdirection, used
 from unlearnviz.model.routing import placed
 
 
@@ -28,11 +28,31 @@ class RMUParams(MisdirectionParams):
     adaptive: bool = hp(False, "Adaptive RMU: per-token target norm = steering_coeff × ||h_frozen(x)||.", "Dang et al. 2025")
 
 
+WMDP_ZEPHYR = Preset(
+    name="wmdp-zephyr-7b",
+    hparams={"layer": 7, "window": 3, "steering_coeff": 6.5, "coeff_relative": False, "adaptive": False,
+             "alpha": 1200.0, "lr": 5e-5, "steps": 150, "batch_size": 4, "max_tokens": 512,
+             "forget_tokens": "all", "anchor_first": True},
+    source="Li et al. 2024 (WMDP, arXiv 2403.03218) §4 and the released run of rmu/unlearn.py "
+           "(run_rmu_zephyr.ipynb): layer_id 7, layer_ids 5,6,7 (param_ids 6: mlp.down_proj), "
+           "steering_coeffs 6.5, alpha 1200, lr 5e-5, max_num_batches 150, batch_size 4, 512 tokens",
+    model=ZEPHYR_7B,
+    note="The release's loss is the per-element MSE over every token, pads included; here pads are left out "
+         "and position 0 is in the retain term only (forget_tokens=all, anchor_first on). It trains the weights "
+         "with AdamW (weight decay 0.01, negligible over 150 steps at 5e-5), alternating bio and cyber batches "
+         "with one u per topic (one edit per topic here); cyber's 768-token forget batches are cut to 512.")
+
+# Calibrated presets (issue 17: the lab model and the default model) are added here, each with
+# calibrated_source(...) and a ModelMatch(fingerprint=...) of the model it was measured on, once
+# `python -m unlearnviz calibrate` has measured them; none yet (no preset without a measured source).
+PRESETS = (WMDP_ZEPHYR,)
+
+
 @register("rmu", RMUParams, "Representation Misdirection for Unlearning (baseline)", plain_name="RMU",
           description="RMU (Representation Misdirection for Unlearning) trains a small change to a few layers so "
                       "that, on forget text, the model's internal state at one layer is pushed towards a fixed "
                       "random direction (which scrambles what later layers read), while on retain text the "
-                      "internal state is kept as it was.")
+                      "internal state is kept as it was.", presets=PRESETS)
 def fit_rmu(lm, data, hparams: RMUParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
     window = resolve_window(lm, data, hparams)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from unlearnviz.data.batching import Batch, subject_spans, tokenize_texts
-from unlearnviz.methods.base import hp, register, resolve_window
+from unlearnviz.methods.base import Preset, hp, register, resolve_window
 from unlearnviz.methods.engine import LazyBatches, Subset, mean_abs_features, mean_token_norm
-from unlearnviz.methods.misdirection import MisdirectionParams, prepare, train_misdirection, used
+from unlearnviz.methods.misdirection import ZEPHYR_7B, MisdirectionParams, prepare, train_misdirection, used
 from unlearnviz.model.routing import placed
 
 
@@ -63,10 +63,27 @@ class SRMUParams(MisdirectionParams):
     residual_target: bool = hp(False, "NON-PAPER: target h_frozen + c·V⊙I_norm instead of the absolute T.", "no")
 
 
+PAPER_ZEPHYR = Preset(
+    name="paper-zephyr-7b",
+    hparams={"layer": 7, "window": 3, "alpha": 1200.0, "lr": 5e-5, "steps": 150, "batch_size": 4,
+             "max_tokens": 512, "variant": "ratio", "stat_tokens": "all", "forget_tokens": "all",
+             "anchor_first": True},
+    source="Chen et al. 2025 (SRMU, arXiv 2512.16297) §4: Zephyr-7B, AdamW lr 5e-5, batch 4, T = 150 steps, "
+           "α = 1200, 512 tokens (bio), the ratio map (the Pareto-best variant, Table 4 ablation); the loss "
+           "layer and trained blocks are RMU's (layer 7, blocks 5–7), which the paper says it follows",
+    model=ZEPHYR_7B,
+    note="The paper grid-searches c_map over [1, 170] and does not give the value chosen, so c_map (and "
+         "coeff_relative) stay at this project's defaults: calibrate or sweep it. λ and ε are not given either. "
+         "Token handling follows the RMU release (every token; statistics over every non-pad token).")
+
+# Calibrated presets (the lab model, the default model) go here, as in rmu.py; none yet.
+PRESETS = (PAPER_ZEPHYR,)
+
+
 @register("srmu", SRMUParams, "Feature-Selective Representation Misdirection", plain_name="SRMU",
           description="SRMU (Feature-Selective Representation Misdirection) works like RMU but first measures which "
                       "internal features respond much more to forget text than to retain text, and aims its push "
-                      "at those features, to spare what the retain data needs.")
+                      "at those features, to spare what the retain data needs.", presets=PRESETS)
 def fit_srmu(lm, data, hparams: SRMUParams, progress=None, should_stop=None, prior=None, naive=False):
     t0 = time.perf_counter()
     window = resolve_window(lm, data, hparams)

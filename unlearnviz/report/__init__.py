@@ -45,6 +45,7 @@ SECTIONS = [
     ("geometry", "Hidden-state geometry before and after"),
     ("residual", "Residual knowledge: erased or hidden?"),
     ("relearning", "Relearning attack"),
+    ("robustness", "Robustness card: does the knowledge come back?"),
     ("chats", "Example answers, side by side"),
     ("about", "How this report was made"),
 ]
@@ -100,7 +101,38 @@ def _figures(r: ReportData) -> dict:
         "lens": plots.logit_lens_heatmap(a.lens) if a is not None and a.lens is not None else None,
         "relearn": plots.relearning_curve(curve["edited"], curve.get("original"), chance=before.get("chance"),
                                           floor=before.get("forget_floor_acc")) if curve else None,
+        "card": _card_figure(r.attacks) if r.attacks else None,
     }
+
+
+def _card_figure(card: dict):
+    from unlearnviz import plots
+    from unlearnviz.attacks.card import figure_rows
+
+    base = card.get("baseline") or {}
+    rows = figure_rows(card)
+    return plots.robustness_card(rows, floor=base.get("floor"), chance=base.get("chance")) if rows else None
+
+
+def _card_context(card: dict | None) -> dict:
+    """The robustness section's table, headline and summary figures (empty without a card)."""
+    if not card:
+        return {"card_rows": [], "card_headline": "", "card_summary": [], "card_notes": []}
+    from unlearnviz.attacks.card import CARD_HEADERS, card_results, card_rows, headline
+
+    def cell(v, signed: bool = False) -> str:
+        if v is None:
+            return "n/a"
+        return f"{v * 100:+.0f}%" if signed else pct(float(v))
+
+    rows = [[*row[:3], *(cell(v) for v in row[3:7]), cell(row[7], signed=True), *(cell(v) for v in row[8:])]
+            for row in card_rows(card)]
+    s = card.get("summary") or {}
+    summary = [(k, f"{s[k]:.2f}" if s.get(k) is not None else "n/a", s.get(f"{k}_from") or "") for k in ("R", "Q")]
+    summary.append(("HM(R, Q)", f"{s['HM']:.2f}" if s.get("HM") is not None else "n/a", "harmonic mean"))
+    notes = [f"{name}: {n}" for name, r in card_results(card).items() for n in r.notes]
+    return {"card_rows": rows, "card_headers": CARD_HEADERS, "card_headline": headline(card), "card_summary": summary,
+            "card_notes": notes}
 
 
 def build_report(r: ReportData) -> str:
@@ -140,11 +172,29 @@ def build_report(r: ReportData) -> str:
         whitebox=[(WHITEBOX_LABELS.get(k, k), pct(float(v))) for k, v in (relearn.get("whitebox") or {}).items()],
         attack_settings=", ".join(f"{k}={v}" for k, v in (relearn.get("settings") or {}).items()),
         relearn_note=r.relearn_note,
+        attacks_note=r.attacks_note,
+        **_card_context(r.attacks),
         chats=[{"prompt": c["prompt"], "split": c.get("split", ""), "original": c["original"], "edited": c["edited"],
                 "same": c["original"].strip() == c["edited"].strip()} for c in r.chats],
         settings=list(r.settings.items()),
         notes=[*r.notes, *(a.notes if a is not None else [])],
     )
+
+
+def _attach_card(report: ReportData, run_dir: Path, plan) -> None:
+    """The run folder's attacks.json, when it was measured on this edit (its content hash)."""
+    from unlearnviz.attacks.card import ATTACKS_FILE, card_matches, read_card
+
+    card = read_card(run_dir)
+    if card is None:
+        report.attacks_note = (f"no {ATTACKS_FILE} in {run_dir}: `python -m unlearnviz attack --edit {run_dir}` "
+                               "writes one, and the report then shows it.")
+    elif not card_matches(card, plan):
+        report.attacks_note = (f"{run_dir / ATTACKS_FILE} was measured on another edit (not this folder's): ignored; "
+                               f"rerun `python -m unlearnviz attack --edit {run_dir}`.")
+    else:
+        report.attacks = card
+        report.notes.append(f"robustness card read from {run_dir / ATTACKS_FILE}")
 
 
 def write_report(path: Path, report: ReportData) -> Path:
@@ -247,6 +297,7 @@ def write_run_report(run_dir: Path, out: Path, model: str | None = None, data: s
     edits = [edit_summary(e) for e in stack.edits]
     report = gather(lm, dataset, edits, plan, before, after, relearn, settings,
                     source=f"run folder {run_dir}", log=log, chats=chats)
+    _attach_card(report, run_dir, plan)
     if relearn is not None:
         report.notes.append(f"relearning curve read from {rel_path}")
     if chats:

@@ -33,6 +33,8 @@ class ReportData:
     analysis: Analysis | None = None
     relearn: dict | None = None  # {"edited": curve, "original": curve, "whitebox": {...}, "settings": {...}}
     relearn_note: str = ""  # why there is no relearning curve
+    attacks: dict | None = None  # the robustness card (unlearnviz.attacks.card), when one was run on this edit
+    attacks_note: str = ""  # why there is no card
     chats: list[dict] = field(default_factory=list)  # {"split", "prompt", "original", "edited"}
     source: str = ""  # "run folder …" or "dashboard session"
     settings: dict = field(default_factory=dict)  # how the missing parts were computed

@@ -15,7 +15,7 @@ from pathlib import Path
 from unlearnviz.data import load_data
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
-from unlearnviz.methods.base import get_method, make_hparams
+from unlearnviz.methods.base import choose_preset, get_method, make_hparams
 from unlearnviz.methods.edit import Edit, EditStack
 from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model, resolve_placement
 from unlearnviz.model.routing import RoutingPlan
@@ -170,6 +170,7 @@ class Session:
     before: dict | None = None  # metrics of the original model on the current data
     after: dict[int, dict] = field(default_factory=dict)  # metrics per stack index
     relearn: dict[int, dict] = field(default_factory=dict)
+    attacks: dict[int, dict] = field(default_factory=dict)  # robustness cards per stack index (session.attacks)
     chats: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # the actions, for the reproducing config
     limits: Limits = field(default_factory=Limits)
@@ -182,6 +183,7 @@ class Session:
         lm = store.get(resolve_model_source(source.strip() or "default"), LoadOptions(dtype=dtype, device=device))
         if self.lm is not lm:
             self.stack, self.after, self.relearn, self.before, self.selected = EditStack(), {}, {}, None, None
+            self.attacks = {}
         self.lm = lm
         self.history.append({"action": "load_model", "model": source, "dtype": dtype, "device": device})
         return lm.info()
@@ -195,7 +197,7 @@ class Session:
         if self.lm is not None:
             check_fits_context(self.lm, data, letter=False)
         self.data = data
-        self.before, self.after, self.relearn = None, {}, {}
+        self.before, self.after, self.relearn, self.attacks = None, {}, {}, {}
         self.history.append({"action": "load_data", "data": spec})
         return self.data_summary()
 
@@ -229,9 +231,13 @@ class Session:
 
     # ---- edits ----------------------------------------------------------------------------
     def run_edit(self, method: str, overrides: dict | None = None, progress=None, should_stop=None,
-                 evaluate: bool = True, data_spec: str | None = None, budget_bytes: int | None = None) -> dict:
+                 evaluate: bool = True, data_spec: str | None = None, budget_bytes: int | None = None,
+                 preset: str | None = None) -> dict:
         """Fit one edit on top of the stack. ``data_spec``: fit it on another data set (continual
         unlearning on a new forget set, as a config's ``edits[i].data``); the session's data stays.
+        ``preset``: the method's preset of that name under ``overrides`` (``none``: the defaults;
+        None: the one matching the model, if no overrides are given: ``methods.base.choose_preset``);
+        the edit's meta records it and ``out["preset_note"]`` says what was chosen.
         A fit whose planned peak memory is over what the device has (or ``budget_bytes``) is refused
         before it starts (``session.planning``)."""
         lm = self.require_model()
@@ -239,7 +245,8 @@ class Session:
         spec = get_method(str(method or "").strip())
         if overrides is not None and not isinstance(overrides, dict):
             raise UserError(f"hyperparameters must be a JSON object of name: value, got {type(overrides).__name__}")
-        hparams = make_hparams(spec.hparams_cls, overrides or {})
+        choice = choose_preset(spec, lm.model.config, overrides, preset, lambda: lm.fingerprint(refresh=False))
+        hparams = make_hparams(spec.hparams_cls, choice.overrides)
         if getattr(hparams, "max_tokens", 0) > lm.max_length and has_learned_positions(lm):
             raise UserError(f"max_tokens={hparams.max_tokens} is over this model's context of {lm.max_length} tokens")
         if getattr(hparams, "steps", 0) > self.limits.max_steps:
@@ -255,13 +262,51 @@ class Session:
         edit.meta.update({"label": f"{len(self.stack) + 1}. {method}", "data": data.name,
                           "data_hash": data.content_hash(), "fit_s": time.perf_counter() - t0,
                           "data_spec": data_spec or (self._last("load_data") or {}).get("data")})
+        if choice.record:
+            edit.meta["preset"] = choice.record
         self.stack.push(edit)
         self.selected = None
         self.history.append({"action": "run_edit", "method": method, "hparams": overrides or {},
-                             **({"data": data_spec} if data_spec else {})})
+                             **({"data": data_spec} if data_spec else {}), **({"preset": preset} if preset else {})})
         out = {"index": len(self.stack) - 1, "method": method, "fit_s": edit.meta["fit_s"],
-               "steps": edit.meta.get("steps")}
+               "steps": edit.meta.get("steps"), "preset": (choice.record or {}).get("name"),
+               "preset_note": choice.message}
         if evaluate:
+            out["metrics"] = self.evaluate(should_stop=should_stop)
+        if lm.fingerprint(refresh=False) != fp:
+            raise AssertionError("base weights changed")  # never expected: edits act through hooks
+        return out
+
+    def describe_unlearned(self, source: str) -> dict:
+        """What importing ``source`` (a checkpoint or LoRA adapter made by another tool) would read
+        and keep beside the loaded base, before anything is read but file headers."""
+        from unlearnviz.methods.imports import describe_unlearned
+
+        return describe_unlearned(str(source or "").strip())
+
+    def import_unlearned(self, source: str, evaluate: bool = True, should_stop=None, allow_pickle: bool = False,
+                         progress=None) -> dict:
+        """Push a checkpoint or LoRA adapter made by another tool onto the stack as an edit: the
+        tensors in which it differs from the loaded base, routed per row like a fitted edit (so
+        every view compares it with the original in one batched pass). Its config entry is
+        ``{method: imported, source: ...}`` (re-imported on replay). ``allow_pickle``: the
+        operator's opt-in for .bin sources."""
+        from unlearnviz.methods.imports import import_unlearned
+
+        lm = self.require_model()
+        source = str(source or "").strip()
+        if not source:
+            raise UserError("name the unlearned checkpoint (a folder, a .gguf file or a hub id) or LoRA adapter")
+        fp = lm.fingerprint(refresh=False)
+        t0 = time.perf_counter()
+        edit = import_unlearned(lm, source, allow_pickle=allow_pickle, progress=progress)
+        edit.meta.update({"label": f"{len(self.stack) + 1}. {edit.label()}", "fit_s": time.perf_counter() - t0})
+        self.stack.push(edit)
+        self.selected = None
+        self.history.append({"action": "import_unlearned", "source": edit.hparams.get("source", source)})
+        out = {"index": len(self.stack) - 1, "method": edit.method, "label": edit.label(),
+               "import": edit.meta.get("import", {}), "import_s": edit.meta["fit_s"]}
+        if evaluate and self.data is not None:
             out["metrics"] = self.evaluate(should_stop=should_stop)
         if lm.fingerprint(refresh=False) != fp:
             raise AssertionError("base weights changed")  # never expected: edits act through hooks
@@ -271,6 +316,7 @@ class Session:
         edit = self.stack.undo()
         self.after.pop(len(self.stack), None)
         self.relearn.pop(len(self.stack), None)
+        self.attacks.pop(len(self.stack), None)
         self.selected = None
         self.history.append({"action": "undo"})
         return {"undone": edit.label(), "remaining": len(self.stack)}
@@ -399,6 +445,8 @@ class Session:
         raw["edits"] = []
         for e in self.stack.edits:
             entry = {"method": e.method, "hparams": dict(e.hparams)}
+            if (e.meta.get("preset") or {}).get("name"):  # a record: every value is in hparams already
+                entry["preset"] = e.meta["preset"]["name"]
             if e.meta.get("data_spec") and e.meta["data_spec"] != data.get("data"):
                 entry["data"] = e.meta["data_spec"]
             raw["edits"].append(entry)
@@ -419,5 +467,5 @@ class Session:
     def adopt(self, other: Session) -> None:
         """Take over another session's state in place (an imported bundle, a replayed config);
         the operator's limits stay."""
-        for name in ("lm", "data", "stack", "selected", "before", "after", "relearn", "chats", "history"):
+        for name in ("lm", "data", "stack", "selected", "before", "after", "relearn", "attacks", "chats", "history"):
             setattr(self, name, getattr(other, name))

@@ -41,7 +41,10 @@ class _FixedStore:
 def edit_hparams(edit: EditSection, seed: int) -> dict:
     """The overrides an edit is fitted with: the config's seed where the edit sets none."""
     from unlearnviz.methods.base import get_method
+    from unlearnviz.methods.imports import IMPORTED
 
+    if edit.method == IMPORTED:
+        return {}  # nothing is fitted: the edit is the diff of its source
     hp = dict(edit.hparams)
     if "seed" not in hp and "seed" in {f.name for f in dataclasses.fields(get_method(edit.method).hparams_cls)}:
         hp["seed"] = seed
@@ -49,12 +52,15 @@ def edit_hparams(edit: EditSection, seed: int) -> dict:
 
 
 def replay(cfg: Config, session: Session | None = None, *, lm=None, store=None, prior=None, progress=None,
-           should_stop=None, log: Callable[[str], None] | None = None, chats: bool = True) -> Session:
+           should_stop=None, log: Callable[[str], None] | None = None, chats: bool = True,
+           allow_pickle: bool = False) -> Session:
     """Fit a config into a Session: load model and data, evaluate the original, fit every edit in
     order on top of the ones before (and of ``prior``, an EditStack), evaluate each, run the
-    relearning attack and the chats. ``lm``: an already loaded model to use (the CLI's); else the
-    config's model is loaded through ``store``. Returns the session."""
+    relearning attack and the chats. An imported edit is imported again from its source
+    (``allow_pickle``: the operator's opt-in for .bin sources). ``lm``: an already loaded model to
+    use (the CLI's); else the config's model is loaded through ``store``. Returns the session."""
     from unlearnviz.methods.edit import EditStack
+    from unlearnviz.methods.imports import IMPORTED
 
     log = log or (lambda _m: None)
     session = session if session is not None else Session()
@@ -71,9 +77,14 @@ def replay(cfg: Config, session: Session | None = None, *, lm=None, store=None, 
     session.evaluate(letter=letter, should_stop=should_stop)  # before (and the prior stack): fails fast
     first = len(session.stack)
     for i, edit in enumerate(cfg.edits):
+        if edit.method == IMPORTED:
+            log(f"importing edit {i + 1}/{len(cfg.edits)}: {edit.source}")
+            session.import_unlearned(edit.source, evaluate=False, allow_pickle=allow_pickle, progress=progress)
+            continue
         log(f"fitting edit {i + 1}/{len(cfg.edits)}: {edit.method}")
         session.run_edit(edit.method, edit_hparams(edit, cfg.seed), progress=progress, should_stop=should_stop,
-                         evaluate=False, data_spec=edit.data if edit.data and edit.data != cfg.data.spec else None)
+                         evaluate=False, data_spec=edit.data if edit.data and edit.data != cfg.data.spec else None,
+                         preset=edit.preset)
     for i in range(first, len(session.stack)):
         log(f"evaluating edit {i + 1}/{len(session.stack)}")
         session.select(i)
@@ -112,4 +123,9 @@ def session_from_run(run: RunRecords, lm: LoadedModel, data: UnlearningData, his
                 session.after[i] = after
     session.chats = list(run.chats)
     session.relearn = {k: v for k, v in run.relearn.items() if k < len(stack)}
+    from unlearnviz.attacks.card import card_matches, read_card
+
+    card = read_card(run.path)  # the run's attacks.json, when it was measured on this stack
+    if card is not None and card_matches(card, stack.plan()):
+        session.attacks[len(stack) - 1] = card
     return session

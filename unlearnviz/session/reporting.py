@@ -39,6 +39,9 @@ def write_session_report(session: Session, path: Path) -> Path:
                         ReportSettings(relearn_steps=0), source="a dashboard session")
     if relearn is None:
         report.relearn_note = "not run in this session (Evaluate tab → Run relearning attack, then export again)."
+    report.attacks = session.attacks.get(idx)
+    if report.attacks is None:
+        report.attacks_note = "not run in this session (Evaluate tab → Robustness → Run attacks, then export again)."
     own = [c for c in session.chats if c.get("edit") == edit.label()][-5:]
     report.chats += [{"split": "asked in this session", "prompt": c["prompt"], "original": c["original"],
                       "edited": c["edited"]} for c in own]

@@ -124,6 +124,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             return [session, *[updates.get(c, gr.update()) for c in outputs[1:]]]
 
         export_ui["imported"].success(readable(show_session), state, outputs, api_visibility="private")
+        model_ui["imported"].success(readable(show_session), state, outputs, api_visibility="private")
         if config.template is not None:
             demo.load(readable(show_session), state, outputs, api_visibility="private")
     demo.unlearnviz_theme = THEME  # type: ignore[attr-defined]

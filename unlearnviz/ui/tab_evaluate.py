@@ -1,4 +1,6 @@
-"""Evaluate tab: before/after accuracy on forget and retain, perplexity, relearning attacks."""
+"""Evaluate tab: before/after accuracy on forget and retain, perplexity, relearning attacks, the
+robustness card (every attack of ``unlearnviz.attacks`` on the selected edit, through
+``session.attacks``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import gradio as gr
 from unlearnviz import plots
 from unlearnviz.errors import UserError
 from unlearnviz.session import Limits, catalogue, sweeps
+from unlearnviz.session import attacks as session_attacks
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Evaluate.** Cloze accuracy is the primary metric for small models (lettered A–D scoring is at "
@@ -21,6 +24,14 @@ SWEEP_INTRO = (
     "alone) and see them on one forget-vs-retain chart, one colour per method. One setting per line as "
     "`key=value1,value2`; a single value fixes a setting for every point; `srmu.c_map=1,2` applies to one method "
     "only.")
+
+
+ROBUSTNESS_INTRO = (
+    "**Robustness card.** Much unlearning only hides knowledge: it returns after a few fine-tuning steps (even on "
+    "unrelated text), after 4-bit quantization, after removing one direction, or under a prompt prefix. Each "
+    "attack runs on the selected edit and, the same way, on the original; *recovered* is the share of the "
+    "forgotten knowledge it brought back, (attacked − edited) / (original − edited). R (relearning) and Q "
+    "(quantization) are 1 when the forgetting survives, 0 when it is undone.")
 
 
 def metrics_rows(result: dict) -> list[list]:
@@ -116,4 +127,42 @@ def build(state: gr.State, config: AppConfig) -> dict:
         return "Sweep cancelled; the points that finished are kept above."
 
     sweep_cancel.click(on_sweep_cancel, state, sweep_status, cancels=[sweep_event], api_name="cancel_sweep")
-    return {"table": table, "bars": bars, "relearn_plot": relearn_plot}
+    choices = session_attacks.attack_choices()
+    with gr.Accordion("Robustness: does the forgotten knowledge come back?", open=False):
+        gr.Markdown(ROBUSTNESS_INTRO)
+        attack_boxes = gr.CheckboxGroup(choices, value=[name for _, name in choices], label="attacks")
+        with gr.Row():
+            attack_steps = gr.Slider(2, 200, value=20, step=1, label="relearning steps (both relearning attacks)")
+            attack_items = gr.Slider(4, 200, value=32, step=2, label="questions scored per side")
+        with gr.Row():
+            attack_btn = gr.Button("Run attacks", variant="primary")
+            attack_cancel = gr.Button("Cancel", variant="stop")
+        attack_status = gr.Markdown()
+        card_plot = gr.Plot(label="Forget accuracy under each attack", show_label=False)
+        card_table = gr.Dataframe(headers=session_attacks.CARD_HEADERS, value=[], interactive=False)
+        card_out = gr.JSON(visible=False)
+
+    @readable
+    def on_attacks(session: UISession, names: list[str], n_steps: float, n_items: float, progress=gr.Progress()):
+        ensure_ready(session, config)
+        chosen, settings = session_attacks.ui_settings(names, n_steps, n_items, config.limits)
+        session.cancel_flag.clear()
+
+        def tick(event: dict) -> None:
+            progress(session_attacks.progress_fraction(event), desc=session_attacks.progress_text(event))
+
+        card = session_attacks.run_session_card(session, chosen, settings, progress=tick,
+                                                should_stop=session.should_stop)
+        rows, floor, chance = session_attacks.card_figure(card)
+        return (session, session_attacks.card_headline(card), plots.robustness_card(rows, floor=floor, chance=chance),
+                session_attacks.card_table(card), card)
+
+    attack_event = attack_btn.click(on_attacks, [state, attack_boxes, attack_steps, attack_items],
+                                    [state, attack_status, card_plot, card_table, card_out], api_name="attacks")
+
+    def on_attack_cancel(session: UISession) -> str:
+        session.cancel_flag.set()
+        return "Attacks cancelled; nothing was kept."
+
+    attack_cancel.click(on_attack_cancel, state, attack_status, cancels=[attack_event], api_name="cancel_attacks")
+    return {"table": table, "bars": bars, "relearn_plot": relearn_plot, "card_plot": card_plot}

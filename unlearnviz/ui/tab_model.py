@@ -51,4 +51,60 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
     fp_btn = gr.Button(visible=False)
     fp_btn.click(on_fingerprint, state, api_out, api_name="fingerprint")
-    return {"info": info}
+
+    with gr.Accordion("Compare with a checkpoint made by another tool", open=False):
+        gr.Markdown(IMPORT_INTRO)
+        ckpt = gr.Textbox(label="Unlearned checkpoint or LoRA adapter", elem_id="uv-unlearned",
+                          info="a folder (or .gguf) under the allowed model folder, or a hub id (needs a network)")
+        with gr.Row():
+            check_btn = gr.Button("Check (reads file headers only)")
+            import_btn = gr.Button("Import as an edit", variant="primary")
+        ckpt_info = gr.Markdown("")
+
+    @readable
+    def on_check(session: UISession, src: str):
+        ensure_ready(session, config, need_data=False)
+        return describe_markdown(session, session.describe_unlearned(confine_model_source(src, config)))
+
+    @readable
+    def on_import(session: UISession, src: str):
+        ensure_ready(session, config)
+        out = session.import_unlearned(confine_model_source(src, config))
+        return session, import_markdown(out), out
+
+    check_btn.click(on_check, [state, ckpt], ckpt_info, api_name="describe_unlearned")
+    imported = import_btn.click(on_import, [state, ckpt], [state, ckpt_info, api_out], api_name="import_unlearned")
+    return {"info": info, "imported": imported}
+
+
+IMPORT_INTRO = ("Already have an unlearned model (an RMU, NPO or GradDiff checkpoint, a LoRA adapter)? Name it here: "
+                "the tensors in which it differs from the loaded base become an edit on the timeline, and every tab "
+                "compares it with the original, row by row in the same batches. Only the changed tensors are kept "
+                "beside the base (a LoRA adapter stays low-rank). Architecture, shapes and tokenizer are checked "
+                "first.")
+
+
+def _mb(n) -> str:
+    return f"{float(n) / 2**20:,.1f} MB" if isinstance(n, (int, float)) else str(n)
+
+
+def describe_markdown(session: UISession, d: dict) -> str:
+    """What an import would read and keep, beside the loaded model's own memory."""
+    rows = [(k.replace("_", " "), _mb(v) if k.endswith("bytes") else str(v)) for k, v in d.items()
+            if isinstance(v, (str, int, float)) and v is not None]
+    if session.lm is not None:
+        rows.append(("base in memory", f"{session.lm.info()['memory_mb']} MB"))
+    return "**Before importing:**\n\n" + md_table(rows)
+
+
+def import_markdown(out: dict) -> str:
+    info = out.get("import", {})
+    rows = [("edit", out.get("label", "")), ("import time", f"{out.get('import_s', 0):.1f} s")]
+    rows += [(k.replace("_", " "), _mb(v) if k.endswith("bytes") else str(v)) for k, v in info.items()
+             if isinstance(v, (str, int, float))]
+    m = out.get("metrics") or {}
+    after = m.get("after") or {}
+    if after:
+        rows.append(("forget / retain (cloze)", f"{after.get('forget_cloze_acc', float('nan')):.1%} / "
+                                                f"{after.get('retain_cloze_acc', float('nan')):.1%}"))
+    return "**Imported.** Every tab now compares it with the original.\n\n" + md_table(rows)

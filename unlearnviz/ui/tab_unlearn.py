@@ -10,7 +10,7 @@ import time
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.session import catalogue, planning
+from unlearnviz.session import calibration, catalogue, planning
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Unlearn.** Run an edit on the loaded model. *RMU* pushes forget activations at one layer toward a "
@@ -30,6 +30,49 @@ def _component(row: dict):
     if isinstance(default, list):
         return gr.Textbox(value=",".join(map(str, default)), label=label, info=info)
     return gr.Number(value=default, label=label, info=info, precision=0 if isinstance(default, int) else None)
+
+
+CALIBRATE_INTRO = (
+    "**Calibrate.** Defaults tuned on one model rarely fit another. This searches the chosen method's key "
+    "settings (RMU/SRMU: layer, steering scale, retain weight, learning rate, steps; MRP: site, rank, retain weight, "
+    "steps) with Optuna, each trial a short fit on the original model (your timeline is left alone), scored on half "
+    "of the forget and retain questions. The chosen setting is the one that meets the bars (forget within 10 points "
+    "of chance, retain down at most 3 points, perplexity up at most 10%), or the closest; its figures below are on "
+    "the other half, which no trial was scored on. *Use the chosen setting* fills the fields above; then press Run.")
+
+
+def calibrate_with_live_updates(session: UISession, method: str, settings, progress=None):
+    """Run the calibration in a worker thread; yield (status, result-so-far dict) after each trial
+    and once at the end (with the result)."""
+    events: queue.Queue = queue.Queue()
+    result: dict = {}
+    session.cancel_flag.clear()
+
+    def work():
+        try:
+            result["out"] = calibration.run_calibration(session, method, settings, progress=events.put,
+                                                        should_stop=session.should_stop)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    while worker.is_alive() or not events.empty():
+        try:
+            ev = events.get(timeout=0.25)
+        except queue.Empty:
+            continue
+        n = max(1, ev.get("trials") or 1)
+        if ev["phase"] == "fit" and progress is not None:
+            progress((ev["trial"] - 1 + ev["step"] / max(1, ev["total"])) / n, desc=f"trial {ev['trial']}/{n}")
+        elif ev["phase"] == "final" and progress is not None:
+            progress(ev["step"] / max(1, ev["total"]), desc="refitting the chosen setting")
+        elif ev["phase"] == "trial":
+            yield f"{ev['trial']} of {n} trials done …", ev
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    yield "done", result["out"]
 
 
 def timeline_rows(session: UISession) -> list[list]:
@@ -226,6 +269,62 @@ def build(state: gr.State, config: AppConfig) -> dict:
         return session, edit_summary(session), timeline_rows(session)
 
     selected.submit(on_select, [state, selected], [state, status, timeline], api_name="select_edit")
+
+    with gr.Accordion("Calibrate: search this method's key settings", open=False):
+        gr.Markdown(CALIBRATE_INTRO)
+        with gr.Row():
+            cal_trials = gr.Number(value=12, precision=0, label="trials", info="fits in all (the first: the defaults)")
+            cal_steps = gr.Number(value=50, precision=0, label="steps per trial, at most",
+                                  info="steps are searched from a quarter of this up to it")
+        with gr.Row():
+            cal_btn = gr.Button("Calibrate", variant="primary")
+            cal_cancel = gr.Button("Cancel", variant="stop")
+            cal_use = gr.Button("Use the chosen setting")
+        cal_status = gr.Markdown()
+        cal_plot = gr.Plot(label="Trials", show_label=False)
+        cal_table = gr.Dataframe(headers=calibration.FRONT_HEADERS, value=[], interactive=False)
+        cal_out = gr.JSON(visible=False)
+
+    @readable
+    def on_calibrate(session: UISession, m: str, trials, steps, progress=gr.Progress()):
+        ensure_ready(session, config)
+        settings = calibration.ui_settings(m, trials, steps, config.limits)
+        for msg, res in calibrate_with_live_updates(session, m, settings, progress):
+            if msg != "done":
+                fig = plots.calibration_figure(res["rows"], res["front"], res["before"])
+                yield session, msg, fig, calibration.front_table(res["rows"], res["front"]), {}
+                continue
+            chosen = res.chosen["trial"] if res.chosen else None
+            out = {"method": res.method, "chosen": chosen, "meets_bars": res.meets_bars,
+                   "statement": res.statement, "overrides": res.overrides, "heldout": res.heldout,
+                   "front": res.front, "rows": res.rows}
+            yield (session, res.statement, plots.calibration_figure(res.rows, res.front, res.before, chosen, res.bars),
+                   calibration.front_table(res.rows, res.front), out)
+
+    cal_event = cal_btn.click(on_calibrate, [state, method, cal_trials, cal_steps],
+                              [state, cal_status, cal_plot, cal_table, cal_out], api_name="calibrate")
+
+    def on_cal_cancel(session: UISession) -> str:
+        session.cancel_flag.set()
+        return "Calibration cancelled."
+
+    cal_cancel.click(on_cal_cancel, state, cal_status, cancels=[cal_event], api_name="cancel_calibration")
+
+    @readable
+    def on_use(result: dict | None):
+        """The chosen setting into the chosen method's fields (the others stay as they are)."""
+        if not result or not result.get("overrides"):
+            raise gr.Error("There is no chosen setting yet: run a calibration first (one where a trial finished).",
+                       print_exception=False)
+        m = result["method"]
+        values = calibration.chosen_fields(m, result["overrides"])
+        updates = [gr.update(value=values[n]) if name == m else gr.update()
+                   for name in methods for n in fields[name][0]]
+        note = (f"The fields of {m.upper()} now hold trial {result['chosen']}'s setting"
+                + ("" if result.get("meets_bars") else " (the closest: none met the bars)") + "; press Run edit.")
+        return [m, *updates, note, {"method": m, "fields": values}]
+
+    cal_use.click(on_use, cal_out, [method, *all_comps, cal_status, api_out], api_name="use_calibration")
     # the plan line follows the session (a model or data loaded in another tab, the demo, a bundle):
     # the app refreshes it whenever this tab is opened
     return {"status": status, "loss_plot": loss_plot, "timeline": timeline,
