@@ -1,10 +1,14 @@
-"""Durable files: atomic writes and names that cannot escape their folder."""
+"""Durable files: atomic writes and names that cannot escape their folder; and a library's log
+notices kept off the user's terminal while it runs."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from unlearnviz.errors import UserError
@@ -39,3 +43,17 @@ def safe_child(folder: Path, name: str) -> Path:
     if path.parent != folder.resolve():
         raise UserError(f"file name {name!r} escapes its folder")
     return path
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Logger ``name`` (and its children) raised to ``level`` for the body, then put back: the
+    notices libraries log per call (lm-eval's seeds, bitsandbytes' casts) are not the user's to
+    act on; their errors still show."""
+    log = logging.getLogger(name)
+    previous = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)

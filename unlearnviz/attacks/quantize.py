@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 from unlearnviz.attacks.base import AttackResult, Items, Variant, check_stop, hp, register, score
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
+from unlearnviz.io import quiet_logger
 from unlearnviz.methods.base import ProgressFn, StopFn
 from unlearnviz.methods.edit import Edit, EditStack, export_checkpoint
 from unlearnviz.model.loading import LoadedModel, wrap_model
@@ -90,13 +90,8 @@ def load_quantized(folder: Path, fmt: str, device: torch.device, dtype: torch.dt
 def quiet_int8() -> Iterator[None]:
     """Silence bitsandbytes' per-call note that LLM.int8 casts float32 inputs to float16 (it is
     logged at every matmul, thousands of lines for one scoring pass)."""
-    log = logging.getLogger("bitsandbytes.autograd._functions")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
+    with quiet_logger("bitsandbytes.autograd._functions"):
         yield
-    finally:
-        log.setLevel(level)
 
 
 def release(qlm: LoadedModel | None) -> None:

@@ -23,7 +23,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from unlearnviz.data.corpus import offline
 from unlearnviz.data.schema import MCQItem, UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.mcq import cloze_pick
-from unlearnviz.io import atomic_write_text
+from unlearnviz.io import atomic_write_text, quiet_logger
 from unlearnviz.model.loading import LoadedModel
 from unlearnviz.model.routing import RoutingPlan
 from unlearnviz.runs import LMEVAL_FILE, LMEVAL_TASKS_DIR
@@ -51,13 +50,8 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 def quiet_harness():
     """lm-eval's log notices (seeds set, a pre-initialised model passed, default aggregations) kept
     off stderr: they are not the user's to act on. Its errors still show."""
-    log = logging.getLogger("lm_eval")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
+    with quiet_logger("lm_eval"):
         yield
-    finally:
-        log.setLevel(level)
 
 
 def require_lmeval():
