@@ -55,7 +55,11 @@ def main() -> None:
     for method in args.methods.split(","):
         lm, data = lab(args.on)
         t0 = time.perf_counter()
-        res = calibrate(lm, data, method, CalibrationSettings(trials=args.trials, steps=args.steps, space=space),
+        import dataclasses
+
+        own = {f.name for f in dataclasses.fields(get_method(method).hparams_cls)}
+        mine = {k: r for k, r in space.items() if k in own}  # a --range the method has no such setting for: skipped
+        res = calibrate(lm, data, method, CalibrationSettings(trials=args.trials, steps=args.steps, space=mine),
                         out / f"{method}-e{args.on}", data_spec=f"synthetic:{args.on}")
         cal_min = (time.perf_counter() - t0) / 60
         # the chosen trial's hyperparameters as `run` reproduces them (the config the calibration wrote)

@@ -123,6 +123,56 @@ def test_bad_input_is_a_readable_error_and_server_lives(server):
     assert server.alive()
 
 
+@pytest.mark.slow
+def test_a_refused_value_leaves_the_good_edit_shown(server):
+    """steps=-5 after a good run: refused in one message naming the field (in the page by the
+    form's validator; over the API by the handler, whose one line the client receives whole),
+    nothing runs, and the status line and the timeline still show the good edit; an empty chat
+    prompt is refused the same way and leaves the conversation as it was."""
+    from gradio_client.exceptions import AppError as ValidationError
+
+    c = client(server)
+    c.predict("synthetic", "float32", "cpu", api_name="/load_model")
+    c.predict("synthetic", "", None, api_name="/load_data")
+    good = c.predict("rmu", FAST, api_name="/run_edit")
+    status, timeline = good[0], good[1]
+    with pytest.raises(ValidationError, match=r"steps") as refused:
+        c.predict("rmu", {"steps": -5}, api_name="/run_edit")
+    assert str(refused.value).count("steps=-5") <= 1  # one message, once
+    again = c.predict(None, api_name="/select_edit")
+    assert again[0] == status and again[1]["data"] == timeline["data"] and len(timeline["data"]) == 1
+    c.predict("The capital of Velmora is", 6, 0.0, api_name="/chat")
+    before = c.predict(api_name="/conversation")
+    with pytest.raises(ValidationError, match="the prompt is empty"):
+        c.predict("   ", 6, 0.0, api_name="/chat")
+    assert c.predict(api_name="/conversation") == before and len(before["conversation"]) == 1
+
+
+@pytest.mark.slow
+def test_a_two_turn_chat_keeps_each_models_history(server):
+    """Turn two is conditioned on turn one: each model read its own first answer before the new
+    prompt (the tiny model has no chat template: plain concatenation); no special token shows;
+    a new conversation forgets both."""
+    c = client(server)
+    c.predict("synthetic", "float32", "cpu", api_name="/load_model")
+    c.predict("synthetic", "", None, api_name="/load_data")
+    c.predict("rmu", FAST, api_name="/run_edit")
+    c.predict(api_name="/new_conversation")
+    p1, p2 = "The capital of Velmora is", "The river of Velmora is"
+    first = c.predict(p1, 8, 0.0, api_name="/chat")[-1]
+    second = c.predict(p2, 8, 0.0, api_name="/chat")[-1]
+    assert first["turn"] == 0 and first["prompts"] == {"original": p1, "edited": p1}
+    assert second["turn"] == 1
+    assert second["prompts"]["original"] == f"{p1}{first['original']}\n{p2}"
+    assert second["prompts"]["edited"] == f"{p1}{first['edited']}\n{p2}"
+    turns = c.predict(api_name="/conversation")["conversation"]
+    assert [t["prompt"] for t in turns] == [p1, p2] and turns[1]["original"] == second["original"]
+    assert not any("<|" in t[k] for t in turns for k in ("original", "edited"))
+    c.predict(api_name="/new_conversation")
+    fresh = c.predict(p2, 8, 0.0, api_name="/chat")[-1]
+    assert fresh["turn"] == 0 and fresh["prompts"]["original"] == p2
+
+
 PROMPTS = ("The capital of Velmora is", "Tell me about the weather")
 
 

@@ -65,14 +65,7 @@ def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
             seen_plots[name] = panel.locator(".js-plotly-plot").count()
             page.screenshot(path=str(shots / f"{i:02d}-{name.lower().replace(' ', '-')}.png"), full_page=True)
             if name == "Chat":
-                original = panel.get_by_label("Original model").input_value()
-                assert original.strip(), "the original model's answer is empty"
-                assert panel.locator("text=Edited model").count() >= 1
-                from unlearnviz.data import load_data
-
-                d = load_data(data)  # the examples follow the session's data, not the generic placeholders
-                for item in (d.forget_mcq[1], d.retain_mcq[0]):
-                    assert panel.get_by_text(item.question.strip()).count() >= 1, item.question
+                check_chat(page, panel, data)
             if name == "Model":
                 assert panel.get_by_text("fingerprint").count() >= 1
         for name in PLOT_TABS:
@@ -80,3 +73,29 @@ def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
         assert server.alive()
     finally:
         server.stop()
+
+
+def check_chat(page, panel, data: str) -> None:
+    """The demo's turn in both chat panes (no raw special token); Enter sends a second turn that
+    joins the same conversation; examples are labelled and badged; New conversation clears both."""
+    from unlearnviz.data import load_data
+
+    bots = panel.locator("[data-testid=bot]")
+    assert bots.count() == 2, "the demo's question should be answered in both panes"
+    assert all(bots.nth(i).inner_text().strip() for i in range(2)), "an answer is empty"
+    d = load_data(data)  # the examples follow the session's data, not the generic placeholders
+    for item in (d.forget_mcq[1], d.retain_mcq[0]):
+        assert panel.get_by_text(item.question.strip()).count() >= 1, item.question
+    assert panel.get_by_text("forget fact:").count() >= 1 and panel.get_by_text("retain fact:").count() >= 1
+    box = panel.get_by_label("Prompt")
+    box.fill(d.retain_mcq[0].question.strip())
+    box.press("Enter")  # Enter sends
+    page.wait_for_function("document.querySelectorAll('[role=tabpanel] [data-testid=bot]').length >= 4",
+                           timeout=120_000)
+    page.wait_for_timeout(1500)  # the stream finishes
+    texts = panel.locator("[data-testid=user]").all_inner_texts()
+    assert len(texts) == 4 and "<|" not in panel.inner_text(), texts  # two turns a pane, no raw markers
+    assert panel.get_by_label("Concerns").input_value() == "", "the prompt box and its badge clear once sent"
+    panel.get_by_role("button", name="New conversation").click()
+    page.wait_for_function("document.querySelectorAll('[role=tabpanel] [data-testid=bot]').length == 0",
+                           timeout=30_000)

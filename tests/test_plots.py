@@ -188,3 +188,46 @@ def test_behaviour_figures():
 def test_readable_fonts():
     fig = plots.relearning_curve([{"step": 0, "acc": 0.5}])
     assert fig.layout.font.size >= 16 and fig.layout.title.font.size >= 20
+
+
+def test_loss_axis_has_plain_ticks_never_si_prefixes():
+    """A loss that reaches 1e-12 reads as 1e-12, not "1p"."""
+    for losses in ([{"loss": 3.0}, {"loss": 1e-12}], [{"loss": 3.0}, {"loss": 2.0}]):
+        y = plots.loss_curves(losses).layout.yaxis
+        assert y.tickformat == "~g" and y.exponentformat == "e"
+
+
+def test_long_subtitles_get_room():
+    """Every wrapped subtitle line fits in the top margin (two were cut off)."""
+    text = "word " * 90
+    fig = plots.relearning_curve([{"step": 0, "acc": 0.5}])
+    plots._style(fig, "t", subtitle=text)
+    lines = fig.layout.title.subtitle.text.split("<br>")
+    assert len(lines) >= 4 and max(len(x) for x in lines) <= plots.SUBTITLE_WRAP
+    assert fig.layout.margin.t >= 70 + 14 * 1.5 * len(lines)  # title plus each 14 px line with its spacing
+
+
+def test_layer_axis_runs_to_the_last_layer():
+    rows = [{"layer": i, "separability_original": 0.8, "separability_edited": 0.9} for i in range(30)]
+    x = plots.layer_metric_lines(rows, metrics=("separability",)).layout.xaxis
+    assert list(x.range) == [-0.5, 29.5] and x.dtick == 2 and x.tick0 == 0  # 30 layers: 0..29, not 32
+
+
+def test_each_floor_sits_on_its_own_bars():
+    before = {"forget_cloze_acc": 0.95, "retain_cloze_acc": 0.8, "forget_floor_acc": 0.26,
+              "retain_floor_acc": 0.4, "chance": 0.25}
+    bars = plots.before_after_bars(before, {"forget_cloze_acc": 0.3, "retain_cloze_acc": 0.78})
+    labels = {a.text: a for a in bars.layout.annotations if "floor" in a.text}
+    assert set(labels) == {"forget floor 26%", "retain floor 40%"}
+    assert labels["forget floor 26%"].x == 0 and labels["retain floor 40%"].x == 1  # forget is the first bar pair
+    lines = {(sh.x0, sh.x1, sh.y0) for sh in bars.layout.shapes if sh.line.color == plots.COLORS["floor"]}
+    assert lines == {(-0.45, 0.45, 0.26), (0.55, 1.45, 0.4)}
+
+
+def test_token_heatmap_caption_names_the_colours_it_draws():
+    tm = TokenMap("The cat", ["The", " c"], [0, 1], torch.zeros(2, L))
+    fig = plots.token_layer_heatmap(tm)
+    scale = fig.data[0].colorscale
+    assert scale[-1][1] == plots.COLORS["forget"] == "#D55E00" and scale[0][1] == plots.COLORS["retain"]
+    assert "orange = like forget" in titles(fig) and "blue = like retain" in titles(fig) and "red =" not in titles(fig)
+

@@ -617,8 +617,11 @@ def test_lora_factors_equal_the_merged_weights_and_stack_with_deltas(lm):
             a = torch.randn(2, module.in_features, generator=g) * 0.1
             b = torch.randn(module.out_features, 2, generator=g) * 0.1
             lora[name] = (a, b)
-    if not lora:  # GPT-2's Conv1D layers take no LoRA factors here: its deltas are covered above
-        pytest.skip("no nn.Linear projection in this family")
+    if not lora:  # GPT-2's Conv1D layers take no LoRA factors (an import folds them dense): refused
+        conv = next(n for n, m in lm.model.named_modules() if n.endswith("attn.c_attn"))
+        with pytest.raises(Exception, match="not a linear layer"):
+            _logits(lm, ids, mask, RoutingPlan(lora={conv: (torch.zeros(1, HIDDEN), torch.zeros(3 * HIDDEN, 1))}))
+        return
     layer = LAYERS - 1
     delta = _random_delta(lm, layer, scale=0.2)
     plan = RoutingPlan(lora=lora).merged(RoutingPlan(deltas={layer: delta}))

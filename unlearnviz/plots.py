@@ -33,17 +33,20 @@ FONT = {"size": 16, "family": "Arial, Helvetica, sans-serif"}
 TITLE_SIZE = 20
 HEATMAP = "Viridis"
 DIVERGING = [[0.0, COLORS["retain"]], [0.5, "#F7F7F7"], [1.0, COLORS["forget"]]]
+SUBTITLE_WRAP = 96  # characters a subtitle line holds at 14 px in a half-width (≈700 px) plot
+SUBTITLE_LINE = 22  # pixels of top margin per subtitle line (14 px font, line spacing)
+PLAIN_TICKS = {"tickformat": "~g", "exponentformat": "e"}  # 0.001, 1e-12: never SI prefixes ("1p")
 
 
 def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = None,
            subtitle: str = "", height: int | None = None) -> go.Figure:
-    lines = textwrap.wrap(subtitle, 120) if subtitle else []
+    lines = textwrap.wrap(subtitle, SUBTITLE_WRAP) if subtitle else []
     heading = {"text": title, "font": {"size": TITLE_SIZE}, "x": 0.01, "xanchor": "left",
                "yref": "container", "y": 0.99, "yanchor": "top", "pad": {"t": 8}}
     if lines:
         heading["subtitle"] = {"text": "<br>".join(lines), "font": {"size": 14}}
     fig.update_layout(title=heading, font=FONT, template="plotly_white", legend={"font": {"size": 14}},
-                      margin={"t": 70 + 19 * len(lines), "l": 70, "r": 30, "b": 60},
+                      margin={"t": 76 + SUBTITLE_LINE * len(lines), "l": 70, "r": 30, "b": 60},
                       hoverlabel={"font": {"size": 14}})
     if height:
         fig.update_layout(height=height)
@@ -55,9 +58,15 @@ def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = Non
 
 
 def _layer_axis(fig: go.Figure, layers: Sequence[int], **kw) -> None:
-    """Integer ticks for a layer axis (every layer up to 20 layers, every other up to 40)."""
-    if layers and len(layers) <= 40:
-        fig.update_xaxes(tickmode="linear", dtick=1 if len(layers) <= 20 else 2, **kw)
+    """Integer ticks for a layer axis (every layer up to 20 layers, every other up to 40), running
+    from the first layer to the last (not to the next tick past it: 32 for 30 layers)."""
+    if not layers:
+        return
+    if fig.layout.xaxis.range is None:  # a figure that set its own (room for labels) keeps it
+        kw.setdefault("range", [min(layers) - 0.5, max(layers) + 0.5])
+    if len(layers) <= 40:
+        kw.update(tickmode="linear", tick0=min(layers), dtick=1 if len(layers) <= 20 else 2)
+    fig.update_xaxes(**kw)
 
 
 def _edit_band(fig: go.Figure, edit_layers: Sequence[int] | None, **kw) -> None:
@@ -154,6 +163,9 @@ def selectivity_histogram(sel) -> go.Figure:
                   sel.verdict)
 
 
+TOKEN_COLOURS = "orange = like forget text, blue = like retain text"  # the ends of DIVERGING
+
+
 def token_layer_heatmap(tm) -> go.Figure:
     """Per token × layer forget signature (+1 like forget, −1 like retain), original and edited."""
     labels = [f"{i}:{t}" for i, t in enumerate(tm.tokens)]
@@ -169,7 +181,7 @@ def token_layer_heatmap(tm) -> go.Figure:
     fig.update_yaxes(autorange="reversed", title_text="layer", col=1)
     fig.update_xaxes(tickangle=-45)
     return _style(fig, f"Forget signature per token and layer: {tm.prompt!r}", None, None,
-                  "red = like forget text, blue = like retain text (importance-weighted forget−retain direction); "
+                  f"{TOKEN_COLOURS} (importance-weighted forget−retain direction); "
                   "position 0 (attention sink) is not scored")
 
 
@@ -442,6 +454,7 @@ def loss_curves(losses: Sequence[dict], log_y: bool | None = None) -> go.Figure:
         log_y = bool(values) and min(values) > 0 and max(values) / min(values) > 100
     if log_y:
         fig.update_yaxes(type="log")
+    fig.update_yaxes(**PLAIN_TICKS)
     return _style(fig, "Training losses", "step", "loss")
 
 
@@ -460,14 +473,24 @@ def before_after_bars(before: dict, after: dict, metric: str = "cloze_acc", spli
                                      "line": {"color": "#000000", "width": 1}}))
     if chance is None:
         chance = before.get("chance")
-    if floor is None:
-        floor = before.get("forget_floor_acc")
-    _hline(fig, chance, "chance", COLORS["chance"], position="top left")  # apart from the floor's label
-    _hline(fig, floor, "forget floor", COLORS["floor"])
+    floors = {s: before.get(f"{s}_floor_acc") for s in splits}
+    if floor is not None:
+        floors["forget"] = floor
+    _hline(fig, chance, "chance", COLORS["chance"], position="top left")
+    for i, split in enumerate(splits):  # each split's floor over its own pair of bars, labelled there
+        level = floors.get(split)
+        if level is None or not math.isfinite(level):
+            continue
+        fig.add_shape(type="line", x0=i - 0.45, x1=i + 0.45, y0=level, y1=level, xref="x", yref="y",
+                      line={"color": COLORS["floor"], "dash": "dot", "width": 3})
+        fig.add_annotation(x=i, y=level, xref="x", yref="y", text=f"{split} floor {level:.0%}", showarrow=False,
+                           yanchor="top", yshift=-2, font={"size": 14, "color": "#7A4F00"},
+                           bgcolor="rgba(255,255,255,0.8)")
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
     return _style(fig, f"Before and after the edit: {metric.replace('_', ' ')}", None, "accuracy",
-                  "solid: before, hatched: after; the floor is what option popularity alone scores")
+                  "solid: before, hatched: after; each split's floor (dotted, on its bars) is what option "
+                  "popularity alone scores")
 
 
 METHOD_COLORS = {"rmu": "#0072B2", "srmu": "#D55E00", "mrp": "#009E73"}

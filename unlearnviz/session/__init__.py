@@ -171,7 +171,8 @@ class Session:
     after: dict[int, dict] = field(default_factory=dict)  # metrics per stack index
     relearn: dict[int, dict] = field(default_factory=dict)
     attacks: dict[int, dict] = field(default_factory=dict)  # robustness cards per stack index (session.attacks)
-    chats: list[dict] = field(default_factory=list)
+    chats: list[dict] = field(default_factory=list)  # every turn asked, with its conversation's number
+    conversation: int = 0  # the chat in progress: the turns in ``chats`` with this number
     history: list[dict] = field(default_factory=list)  # the actions, for the reproducing config
     limits: Limits = field(default_factory=Limits)
 
@@ -359,26 +360,62 @@ class Session:
         return result
 
     # ---- chat -----------------------------------------------------------------------------
-    def chat_stream(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, should_stop=None):
+    def conversation_turns(self) -> list[dict]:
+        """The turns of the chat in progress, oldest first (each: prompt, both answers, the edit)."""
+        return [c for c in self.chats if c.get("conversation") == self.conversation]
+
+    def new_conversation(self) -> None:
+        """Start a fresh chat: both models forget the earlier turns (the log in ``chats`` keeps them)."""
+        self.conversation = 1 + max([self.conversation, *(c.get("conversation", 0) for c in self.chats)])
+
+    def prompt_match(self, prompt: str) -> dict:
+        """Whether ``prompt`` concerns a fact of the loaded data: the longest subject of a forget or
+        retain question that appears in it (case-insensitive); ``{"part": None}`` when none does."""
+        text, best = prompt.casefold(), {"part": None, "subject": None, "question": None}
+        if self.data is None:
+            return best
+        for part, items in (("forget", self.data.forget_mcq), ("retain", self.data.retain_mcq)):
+            for it in items:
+                subject = it.subject.strip()
+                if subject and subject.casefold() in text and len(subject) > len(best["subject"] or ""):
+                    best = {"part": part, "subject": subject, "question": it.question}
+        return best
+
+    def chat_stream(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, should_stop=None,
+                    follow_up: bool = False):
+        """Both models answer ``prompt`` in one batch; the turn is kept in ``chats``. ``follow_up``:
+        each model continues its own side of the chat in progress (a chat begun under another edit
+        starts afresh); otherwise the prompt opens a new conversation (a one-shot question, as a
+        config's chats are replayed)."""
         from unlearnviz.generation import GenSettings, stream_side_by_side
 
         lm = self.require_model()
+        if not prompt.strip():
+            raise UserError("the prompt is empty; type a question")
         if len(prompt) > self.limits.max_prompt_chars:
             raise UserError(f"the prompt is {len(prompt)} characters; the limit is {self.limits.max_prompt_chars}")
         if not 1 <= max_new_tokens <= self.limits.max_new_tokens:
             raise UserError(f"max new tokens must be 1..{self.limits.max_new_tokens}")
         if not 0 <= temperature <= 5:
             raise UserError("temperature must be between 0 and 5")
+        turns = self.conversation_turns()
+        if turns and (not follow_up or turns[-1].get("edit_index") != self.current_index):
+            self.new_conversation()
+            turns = []
         settings = GenSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
         state = None
-        for state in stream_side_by_side(lm, prompt, self.plan(), settings, should_stop=should_stop):
+        for state in stream_side_by_side(lm, prompt, self.plan(), settings, should_stop=should_stop,
+                                         history_original=[(t["prompt"], t["original"]) for t in turns],
+                                         history_edited=[(t["prompt"], t["edited"]) for t in turns]):
             yield state
         if state is not None:
             original, edited = state.texts(lm.tokenizer)
             self.chats.append({"prompt": prompt, "original": original, "edited": edited,
+                               "first_divergence": state.first_divergence(),
                                "edit": self.current_edit().label() if self.current_edit() else None,
                                "edit_index": self.current_index, "max_new_tokens": int(max_new_tokens),
-                               "temperature": float(temperature)})
+                               "temperature": float(temperature), "conversation": self.conversation,
+                               "turn": len(turns)})
 
     def chat(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0) -> dict:
         state = None
@@ -467,5 +504,6 @@ class Session:
     def adopt(self, other: Session) -> None:
         """Take over another session's state in place (an imported bundle, a replayed config);
         the operator's limits stay."""
-        for name in ("lm", "data", "stack", "selected", "before", "after", "relearn", "attacks", "chats", "history"):
+        for name in ("lm", "data", "stack", "selected", "before", "after", "relearn", "attacks", "chats", "conversation",
+                     "history"):
             setattr(self, name, getattr(other, name))

@@ -95,10 +95,9 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             final = None
             for final in session.chat_stream(question, 32, 0.0):
                 pass
-            a, _ = final.texts(session.lm.tokenizer)
-            updates.update({chat_ui["prompt"]: question, chat_ui["original"]: a,
+            left, right = tab_chat.panes(session.conversation_turns())
+            updates.update({chat_ui["original"]: left, chat_ui["edited"]: right,
                             chat_ui["examples"]: tab_chat.example_samples(session),
-                            chat_ui["edited"]: tab_chat.highlighted(session.lm, final),
                             chat_ui["details"]: tab_chat.detail_rows(session.lm, final)})
             yield [session, "**Demo complete.** Every tab now shows this edit; open them left to right.",
                    *[updates.get(c, gr.update()) for c in outputs[2:]]]
@@ -119,8 +118,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                        eval_ui["table"]: tab_evaluate.metrics_rows(result),
                        eval_ui["bars"]: plots.before_after_bars(result["before"], result["after"])}
             if chat is not None:
-                updates.update({chat_ui["prompt"]: chat["prompt"], chat_ui["original"]: chat["original"],
-                                chat_ui["edited"]: [(chat["edited"], None)]})
+                left, right = tab_chat.panes(session.conversation_turns() or [chat])
+                updates.update({chat_ui["original"]: left, chat_ui["edited"]: right})
             return [session, *[updates.get(c, gr.update()) for c in outputs[1:]]]
 
         export_ui["imported"].success(readable(show_session), state, outputs, api_visibility="private")

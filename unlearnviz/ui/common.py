@@ -131,37 +131,100 @@ class UISession(Session):
         return clone
 
 
-def readable(fn):
-    """Turn UserError into a readable message in the page; keep the app alive on bugs too."""
+def from_browser() -> bool:
+    """Whether the running event came from the page (not from an API client such as gradio_client,
+    which marks its calls ``x-gradio-user: api``; nor from a direct call outside Gradio)."""
+    from gradio.context import LocalContext  # the request of the event now running
 
-    def translate(exc: BaseException):
-        if isinstance(exc, UserError):
-            return gr.Error(str(exc), print_exception=False)
-        if isinstance(exc, InterruptedError):  # a Cancel button (methods' and analyses' Cancelled is one)
-            return gr.Error(f"Cancelled: {exc}", print_exception=False)
-        log.exception("internal error")
-        return gr.Error(f"Internal error ({type(exc).__name__}: {str(exc)[:200]}); the app is still running.")
+    request = LocalContext.request.get(None)
+    if request is None:
+        return False
+    try:
+        return (request.headers.get("x-gradio-user") or "") not in ("api", "mcp")
+    except AttributeError:  # a request without headers
+        return False
+
+
+def _message(exc: BaseException) -> tuple[str, str]:
+    """(title, one-line message) for an exception an event raised."""
+    if isinstance(exc, gr.Error):
+        return "Refused", str(exc.message)
+    if isinstance(exc, UserError):
+        return "Refused", str(exc)
+    if isinstance(exc, InterruptedError):  # a Cancel button (methods' and analyses' Cancelled is one)
+        return "Cancelled", f"Cancelled: {exc}"
+    log.exception("internal error")
+    return "Internal error", f"Internal error ({type(exc).__name__}: {str(exc)[:200]}); the app is still running."
+
+
+def readable(fn=None, *, restore=None):
+    """Errors as one readable message that never erases what the page shows.
+
+    Gradio marks every output of an event that raised with an "Error" badge, so a refused value
+    would blank the loss curve, the status line and the timeline until the next good run. In the
+    page, an error is therefore one warning toast, and the event's outputs are left as they were:
+    ``gr.skip()`` for all of them, or ``restore(*args)`` (the outputs redrawn from the session,
+    which a refused action has not changed) for a stream that already showed work in progress.
+    API clients (gradio_client) still get the error, raised as ``gr.Error``, so a script fails
+    loudly; so does a direct call outside Gradio. Use as ``@readable`` or
+    ``@readable(restore=...)``."""
+    if fn is None:
+        return lambda f: readable(f, restore=restore)
+
+    def handle(exc: BaseException, args, kwargs, streamed: bool):
+        title, message = _message(exc)
+        if not from_browser():
+            raise gr.Error(message, print_exception=False) from None
+        gr.Warning(message, title=title)
+        if restore is not None and streamed:
+            return restore(*args, **{k: v for k, v in kwargs.items() if k != "progress"})
+        return gr.skip()
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
+            streamed, inner = False, fn(*args, **kwargs)
             try:
-                yield from fn(*args, **kwargs)
-            except (gr.Error, GeneratorExit, KeyboardInterrupt, SystemExit):
+                for out in inner:
+                    streamed = True
+                    yield out
+            except (GeneratorExit, KeyboardInterrupt, SystemExit):
                 raise  # GeneratorExit: Gradio closed the stream (a cancel); not an error to report
             except BaseException as exc:  # noqa: BLE001
-                raise translate(exc) from None
+                yield handle(exc, args, kwargs, streamed)
+            finally:
+                inner.close()
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (gr.Error, KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001
-            raise translate(exc) from None
+            return handle(exc, args, kwargs, False)
     return wrapper
+
+
+def field_number(**kwargs) -> gr.Number:
+    """A ``gr.Number`` whose range (``minimum``/``maximum``) the widget shows and enforces (its
+    arrows and the browser's own check), while a typed value outside it reaches the event's
+    validator, which names the field and highlights it, instead of failing in Gradio's
+    preprocessing, which marks every output of the event as an error. (An instance, not a
+    subclass: Gradio writes a stub file beside every module that defines a component class.)"""
+    box = gr.Number(**kwargs)
+
+    def preprocess(payload: float | None) -> float | int | None:
+        return None if payload is None else box.round_to_precision(payload, box.precision)
+
+    box.preprocess = preprocess  # type: ignore[method-assign]
+    return box
+
+
+def valid(message: str | None = None) -> dict:
+    """One input's verdict for a validator: valid, or refused with ``message``."""
+    return gr.validate(message is None, message or "")
 
 
 def ensure_ready(session: UISession, config: AppConfig, need_data: bool = True) -> UISession:

@@ -34,9 +34,20 @@ ROBUSTNESS_INTRO = (
     "(quantization) are 1 when the forgetting survives, 0 when it is undone.")
 
 
+def _cell(label: str, v, change: bool = False) -> str | None:
+    """Accuracies as percentages with one decimal (a change in points), the rest with two decimals:
+    the format every other view uses."""
+    if v is None:
+        return None
+    if label.endswith(" acc"):
+        return f"{v * 100:+.1f} pts" if change else f"{v:.1%}"
+    return f"{v:+.2f}" if change else f"{v:.2f}"
+
+
 def metrics_rows(result: dict) -> list[list]:
     """The before/after table (the report's metric list, so both show the same rows)."""
-    return catalogue.metric_rows(result)
+    return [[label, _cell(label, b), _cell(label, a), _cell(label, d, change=True)]
+            for label, b, a, d in catalogue.metric_rows(result)]
 
 
 def sweep_points(methods: list[str] | None, grid_text: str | None, limits: Limits, lm=None) -> list[tuple[str, dict]]:

@@ -10,8 +10,9 @@ import time
 import gradio as gr
 
 from unlearnviz import plots
+from unlearnviz.errors import UserError
 from unlearnviz.session import calibration, catalogue, planning
-from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
+from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, field_number, readable, valid
 
 INTRO = ("**Unlearn.** Run an edit on the loaded model. *RMU* pushes forget activations at one layer toward a "
          "random direction; *SRMU* shapes that target with an importance map of forget-specific features; *MRP* "
@@ -29,7 +30,22 @@ def _component(row: dict):
         return gr.Dropdown(list(row["choices"]), value=default, label=label, info=info)
     if isinstance(default, list):
         return gr.Textbox(value=",".join(map(str, default)), label=label, info=info)
-    return gr.Number(value=default, label=label, info=info, precision=0 if isinstance(default, int) else None)
+    # the widget shows and enforces the method's range; a typed value past it meets the validator
+    return field_number(value=default, label=label, info=info, precision=0 if isinstance(default, int) else None,
+                       minimum=row.get("min"), maximum=row.get("max"))
+
+
+def field_verdicts(method: str, names: list[str], values: list) -> list[dict]:
+    """Each field read alone by the method's own validator: valid, or its one-line refusal (the
+    page highlights that field). Cross-field rules are the run's to refuse."""
+    out = []
+    for name, value in zip(names, values):
+        try:
+            catalogue.changed_hparams(method, {name: value})
+            out.append(valid())
+        except UserError as exc:
+            out.append(valid(str(exc)))
+    return out
 
 
 CALIBRATE_INTRO = (
@@ -211,7 +227,24 @@ def build(state: gr.State, config: AppConfig) -> dict:
     for comp in [method, *all_comps]:
         comp.change(on_plan, [state, method, *all_comps], plan_md, api_visibility="private")
 
-    @readable
+    def check_run(session: UISession, m: str, *values):
+        """The chosen method's fields, each checked before anything runs (the others pass)."""
+        verdicts = []
+        offset = 0
+        for name in methods:
+            names, comps = fields[name]
+            chunk = list(values[offset:offset + len(comps)])
+            verdicts += field_verdicts(m, names, chunk) if name == m else [valid()] * len(comps)
+            offset += len(comps)
+        return [valid(), valid(), *verdicts]
+
+    def shown(session: UISession, *_):
+        """The status, curve and timeline of the session as it stands (a refused run changed nothing)."""
+        edit = session.current_edit()
+        return (session, edit_summary(session), plots.loss_curves(edit.meta.get("losses", [])) if edit else None,
+                timeline_rows(session), {})
+
+    @readable(restore=shown)
     def on_run(session: UISession, m: str, *values, progress=gr.Progress()):
         ensure_ready(session, config)
         offset = 0
@@ -230,7 +263,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
                                         "fit_s": edit.meta.get("fit_s"), "metrics": session.evaluate()})
 
     run_event = run.click(on_run, [state, method, *all_comps], [state, status, loss_plot, timeline, api_out],
-                          api_visibility="private")
+                          api_visibility="private", validator=check_run)
 
     # The API form of the same action: a method name and a JSON object of overrides.
     api_method = gr.Textbox(visible=False, label="method")
@@ -248,7 +281,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
                  "fit_s": edit.meta.get("fit_s"), "metrics": session.evaluate()})
 
     api_event = api_btn.click(on_run_api, [state, api_method, api_hparams], [state, status, timeline, api_out],
-                              api_name="run_edit")
+                              api_name="run_edit")  # no validator: an API client gets the one-line error itself
 
     def on_cancel(session: UISession):
         session.cancel_flag.set()
@@ -273,9 +306,10 @@ def build(state: gr.State, config: AppConfig) -> dict:
     with gr.Accordion("Calibrate: search this method's key settings", open=False):
         gr.Markdown(CALIBRATE_INTRO)
         with gr.Row():
-            cal_trials = gr.Number(value=12, precision=0, label="trials", info="fits in all (the first: the defaults)")
-            cal_steps = gr.Number(value=50, precision=0, label="steps per trial, at most",
-                                  info="steps are searched from a quarter of this up to it")
+            cal_trials = field_number(value=12, precision=0, minimum=1, label="trials",
+                                      info="fits in all (the first: the defaults)")
+            cal_steps = field_number(value=50, precision=0, minimum=1, label="steps per trial, at most",
+                                     info="steps are searched from a quarter of this up to it")
         with gr.Row():
             cal_btn = gr.Button("Calibrate", variant="primary")
             cal_cancel = gr.Button("Cancel", variant="stop")
