@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from unlearnviz.data.batching import Batch, subject_spans, tokenize_texts
 from unlearnviz.errors import UserError
-from unlearnviz.methods.base import MAX_TOKENS_DOC, Preset, Ticker, hp, register, resolve_window
+from unlearnviz.methods.base import MAX_TOKENS_DOC, Preset, Ticker, calibrated_source, hp, register, resolve_window
 from unlearnviz.methods.edit import Edit
 from unlearnviz.methods.engine import ByteCache, LazyBatches, WindowEngine, adam, optimizer_step, step_order
 from unlearnviz.model.loading import LoadedModel
@@ -200,8 +200,11 @@ CODE_RELEASE = Preset(
          "chat-formatted MCQs). GA is uncapped there (ga_cap 100 here). On the default model nll at 1.2 raised "
          "held-out perplexity 3-13x (retain_weight's doc).")
 
-# Calibrated presets (the lab model, the default model) go here, as in rmu.py; none yet.
-PRESETS = (CODE_RELEASE,)
+# Calibrated presets, as in rmu.py (the lab model: scripts/calibrate_presets.py; the default model: B10).
+LAB_CALIBRATED = Preset(name="lab-calibrated", hparams={"layers": [1], "k": 11, "retain_weight": 37.5098, "steps": 46},
+                        source=calibrated_source("the lab model (synthetic world, entanglement 0.1, seed 0)", "synthetic:0.1", "2026-12-02", "scripts/calibrate_presets.py --trials 16; per level in docs/lab_presets.md"),
+                        note="By name only (`--preset lab-calibrated`): the closest of 16 calibration trials; it misses the project's bars at every entanglement level of the lab world (docs/lab_presets.md), so it is not applied automatically.")
+PRESETS = (CODE_RELEASE, LAB_CALIBRATED)
 
 
 @register("mrp", MRPParams, "Metamorphosis Representation Projection", plain_name="MRP",

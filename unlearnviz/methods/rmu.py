@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearnviz.methods.base import Preset, hp, register, resolve_window
+from unlearnviz.methods.base import Preset, calibrated_source, hp, register, resolve_window
 from unlearnviz.methods.engine import Subset, mean_token_norm
 from unlearnviz.methods.misdirection import ZEPHYR_7B, MisdirectionParams, prepare, train_misdirection, used
 from unlearnviz.model.routing import placed
@@ -42,10 +42,13 @@ WMDP_ZEPHYR = Preset(
          "with AdamW (weight decay 0.01, negligible over 150 steps at 5e-5), alternating bio and cyber batches "
          "with one u per topic (one edit per topic here); cyber's 768-token forget batches are cut to 512.")
 
-# Calibrated presets (issue 17: the lab model and the default model) are added here, each with
-# calibrated_source(...) and a ModelMatch(fingerprint=...) of the model it was measured on, once
-# `python -m unlearnviz calibrate` has measured them; none yet (no preset without a measured source).
-PRESETS = (WMDP_ZEPHYR,)
+# Calibrated presets: `python -m unlearnviz calibrate` measured each (calibrated_source). On the
+# default model the defaults themselves meet the bars on the held-out items where 12 calibration
+# trials found nothing better (docs/benchmarks.md, B10dr), so it has no preset of its own.
+LAB_CALIBRATED = Preset(name="lab-calibrated", hparams={"layer": 2, "alpha": 112.058, "lr": 0.00587367, "steps": 58, "steering_coeff": 10.201},
+                        source=calibrated_source("the lab model (synthetic world, entanglement 0.1, seed 0)", "synthetic:0.1", "2026-12-02", "scripts/calibrate_presets.py --trials 16; per level in docs/lab_presets.md"),
+                        note="By name only (`--preset lab-calibrated`): the closest of 16 calibration trials; it misses the project's bars at every entanglement level of the lab world (docs/lab_presets.md), so it is not applied automatically.")
+PRESETS = (WMDP_ZEPHYR, LAB_CALIBRATED)
 
 
 @register("rmu", RMUParams, "Representation Misdirection for Unlearning (baseline)", plain_name="RMU",
