@@ -101,7 +101,7 @@ def test_a_fingerprint_rule_matches_those_weights_only(tiny_lm):
 def test_an_unknown_preset_is_one_line(tiny_lm):
     from unlearnviz.config import parse_config
 
-    with pytest.raises(UserError, match="unknown preset 'nope' for rmu; available: wmdp-zephyr-7b, none") as err:
+    with pytest.raises(UserError, match="unknown preset 'nope' for rmu; available: wmdp-zephyr-7b, lab-calibrated, none") as err:
         choose_preset(get_method("rmu"), tiny_lm.model.config, {}, "nope")
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match=r"^edits\[0\]\.preset: unknown preset 'nope'"):

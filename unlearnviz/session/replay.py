@@ -101,6 +101,8 @@ def replay(cfg: Config, session: Session | None = None, *, lm=None, store=None, 
                 session.chat(c.prompt, c.max_new_tokens, c.temperature)
             finally:
                 session.select(None)
+        if cfg.chat:
+            session.new_conversation()  # the replayed questions are one-shot: a chat typed next starts afresh
     return session
 
 
