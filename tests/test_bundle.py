@@ -409,3 +409,24 @@ def test_large_data_without_a_source_is_refused(session, tmp_path):
     with pytest.raises(UserError, match="names no source to bundle it by reference"):
         export_bundle(s, tmp_path / "none.zip", max_data_bytes=1000)
     assert not (tmp_path / "none.zip").exists()
+
+
+@pytest.mark.slow
+def test_an_imported_checkpoint_travels_in_a_bundle(tiny_model_path, tmp_path):
+    """A checkpoint made by a plain loop, imported as an edit with a fitted RMU edit on top, bundles
+    like any edit: restored on a fresh copy of the base, its deltas and metrics are the same and its
+    config entry still names the checkpoint."""
+    from foreign_models import gradient_ascent
+
+    ckpt = gradient_ascent(tiny_model_path, tmp_path / "ga", steps=3, lr=5e-2)
+    s = tiny_session()
+    s.import_unlearned(str(ckpt))
+    s.run_edit("rmu", {"steps": 4})
+    path = export_bundle(s, tmp_path / "imported.zip")
+    restored = import_bundle(path, lm=_fresh_lm(tiny_model_path))
+    first = restored.stack.edits[0]
+    assert first.method == "imported" and set(first.weights) == set(s.stack.edits[0].weights) and first.weights
+    assert all((first.weights[k].cpu() == v.cpu()).all() for k, v in s.stack.edits[0].weights.items())
+    restored.after = {}
+    assert metrics_of(restored.evaluate()["after"]) == metrics_of(s.after[1])
+    assert restored.to_config().edits[0].source == str(ckpt.resolve())
