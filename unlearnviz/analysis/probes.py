@@ -297,14 +297,20 @@ def lens_item_accuracy(lm: LoadedModel, x: torch.Tensor, items: list[MCQItem],
     vocabulary); Gemma's soft-capping is monotonic, so it cannot change the ranking. ``plan``:
     the edited side's (an imported edit may change the final norm and the unembedding)."""
     readout = readout_plan(plan)
+    ids = sorted({t for tokens in first_tokens for t in tokens})
+    row_of = {t: r for r, t in enumerate(ids)}
     with torch.no_grad():
         h = final_norm(lm, x.to(device=lm.device, dtype=lm.dtype), readout).float()
+        # every item's choice rows read once (the edited ones where the plan changes the unembedding)
+        w_all, b_all = unembed_rows(lm, torch.tensor(ids, dtype=torch.long), readout)
+        w_all = w_all.float().to(h.device)
+        b_all = None if b_all is None else b_all.float().to(h.device)
         out = []
         for i, it in enumerate(items):
-            w, bias = unembed_rows(lm, torch.tensor(first_tokens[i]), readout)
-            scores = h[i] @ w.float().T.to(h.device)
-            if bias is not None:
-                scores = scores + bias.float().to(h.device)
+            idx = torch.tensor([row_of[t] for t in first_tokens[i]], device=h.device)
+            scores = h[i] @ w_all[idx].T
+            if b_all is not None:
+                scores = scores + b_all[idx]
             out.append(_credit(scores.cpu(), it.answer))
     return np.asarray(out)
 

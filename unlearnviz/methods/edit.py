@@ -121,7 +121,8 @@ def save_edit(edit: Edit, folder: Path, lm: LoadedModel, stack_index: int = 0) -
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
-    blob = save(edit.tensors()) if edit.tensors() else save({"empty": torch.zeros(0)})
+    tensors = edit.tensors()  # once: an imported fine-tune's deltas are a whole model's worth of copies
+    blob = save(tensors) if tensors else save({"empty": torch.zeros(0)})
     manifest = {
         "format": FORMAT_VERSION,
         "method": edit.method,
