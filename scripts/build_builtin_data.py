@@ -496,7 +496,7 @@ def book_facts() -> list[Fact]:
     return facts
 
 
-def draw_distractors(fact: Fact, draw: int, seed: int) -> list[str]:
+def draw_distractors(fact: Fact, draw: int | str, seed: int) -> list[str]:
     rng = random.Random(f"{seed}:{fact.key}:{draw}")
     picked: list[str] = []
     for tier in fact.tiers:
@@ -553,6 +553,65 @@ def phrasings(fact: Fact, countries: dict[str, Country], books: dict[str, tuple]
                 f"{author} is the author of {ent}.",
                 f"Among the works of {author} is {ent}."]
     raise ValueError(fact.statement)
+
+
+# The probe split: per relation group, held-out stems in other phrasings (one declarative, one a
+# question) with their subject-blind forms. Never an MCQ stem, never in a corpus text (build_rows
+# checks), never used for pruning or selection: what the evaluation reports beside the main items.
+PROBES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "capital": (("paraphrase", "The capital city of {s} is called", "The capital city of this country is called"),
+                ("question", "Q: What is the capital of {s}?\nA:", "Q: What is the capital of this country?\nA:")),
+    "capital_reverse": (("paraphrase", "{s} is a city in", "This city is in"),
+                        ("question", "Q: {s} is the capital of which country?\nA:",
+                         "Q: This city is the capital of which country?\nA:")),
+    "language": (("paraphrase", "In {s}, the official language is", "In this country, the official language is"),
+                 ("question", "Q: What is the official language of {s}?\nA:",
+                  "Q: What is the official language of this country?\nA:")),
+    "element_symbol": (("paraphrase", "The symbol of the element {s} is", "The symbol of this element is"),
+                       ("question", "Q: What is the chemical symbol for {s}?\nA:",
+                        "Q: What is the chemical symbol for this element?\nA:")),
+    "symbol_element": (("paraphrase", "The element whose symbol is {s} is called",
+                        "The element with this symbol is called"),
+                       ("question", "Q: Which element has the symbol {s}?\nA:",
+                        "Q: Which element has this symbol?\nA:")),
+    "formula": (("paraphrase", "The formula of {s} is", "The formula of this compound is"),
+                ("question", "Q: What is the chemical formula of {s}?\nA:",
+                 "Q: What is the chemical formula of this compound?\nA:")),
+    "author": (("paraphrase", "{s} was written by", "This work was written by"),
+               ("question", "Q: Who wrote {s}?\nA:", "Q: Who wrote this work?\nA:")),
+}
+
+
+def probe_stems(fact: Fact) -> list[tuple[str, str, str]]:
+    """(phrasing, stem, blind stem) of each probe of ``fact``; a stem equal to the fact's own MCQ
+    stem (a variant that became the main stem) is skipped."""
+    out = []
+    for name, stem, blind in PROBES[fact.group]:
+        text = stem.format(s=fact.subject)
+        if text != fact.stem:
+            out.append((name, text, blind))
+    return out
+
+
+def probe_rows(facts: list[Fact], split: str, seed: int, halves: dict[str, str] | None) -> list[dict]:
+    """The probe split of ``facts``: each fact under each probe stem, with distractors drawn afresh
+    (their own seeded draw, from the same tiers as the shipped options) and gold positions balanced
+    over A-D in a seeded order. ``probe_of`` names the MCQ item each rephrases."""
+    probes = [(f, name, stem, blind) for f in facts for name, stem, blind in probe_stems(f)]
+    order = list(range(len(probes)))
+    random.Random(f"{seed}:{split}:probe-positions").shuffle(order)
+    pos = {i: k % 4 for k, i in enumerate(order)}
+    rows = []
+    for i, (f, name, stem, blind) in enumerate(probes):
+        choices = draw_distractors(f, f"probe-{name}", seed)
+        choices.insert(pos[i], f.answer)
+        row = {"split": f"{split}_probe", "question": stem, "choices": choices, "answer": pos[i],
+               "blind_question": blind, "subject": f.subject, "relation": f.relation, "phrasing": name,
+               "probe_of": f.stem}
+        if halves is not None:
+            row["half"] = halves[f.entity]
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,13 +759,20 @@ def cap_retain(facts: list[Fact], cap: int, seed: int) -> list[Fact]:
 
 
 def build_rows(forget: list[Fact], retain: list[Fact], halves: dict[str, str], in_texts: set[str],
-               ctx: dict, seed: int) -> list[dict]:
-    stems = [f.stem for f in forget + retain]
+               ctx: dict, seed: int, text_retain: list[Fact] | None = None) -> list[dict]:
+    """Every row of a set: MCQ items, the probe split, corpus texts. ``text_retain``: the retain
+    facts whose texts the retain corpus states (default: ``retain``; ``--refresh`` passes the
+    shipped ones, so removing thin-margin items leaves the corpus as it was)."""
+    probes = probe_rows(forget, "forget", seed, halves) + probe_rows(retain, "retain", seed, None)
+    stems = [f.stem for f in forget + retain] + [r["question"] for r in probes]
+    if len(set(stems)) != len(stems):
+        raise SystemExit(f"a stem is used twice: {[s for s, n in Counter(stems).items() if n > 1][:3]}")
     rows = mcq_rows(forget, "forget", seed, halves, None)
     rows += mcq_rows(retain, "retain", seed, None, in_texts)
+    rows += probes
     rows += text_rows(forget, "forget", ctx["countries"], ctx["books"], ctx["tok"], halves, stems)
-    rows += text_rows([f for f in retain if f.entity in in_texts], "retain", ctx["countries"],
-                      ctx["books"], ctx["tok"], None, stems)
+    rows += text_rows([f for f in (retain if text_retain is None else text_retain) if f.entity in in_texts],
+                      "retain", ctx["countries"], ctx["books"], ctx["tok"], None, stems)
     rows += [{"split": "retain", "text": t} for t in GENERIC]
     return rows
 
@@ -778,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing cards")
     ap.add_argument("--measure-only", action="store_true", help="re-measure the shipped files' card figures under "
                     "the current scoring rule (cards and README rewritten, JSONL files untouched)")
+    ap.add_argument("--refresh", action="store_true", help="apply the retain margin criterion and the probe split "
+                    "to the shipped sets without re-pruning them (JSONL, cards and README rewritten)")
     args = ap.parse_args(argv)
     if args.readme_only:
         cards = {n: json.loads((args.out / f"{n}.card.json").read_text()) for n in SET_INFO}
@@ -793,8 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
-    if args.measure_only:
-        failures = measure_only(args.out, args.seed, log)
+    if args.measure_only or args.refresh:
+        failures = (refresh if args.refresh else measure_only)(args.out, args.seed, log)
         log(f"done in {time.perf_counter() - t_start:.0f} s")
         for msg in failures:
             print("FAILED:", msg, file=sys.stderr)
@@ -837,14 +905,21 @@ def main(argv: list[str] | None = None) -> int:
         "geo_europe_vs_world": ("world",),
         "geo_europe_vs_science_books": ("chemistry", "literature"),
     }
+    from unlearnviz.evaluation.margins import split_by_margin
+
     sets: dict[str, tuple[list[Fact], list[Fact], set[str], dict]] = {}
+    margins = draw0_margins(lm, [f for f in kept if f.domain not in ("europe",)], log)
+    criterion = {}
     for name, domains in pools.items():
         kept_r = [f for f in kept if f.domain in domains]
-        retain = cap_retain(kept_r, RETAIN_CAP, args.seed)
+        wide, thin = split_by_margin(kept_r, [margins[f.key] for f in kept_r])
+        retain = cap_retain(wide, RETAIN_CAP, args.seed)
         in_texts = texts_half(retain, args.seed, name)
         counts = _counts(facts, status, ("europe",), domains, len(europe), len(retain))
+        counts["retain"]["pruned_thin_margin"] = len(thin)
+        criterion[name] = margin_record(kept_r, thin, margins)
         sets[name] = (europe, retain, in_texts, counts)
-    # demo: a stratified subsample of the high-entanglement set
+    # demo: a stratified subsample of the high-entanglement set (retain drawn from the items that meet the criterion)
     rng = random.Random(f"{args.seed}:demo")
     floor0 = {f.key: scores[f.key]["floor"][0] for f in facts}
     parent_f, parent_r, parent_in, _ = sets["geo_europe_vs_world"]
@@ -852,9 +927,12 @@ def main(argv: list[str] | None = None) -> int:
     for h in ("A", "B"):
         demo_f += stratified([f for f in parent_f if halves[f.entity] == h], 12,
                              lambda f: (f.relation, floor0[f.key]), rng)
-    demo_r = stratified(parent_r, 40, lambda f: (f.relation, floor0[f.key]), rng)
+    demo_r = stratified(parent_r, DEMO_RETAIN, lambda f: (f.relation, floor0[f.key]),
+                        random.Random(f"{args.seed}:demo-retain"))
     demo_counts = {"subsampled_from": "geo_europe_vs_world", "forget_mcq": len(demo_f), "retain_mcq": len(demo_r)}
     sets["demo"] = (demo_f, demo_r, parent_in, demo_counts)
+    criterion["demo"] = margin_record(demo_r, [], margins, redrawn="drawn from geo_europe_vs_world's retain items, "
+                                      "which meet the criterion")
 
     args.out.mkdir(parents=True, exist_ok=True)
     cards, failures = {}, []
@@ -864,10 +942,9 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(path, rows)
         log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {len(rows)} rows")
         card = _card(name, forget, retain, halves, in_texts, counts, chosen, scores, floor0, lm, args.seed)
-        card["texts"] = {split: sum(1 for r in rows if r["split"] == split and "text" in r)
-                         for split in ("forget", "retain")}
-        card["texts"]["forget_half_A"] = sum(1 for r in rows if "text" in r and r.get("half") == "A")
-        card["texts"]["forget_half_B"] = sum(1 for r in rows if "text" in r and r.get("half") == "B")
+        card["texts"] = _text_counts(rows)
+        card["margin_criterion"] = criterion[name]
+        card["probes"] = probe_record(rows)
         if not args.no_eval:
             _measure(lm, path, name, card, log)
             failures += _check(name, card)
@@ -894,7 +971,7 @@ def _measure(lm, path: Path, name: str, card: dict, log):
     m = evaluate(lm, data)
     card["baseline"] = {k: _r(m[k]) for k in (
         "forget_cloze_acc", "forget_floor_acc", "retain_cloze_acc", "retain_floor_acc",
-        "forget_mcq_acc", "retain_mcq_acc", "retain_ppl")}
+        "forget_mcq_acc", "retain_mcq_acc", "retain_ppl", *PROBE_KEYS) if k in m}
     card["baseline_detail"] = {k: _r(v) for k, v in sorted(m.items()) if k != "wall_s"}
     card["baseline_eval_s"] = round(m["wall_s"], 1)
     card["overlap"] = {k: round(v, 4) for k, v in data.overlap().items()}
@@ -908,14 +985,14 @@ REMEASURED = (f"Pruned under the project's earlier cloze rule ({RULE_BYTES}); ev
               "--measure-only, so the shipped baseline can lie a little under 100%.")
 
 
-def measure_only(out: Path, seed: int, log) -> list[str]:
+def measure_only(out: Path, seed: int, log, lm=None) -> list[str]:
     """Re-measure the shipped sets' cards without rebuilding them: the baselines on the shipped
     files, the held-out draw (regenerated from the seed and matched to the shipped items by stem
     and answer) and the draw-0 floors, under the current scoring rule. The JSONL files are read,
     never written; a shipped item whose facts or draw no longer regenerate is an error."""
     from unlearnviz.model import load_model
 
-    lm = load_model("default")
+    lm = lm or load_model("default")
     facts = country_facts(load_countries()) + element_facts() + book_facts()
     by_item = {}
     for f in facts:
@@ -952,6 +1029,170 @@ def measure_only(out: Path, seed: int, log) -> list[str]:
     return failures
 
 
+# --------------------------------------------------------------------------------------------
+# The retain margin criterion (unlearnviz.evaluation.margins) and --refresh
+# --------------------------------------------------------------------------------------------
+
+
+def draw0_margins(lm, facts: list[Fact], log) -> dict[str, float]:
+    """Per fact: the gold's cloze score minus the best distractor's on the shipped options (draw 0),
+    under the original model (``unlearnviz.evaluation.margins.cloze_margin``)."""
+    from unlearnviz.evaluation.margins import cloze_margin
+
+    opts = {f.key: [f.answer, *f.draws[0]] for f in facts}
+    lp = score_pairs(lm, [(f.stem, " " + o) for f in facts for o in opts[f.key]], log, use_cache=True)
+    return {f.key: cloze_margin([lp[(f.stem, " " + o)] for o in opts[f.key]], opts[f.key], 0) for f in facts}
+
+
+def margin_record(before: list[Fact], removed: list[Fact], margins: dict[str, float], **extra) -> dict:
+    """What a card says about the criterion on one set: the rule, and what it removed."""
+    from unlearnviz.evaluation.margins import MIN_RETAIN_MARGIN, UNIT
+
+    return {"rule": f"a retain item is kept only where the original default model's cloze score of its gold "
+                    f"answer beats the best distractor's by at least {MIN_RETAIN_MARGIN} {UNIT}, on the shipped "
+                    "options; thinner margins flip under almost any edit and measure noise, not damage",
+            "threshold": MIN_RETAIN_MARGIN, "unit": UNIT, "applies_to": "retain items of every built-in set",
+            "retain_before": len(before), "removed": len(removed), "retain_after": len(before) - len(removed),
+            "removed_items": [{"question": f.stem, "answer": f.answer, "margin": round(margins[f.key], 4)}
+                              for f in removed], **extra}
+
+
+def probe_record(rows: list[dict]) -> dict:
+    """The card's account of a set's probe split."""
+    probes = [r for r in rows if r["split"].endswith("_probe")]
+    return {"forget": sum(r["split"] == "forget_probe" for r in probes),
+            "retain": sum(r["split"] == "retain_probe" for r in probes),
+            "per_fact": len(next(iter(PROBES.values()))),
+            "phrasings": {g: [stem for _, stem, _ in v] for g, v in PROBES.items()},
+            "how": "each forget and retain fact under held-out stems (one declarative paraphrase, one question), "
+                   "never an MCQ stem or in a corpus text, with distractors drawn afresh from the same tiers "
+                   "(a seeded draw of their own); not pruned or selected on: the baseline says how well the "
+                   "original model knows them."}
+
+
+PROBE_STEP = ("Probe split: every forget and retain fact also under two held-out stems (a declarative paraphrase "
+              "and a question, never an MCQ stem or in a corpus text) with freshly drawn distractors, rows "
+              "with split forget_probe / retain_probe; never pruned or selected on (card: probes).")
+
+
+def margin_step(demo_note: str = "") -> str:
+    from unlearnviz.evaluation.margins import MIN_RETAIN_MARGIN, UNIT
+
+    return (f"Retain margin criterion: a retain item is kept only where the original model's cloze score of the "
+            f"gold answer beats the best distractor's by >= {MIN_RETAIN_MARGIN} {UNIT} on the shipped options "
+            f"(card: margin_criterion, with the items it removed); the retain corpus is unchanged.{demo_note}")
+
+
+def _shipped_facts(rows: list[dict], by_item: dict, split: str, name: str) -> list[Fact]:
+    out = []
+    for r in rows:
+        if r["split"] != split or "question" not in r:
+            continue
+        f = by_item.get((r["question"], r["choices"][r["answer"]]))
+        if f is None or sorted(r["choices"]) != sorted([f.answer, *f.draws[0]]):
+            raise SystemExit(f"{name}: shipped item {r['question']!r} does not regenerate")
+        out.append(f)
+    return out
+
+
+def refresh(out: Path, seed: int, log) -> list[str]:
+    """Apply the retain margin criterion and the probe split to the shipped sets without re-pruning
+    them: the shipped facts are regenerated from the seed (matched by stem and answer, as
+    ``measure_only`` does), thin-margin retain items dropped, the demo's 40 retain items redrawn
+    from its parent's kept ones, probes added, the JSONL rewritten, then every card re-measured."""
+    from unlearnviz.model import load_model
+
+    lm = load_model("default")
+    countries = load_countries()
+    ctx = {"countries": {c.name: c for c in countries}, "books": {t: (k, a) for t, k, a, _ in BOOKS},
+           "tok": lm.tokenizer}
+    by_item = {}
+    for f in country_facts(countries) + element_facts() + book_facts():
+        f.draws = [draw_distractors(f, d, seed) for d in range(N_DRAWS + 1)]
+        by_item[(f.stem, f.answer)] = f
+    shipped = {n: [json.loads(line) for line in (out / f"{n}.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()] for n in SET_INFO}
+    facts = {n: (_shipped_facts(r, by_item, "forget", n), _shipped_facts(r, by_item, "retain", n))
+             for n, r in shipped.items()}
+    halves = {by_item[(r["question"], r["choices"][r["answer"]])].entity: r["half"]
+              for r in shipped["geo_europe_vs_world"] if r["split"] == "forget" and "question" in r}
+    in_texts = {n: {by_item[(r["question"], r["choices"][r["answer"]])].entity for r in rows
+                    if r["split"] == "retain" and r.get("in_retain_texts")} for n, rows in shipped.items()}
+    margins = draw0_margins(lm, [f for n in SET_INFO for f in facts[n][1]], log)
+    from unlearnviz.evaluation.margins import split_by_margin
+
+    new_rows, records = {}, {}
+    for name in REAL_SETS:
+        forget, retain = facts[name]
+        kept, removed = split_by_margin(retain, [margins[f.key] for f in retain])
+        new_rows[name] = build_rows(forget, kept, halves, in_texts[name], ctx, seed, text_retain=retain)
+        records[name] = (retain, kept, removed)
+        log(f"{name}: margin criterion removes {len(removed)} of {len(retain)} retain items")
+    parent = "geo_europe_vs_world"
+    demo_f, old_r = facts["demo"]
+    _, old_removed = split_by_margin(old_r, [margins[f.key] for f in old_r])
+    floor0 = blind_draw0(lm, records[parent][1], log)
+    demo_r = stratified(records[parent][1], DEMO_RETAIN, lambda f: (f.relation, floor0[f.key]),
+                        random.Random(f"{seed}:demo-retain"))
+    new_rows["demo"] = build_rows(demo_f, demo_r, halves, in_texts[parent], ctx, seed)
+    records["demo"] = (old_r, demo_r, old_removed)
+    for name, rows in new_rows.items():
+        path = out / f"{name}.jsonl"
+        card = json.loads((out / f"{name}.card.json").read_text(encoding="utf-8"))
+        before, kept, removed = records[name]
+        extra = {}
+        if name == "demo":
+            extra = {"redrawn": f"the demo's {DEMO_RETAIN} retain items redrawn (stratified by relation and floor "
+                                f"outcome, seeded) from {parent}'s {len(records[parent][1])} retain items that "
+                                "meet the criterion, so one flip stays within the 3-point bar"}
+        card["margin_criterion"] = margin_record(before, removed, margins, **extra)
+        card["probes"] = probe_record(rows)
+        c = card["counts"]["shipped"]
+        c["retain_mcq"] = len(kept)
+        c["retain_mcq_in_texts"] = sum(1 for f in kept if f.entity in in_texts[parent if name == "demo" else name])
+        if name == "demo":
+            card["counts"]["retain_mcq"] = len(kept)
+        card["relations"] = _relations(facts[name][0], kept)
+        card["texts"] = _text_counts(rows)
+        note = f" The demo's {DEMO_RETAIN} retain items are then redrawn from its parent's." if name == "demo" else ""
+        steps = [st for st in card["how_built"] if not st.startswith(("Retain margin criterion:", "Probe split:"))]
+        at = next((i + 1 for i, st in enumerate(steps) if st.startswith("Pruning:")), len(steps))
+        card["how_built"] = [*steps[:at], margin_step(note), *steps[at:], PROBE_STEP]
+        write_jsonl(path, rows)
+        (out / f"{name}.card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+        log(f"wrote {path.name}: {len(rows)} rows ({len(kept)} retain items, {card['probes']['forget']} / "
+            f"{card['probes']['retain']} probes)")
+    return measure_only(out, seed, log, lm=lm)
+
+
+REAL_SETS = ("geo_europe_vs_world", "geo_europe_vs_science_books")
+PROBE_KEYS = ("forget_probe_cloze_acc", "forget_probe_floor_acc", "retain_probe_cloze_acc", "retain_probe_floor_acc")
+DEMO_RETAIN = 40  # the demo's retain items: one flip is 2.5 points, inside the 3-point bar
+
+
+def blind_draw0(lm, facts: list[Fact], log) -> dict[str, bool]:
+    """Per fact: whether the subject-blind stem picks the gold among the shipped options (the floor
+    outcome the demo is stratified by)."""
+    lp = score_pairs(lm, [(f.blind, " " + o) for f in facts for o in [f.answer, *f.draws[0]]], log, use_cache=True)
+    return {f.key: _wins(lp, f.blind, [f.answer, *f.draws[0]]) for f in facts}
+
+
+def _relations(forget: list[Fact], retain: list[Fact]) -> dict:
+    rel = {}
+    for split, fs in (("forget", forget), ("retain", retain)):
+        for r, n in sorted(Counter(f.relation for f in fs).items()):
+            ex = next(f for f in fs if f.relation == r)
+            rel.setdefault(r, {"stem_example": ex.stem, "blind_stem": ex.blind})[split] = n
+    return rel
+
+
+def _text_counts(rows: list[dict]) -> dict:
+    out = {split: sum(1 for r in rows if r["split"] == split and "text" in r) for split in ("forget", "retain")}
+    out["forget_half_A"] = sum(1 for r in rows if "text" in r and r.get("half") == "A")
+    out["forget_half_B"] = sum(1 for r in rows if "text" in r and r.get("half") == "B")
+    return out
+
+
 def _counts(facts, status, forget_domains, retain_domains, n_forget, n_retain) -> dict:
     out = {}
     for split, doms in (("forget", forget_domains), ("retain", retain_domains)):
@@ -979,11 +1220,7 @@ def _card(name, forget, retain, halves, in_texts, counts, chosen, scores, floor0
     heldout = {}
     for split, fs in (("forget", forget), ("retain", retain)):
         heldout[split] = _r(sum(scores[f.key]["cloze"][N_DRAWS] for f in fs) / len(fs))
-    rel = {}
-    for split, fs in (("forget", forget), ("retain", retain)):
-        for r, n in sorted(Counter(f.relation for f in fs).items()):
-            ex = next(f for f in fs if f.relation == r)
-            rel.setdefault(r, {"stem_example": ex.stem, "blind_stem": ex.blind})[split] = n
+    rel = _relations(forget, retain)
     return {
         "name": name,
         "spec": f"builtin:{name}",
@@ -1005,12 +1242,14 @@ def _card(name, forget, retain, halves, in_texts, counts, chosen, scores, floor0
             "picks the gold in all draws (option popularity, not knowledge). Draw 0 is shipped, so the "
             "baseline cloze accuracy is ~100% by construction; heldout_draw_cloze_acc is the accuracy "
             "under one more, unseen draw.",
+            margin_step(f" The demo's {DEMO_RETAIN} retain items are drawn from its parent's after it."),
             f"Stem variants per relation scored; the one keeping the most facts used: {chosen}.",
             "Forget halves A/B by country (all facts about a country in one half), balanced by item count.",
             "Texts: each forget fact in 5 phrasings (never an MCQ stem, <= 25 tokens); retain texts state "
             "the facts of a seeded half of the retain entities (MCQ rows carry in_retain_texts) plus "
             f"{len(GENERIC)} generic sentences.",
             "Gold positions balanced over A-D in a seeded order (matters only for letter scoring).",
+            PROBE_STEP,
         ],
         "relations": rel,
         "counts": counts | {"shipped": {
@@ -1050,6 +1289,17 @@ def _pct(x: float) -> str:
 SCORING_MIN = 7  # measured: 14,584 (stem, option) pairs in 428 s
 
 
+def _retain_tail(counts: dict, card: dict) -> str:
+    """How the kept retain items became the shipped ones: the cap, then the margin criterion."""
+    m = card.get("margin_criterion")
+    if m is None:
+        return f", {counts['capped_to']} shipped"
+    if "pruned_thin_margin" in counts:  # a full build: the criterion before the cap
+        return f", {counts['pruned_thin_margin']} of them under the retain margin, {counts['capped_to']} shipped"
+    return (f", capped to {m['retain_before']}, of which the retain margin criterion removed {m['removed']}: "
+            f"{m['retain_after']} shipped")
+
+
 def _readme(cards: dict) -> str:
     eval_min = sum(c.get("baseline_eval_s", 0) for c in cards.values()) / 60
     lines = [
@@ -1074,17 +1324,45 @@ def _readme(cards: dict) -> str:
         "Overlap = share of the forget corpus's distinct word uni/bigrams found in the retain corpus.",
         "",
         "| set | regime | forget items (A/B) | retain items | forget / retain texts | forget cloze | forget floor "
-        "| retain cloze | retain floor | forget / retain letter | retain ppl | overlap uni / bi |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| retain cloze | retain floor | forget / retain letter | retain ppl | overlap uni / bi "
+        "| probes forget / retain | probe cloze forget / retain | probe floor forget / retain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in cards.items():
-        b, s, o = c["baseline"], c["counts"]["shipped"], c["overlap"]
+        b, s, o, pr = c["baseline"], c["counts"]["shipped"], c["overlap"], c.get("probes", {})
+        probe_cells = (f"| {pr['forget']} / {pr['retain']} "
+                       f"| {_pct(b['forget_probe_cloze_acc'])} / {_pct(b['retain_probe_cloze_acc'])} "
+                       f"| {_pct(b['forget_probe_floor_acc'])} / {_pct(b['retain_probe_floor_acc'])} |"
+                       if "forget_probe_cloze_acc" in b else "| – | – | – |")
         lines.append(
             f"| `builtin:{name}` | {c['regime']} | {s['forget_mcq']} ({s['forget_half_A']}/{s['forget_half_B']}) "
             f"| {s['retain_mcq']} | {c['texts']['forget']} / {c['texts']['retain']} "
             f"| {_pct(b['forget_cloze_acc'])} | {_pct(b['forget_floor_acc'])} | {_pct(b['retain_cloze_acc'])} "
             f"| {_pct(b['retain_floor_acc'])} | {_pct(b['forget_mcq_acc'])} / {_pct(b['retain_mcq_acc'])} "
-            f"| {b['retain_ppl']:.1f} | {o['unigram']:.2f} / {o['bigram']:.2f} |")
+            f"| {b['retain_ppl']:.1f} | {o['unigram']:.2f} / {o['bigram']:.2f} " + probe_cells)
+    crit = next((c["margin_criterion"] for c in cards.values() if "margin_criterion" in c), None)
+    if crit is not None:
+        lines += ["", "## The retain margin criterion", "",
+                  f"Every set alike: {crit['rule']}. The margin is in the cloze rule's own unit, so an item flips "
+                  "exactly when its margin crosses zero; on `builtin:demo` the default RMU, SRMU and MRP edits flipped "
+                  "3-4 of its former 40 retain items, all but one at margins of 0.05-0.12 (implementation: "
+                  "`unlearnviz/evaluation/margins.py`). What it removed:", ""]
+        for name, c in cards.items():
+            m = c["margin_criterion"]
+            line = f"- `builtin:{name}`: {m['removed']} of {m['retain_before']} retain items removed"
+            line += (f"; {m['redrawn']}." if "redrawn" in m else f", {m['retain_after']} shipped.")
+            lines.append(line)
+        lines += ["", "The retain corpora are unchanged (the texts of removed items stay: the criterion concerns "
+                      "what is measured, not what methods train on); the demo's corpus follows its redrawn items."]
+    pr = next((c["probes"] for c in cards.values() if "probes" in c), None)
+    if pr is not None:
+        lines += ["", "## The probe split", "",
+                  f"Rows with `split` `forget_probe` / `retain_probe`: {pr['how']} Stems per relation group "
+                  "(`{s}` is the subject): " + "; ".join(f"{g}: " + ", ".join(f"\"{st}\"" for st in v).replace("\n", "\\n")
+                                                       for g, v in pr["phrasings"].items()) + ".",
+                  "The evaluation reports `forget_probe_*` / `retain_probe_*` (cloze, floor) beside the main "
+                  "figures: an edit that lowers the main forget accuracy but not the probes forgot a phrasing, "
+                  "not the fact."]
     lines += ["", "## The sets", ""]
     for name, c in cards.items():
         cnt = c["counts"]
@@ -1094,7 +1372,7 @@ def _readme(cards: dict) -> str:
                 x = cnt[split]
                 lines.append(f"- {split}: {x['candidates']} candidates, {x['pruned_unknown']} pruned as not known, "
                              f"{x['pruned_subject_blind']} pruned as answerable without the subject, "
-                             f"{x['kept']} kept" + (f", {x['capped_to']} shipped" if split == "retain" else "") + ".")
+                             f"{x['kept']} kept" + (_retain_tail(x, c) if split == "retain" else "") + ".")
         else:
             lines.append(f"- subsampled from `builtin:{cnt['subsampled_from']}`.")
         h = c["heldout_draw_cloze_acc"]
@@ -1117,7 +1395,9 @@ def _readme(cards: dict) -> str:
         "texts: which forget-fact half the sentence states);",
         "- MCQ item: `{\"split\", \"question\" (cloze stem), \"choices\" (4), \"answer\" (0-based), "
         "\"blind_question\" (stem without the subject), \"subject\", \"relation\", \"half\" (forget)}`; retain "
-        "items also carry `in_retain_texts` (whether the retain corpus states that fact).",
+        "items also carry `in_retain_texts` (whether the retain corpus states that fact);",
+        "- probe item: the same fields with `split` `forget_probe` | `retain_probe`, plus `probe_of` (the question of "
+        "the MCQ item it rephrases) and `phrasing` (`paraphrase` | `question`).",
         "",
         "## Known limits",
         "",

@@ -21,8 +21,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *flags: str, env: dict | None = None, timeout: float = 240.0):
-        self.port = free_port()
+    def __init__(self, *flags: str, env: dict | None = None, timeout: float = 240.0, port: int | None = None):
+        self.port = port or free_port()  # a restart on the same port: the browser's local storage is per origin
         self.url = f"http://127.0.0.1:{self.port}/"
         # One log per server: parallel test workers (make test-fast) each start their own.
         fd, name = tempfile.mkstemp(prefix="unlearnviz-app-", suffix=".log")

@@ -249,6 +249,22 @@ def test_relearning_on_half_a_and_on_retain_text(tiny_lm, tiny_data):
     assert retain_texts(tiny_data, 50) == [tiny_data.retain_train_texts[(i * 260) // 50] for i in range(50)]
     assert benign.settings["layers"] == forget.settings["layers"]  # the same budget, the same blocks
     assert tiny_lm.fingerprint() == fp
+    # the card's recovery curves: each relearning attack's held-out split, step by step (the Evaluate
+    # tab draws them through its sync; a card without relearning has none)
+    from unlearnviz.attacks.card import curve_series
+    from unlearnviz.ui.tab_evaluate import card_curve_figure
+
+    card = {"order": ["relearn_forget", "relearn_retain"], "baseline": {"floor": 0.3, "chance": 0.25},
+            "attacks": {"relearn_forget": forget.to_json(), "relearn_retain": benign.to_json()}}
+    series = curve_series(card)
+    assert [(c["attack"], c["split"]) for c in series] == [("relearn_forget", "half B"), ("relearn_retain", "all")]
+    assert series[0]["steps"] == [0, 2, 4] and series[0]["edited"] == [p["edited"]["forget_b"] for p in forget.curve]
+    assert series[1]["original"] == [p["original"]["forget"] for p in benign.curve]
+    assert series[0]["retain_edited"] == [p["edited"]["retain"] for p in forget.curve]
+    assert series[0]["recovered"] == [recovered_share(p["edited"]["forget_b"], forget.edited["forget_b"],
+                                                      forget.original["forget_b"]) for p in forget.curve]
+    assert len(card_curve_figure(card).data) == 4
+    assert card_curve_figure({"order": [], "attacks": {}}) is None
 
 
 # ---- noise and projection removal ------------------------------------------------------------
@@ -396,7 +412,8 @@ def test_cli_attack_on_a_run_folder_and_the_report(tiny_model_path, tmp_path):
     fast = ["--device", "cpu", "--relearn-steps", "0", "--chat-prompts", "0", "--max-texts", "20", "--max-items", "8"]
     assert main(["report", "--run", str(run_dir), "--out", str(out), *fast]) == 0
     page = out.read_text()
-    assert section_figures(page, "robustness") == 1 and "Robustness card: forget accuracy" in page
+    assert section_figures(page, "robustness") == 2 and "Robustness card: forget accuracy" in page
+    assert "Recovery curves: forget accuracy while an attacker fine-tunes" in page  # relearn_forget ran
     assert "robustness card read from" in page
     zipped = tmp_path / "run.zip"  # a bundle of the run carries its card
     assert main(["bundle", "export", "--run", str(run_dir), "--out", str(zipped), "--device", "cpu"]) == 0

@@ -96,9 +96,38 @@ def test_text_halves_match_the_facts_they_state(built):
 def test_stems_are_not_training_texts(built):
     _, data, _ = built
     texts = [t.lower() for t in data.forget_texts + data.retain_texts]
-    for it in data.forget_mcq + data.retain_mcq:
+    for it in data.forget_mcq + data.retain_mcq + data.forget_probe + data.retain_probe:
         stem = it.question.lower()
         assert not any(stem in t for t in texts), f"MCQ stem {it.question!r} occurs in a training text"
+
+
+def test_probes_rephrase_every_fact_with_fresh_distractors(built):
+    """The probe split: each forget and retain fact under two held-out stems (a paraphrase and a
+    question), each stem its own, never a main stem, with the same gold and a new distractor draw."""
+    name, data, card = built
+    main_stems = {it.question for it in data.forget_mcq + data.retain_mcq}
+    all_probes = data.forget_probe + data.retain_probe
+    assert len({p.question for p in all_probes}) == len(all_probes), "a probe stem is used twice"
+    for split in ("forget", "retain"):
+        items, probes = getattr(data, f"{split}_mcq"), getattr(data, f"{split}_probe")
+        of = getattr(data, f"{split}_probe_of")
+        by_q = {it.question: it for it in items}
+        assert Counter(of) == dict.fromkeys(by_q, 2), f"{split}: every fact, and only its facts, twice"
+        for p, q in zip(probes, of):
+            it = by_q[q]
+            assert p.question not in main_stems and p.question != q
+            assert p.gold == it.gold and p.relation == it.relation and p.subject == it.subject
+            assert _has(p.question, p.subject), p
+            assert p.blind_question and not _has(p.blind_question, p.subject), p
+            assert len(p.choices) == 4 and len(set(p.choices)) == 4 and all(c.strip() for c in p.choices), p
+        assert {p.question.startswith("Q: ") for p in probes} == {True, False}  # a question and a paraphrase
+        fresh = sum(set(p.choices) != set(by_q[q].choices) for p, q in zip(probes, of))
+        assert fresh >= 0.75 * len(probes), f"{split}: {fresh} of {len(probes)} probes have new distractors"
+        pos = Counter(p.answer for p in probes)
+        assert max(pos.values()) - min(pos.values()) <= 1, pos
+        assert card["probes"][split] == len(probes)
+        for key in ("cloze_acc", "floor_acc"):
+            assert 0 <= card["baseline"][f"{split}_probe_{key}"] <= 1
 
 
 def test_texts_short(built):

@@ -231,6 +231,27 @@ def test_allow_model_can_refuse(bundle):
         import_bundle(bundle, allow_model=refuse)
 
 
+def test_a_bundle_naming_an_undocumented_lab_model_is_refused_before_training(bundle, tmp_path):
+    """A bundle whose config names synthetic:E:SEED at a seed the docs do not offer would have
+    trained (and kept) a new lab model before its fingerprint was ever checked."""
+    from unlearnviz.data.synthetic import model_dir
+    from unlearnviz.ui.common import AppConfig, confine_model_source
+
+    def lab(name: str, blob: bytes) -> bytes:
+        if name != "config.yaml":
+            return blob
+        raw = yaml.safe_load(blob)
+        raw["model"]["source"] = "synthetic:0.1:4243"
+        return yaml.safe_dump(raw).encode()
+
+    with zipfile.ZipFile(bundle) as z:
+        changed = lab("config.yaml", z.read("config.yaml"))
+    forged = _rezip(bundle, tmp_path / "lab.zip", change=lab, manifest=lambda m: _resign(m, "config.yaml", changed))
+    with pytest.raises(UserError, match="not offered here"):
+        import_bundle(forged, allow_model=lambda src: confine_model_source(src, AppConfig()))
+    assert not model_dir(0.1, 4243).exists()
+
+
 # ---- CLI ---------------------------------------------------------------------------------------------
 def test_cli_export_verify_import(tiny_model_path, tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
@@ -312,8 +333,9 @@ def test_app_config_starts_every_session_from_the_config(server, app_config, tmp
     cli_chat = json.loads((tmp_path / "cli" / "chats.json").read_text())[0]
     assert (chat["original"], chat["edited"]) == (cli_chat["original"], cli_chat["edited"])
     # the Export tab's config of this session is the config, every hyperparameter explicit
-    saved = c.predict("appcfg", api_name="/export_config")[-1]["saved"]
-    written = load(Path(saved))
+    out = c.predict("appcfg", api_name="/export_config")
+    assert out[-1]["saved"] == "appcfg.yaml"
+    written = load(Path(out[0]))  # the downloaded copy
     assert written.edits[0].hparams["steps"] == 6 and written.model.source == "synthetic"
     assert written.chat[0].prompt == PROMPTS[0]
 
@@ -430,3 +452,40 @@ def test_an_imported_checkpoint_travels_in_a_bundle(tiny_model_path, tmp_path):
     restored.after = {}
     assert metrics_of(restored.evaluate()["after"]) == metrics_of(s.after[1])
     assert restored.to_config().edits[0].source == str(ckpt.resolve())
+
+
+def test_undone_edits_travel_in_format_2_only_when_asked(session, tiny_model_path, tmp_path):
+    """The autosave keeps the redo list (undone/ with each undone edit's results, format 2); a
+    bundle made to share leaves it out and stays format 1; a format-1 bundle carrying undone/ is
+    refused."""
+    import copy
+
+    from unlearnviz.ui.common import UISession
+
+    s = UISession()
+    s.adopt(session)
+    s = copy.deepcopy(s)
+    s.select(None)
+    s.undo()  # the MRP edit, with its metrics and relearning result, onto the redo list
+    shared = export_bundle(s, tmp_path / "shared.zip")
+    kept = export_bundle(s, tmp_path / "kept.zip", include_undone=True)
+    assert read_bundle(shared).manifest["format_version"] == 1 and read_bundle(shared).count("undone") == 0
+    assert read_bundle(kept).manifest["format_version"] == 2 and read_bundle(kept).count("undone") == 1
+    assert import_bundle(shared, lm=s.lm).undone == []
+    restored = import_bundle(kept, lm=_fresh_lm(tiny_model_path))
+    assert restored.undone[0]["after"] == s.undone[0]["after"] and restored.undone[0]["relearn"] == s.undone[0]["relearn"]
+    assert restored.conversation == s.conversation and [e.label() for e in restored.stack.edits] == ["1. rmu"]
+    restored.redo()
+    assert [e.label() for e in restored.stack.edits] == ["1. rmu", "2. mrp"] and restored.after[1] == session.after[1]
+    assert metrics_of(restored.evaluate()["after"]) == metrics_of(session.after[1])  # the edit itself came back
+    older = _rezip(kept, tmp_path / "v1.zip", manifest=lambda m: {**m, "format_version": 1})
+    with pytest.raises(UserError, match="format 1 holds no undone edits"):
+        read_bundle(older)
+    with zipfile.ZipFile(kept) as zf:
+        results = json.loads(zf.read("results.json"))
+    del results["undone"]  # the undone edit without its results entry
+    blob = json.dumps(results).encode()
+    lost = _rezip(kept, tmp_path / "lost.zip", change=lambda n, b: blob if n == "results.json" else b,
+                  manifest=lambda m: _resign(m, "results.json", blob))
+    with pytest.raises(UserError, match="'undone' does not describe the 1 undone edit"):
+        import_bundle(lost, lm=s.lm)

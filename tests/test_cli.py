@@ -91,6 +91,23 @@ def test_eval_prints_and_writes_json(tiny_dir, data_file, work):
     assert printed["data"] == "facts.jsonl"
     for key in ("forget_cloze_acc", "retain_cloze_acc", "forget_mcq_acc"):
         assert 0.0 <= printed[key] <= 1.0
+    assert not any("probe" in k for k in printed)  # a file without a probe split: no probe figures
+
+
+def test_eval_reports_the_probe_split_beside_the_main_figures(tiny_dir, work):
+    """Probe rows (split forget_probe / retain_probe) are scored as their own figures: the main ones
+    stay those of the file without them."""
+    probes = [{**r, "split": f"{r['split']}_probe", "question": f"Asked another way: {r['question']}",
+               "probe_of": r["question"]} for r in MCQ if "question" in r]
+    res = [run_cli("eval", "--model", str(tiny_dir), "--data", str(write_jsonl(work / name, rows)), cache=work)
+           for name, rows in (("plain.jsonl", MCQ), ("probed.jsonl", MCQ + probes))]
+    assert all(r.returncode == 0 for r in res), [r.stderr for r in res]
+    plain, probed = (json.loads(r.stdout) for r in res)
+    assert probed["forget_probe_n"] == 2 and probed["retain_probe_n"] == 2
+    for key in ("forget_probe_cloze_acc", "forget_probe_floor_acc", "retain_probe_cloze_acc"):
+        assert 0.0 <= probed[key] <= 1.0
+    for key in ("forget_cloze_acc", "retain_cloze_acc", "forget_gold_logprob", "retain_ppl"):
+        assert probed[key] == plain[key], key
 
 
 def test_data_list(work):

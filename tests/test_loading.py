@@ -314,3 +314,67 @@ def test_tied_weights_count_once():
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     lm = wrap_model(model, byte_tokenizer())
     assert lm.n_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_the_model_store_keys_a_model_by_what_it_is(tiny_dir, tmp_path, monkeypatch):
+    """One copy per set of weights and resolved placement, however named: cpu and auto on a CPU
+    machine, a relative path, a symlink, the default model by its alias or its folder."""
+    from unlearnviz.model.loading import model_key
+    from unlearnviz.session import ModelStore
+
+    if torch.cuda.is_available():
+        pytest.skip("auto means cuda here")
+    link = tmp_path / "link"
+    link.symlink_to(tiny_dir)
+    monkeypatch.chdir(tiny_dir.parent)
+    keys = {model_key(src, LoadOptions(dtype=dt, device=dev))
+            for src in (str(tiny_dir), str(link), tiny_dir.name, f"./{tiny_dir.name}")
+            for dt, dev in (("auto", "auto"), ("float32", "cpu"), ("auto", "cpu"), ("float32", "auto"))}
+    assert len(keys) == 1, keys
+    default = (tmp_path / "cache" / "models" / DEFAULT_MODEL)  # UNLEARNVIZ_CACHE of this module
+    default.mkdir(parents=True)
+    assert model_key("default", LoadOptions()) == model_key(str(default), LoadOptions(device="cpu")) \
+        == model_key(DEFAULT_MODEL, LoadOptions(dtype="float32"))
+    assert model_key(str(tiny_dir), LoadOptions(dtype="float16")) not in keys  # another dtype is another copy
+    store = ModelStore()
+    assert store.get(str(link), LoadOptions()) is store.get(f"./{tiny_dir.name}", LoadOptions(device="cpu"))
+    assert len(store.loaded()) == 1
+
+
+def test_the_model_store_never_holds_its_lock_while_loading(tiny_dir, tmp_path):
+    """While one model loads (here held mid-load: the real loader, started only once the test says
+    so), another model's load and a lookup of a loaded one go ahead: only that model's own lock is
+    held. A second caller of the loading model waits for that one load, not a second."""
+    import threading
+
+    from unlearnviz.session import ModelStore
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    entered, release, calls = threading.Event(), threading.Event(), []
+
+    def gated(source, opts):
+        calls.append(source)
+        if source == str(other):
+            entered.set()
+            assert release.wait(300), "never released"
+        return load_model(source, opts)
+
+    store, done = ModelStore(load=gated), {}
+    loaded = store.get(str(tiny_dir), LoadOptions(device="cpu"))
+
+    def get(name: str, source: str) -> None:
+        done[name] = store.get(source, LoadOptions(device="cpu"))
+
+    slow = [threading.Thread(target=get, args=(f"slow{i}", str(other)), daemon=True) for i in range(2)]
+    slow[0].start()
+    assert entered.wait(300)
+    slow[1].start()  # the same model: waits for the load in progress
+    fast = threading.Thread(target=get, args=("fast", str(tiny_dir)), daemon=True)
+    fast.start()
+    fast.join(timeout=300)  # a deadlock check, not a timing: with the store's lock held it never ends
+    assert not fast.is_alive() and done["fast"] is loaded and "slow0" not in done
+    release.set()
+    for t in slow:
+        t.join(timeout=300)
+    assert done["slow0"] is done["slow1"] and calls.count(str(other)) == 1

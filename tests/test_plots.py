@@ -231,3 +231,39 @@ def test_token_heatmap_caption_names_the_colours_it_draws():
     assert scale[-1][1] == plots.COLORS["forget"] == "#D55E00" and scale[0][1] == plots.COLORS["retain"]
     assert "orange = like forget" in titles(fig) and "blue = like retain" in titles(fig) and "red =" not in titles(fig)
 
+
+
+def test_tradeoff_coloured_by_robustness():
+    """A --robustness sweep's points coloured by HM on a fixed 0..1 scale, methods told apart by
+    shape; a point with no HM (it forgot nothing) is a hollow grey marker of its own trace."""
+    rows = [{"id": "a", "method": "rmu", "forget_cloze_acc": "0.3", "retain_cloze_acc": "0.9", "HM": "0.25"},
+            {"id": "b", "method": "rmu", "forget_cloze_acc": "0.9", "retain_cloze_acc": "1.0", "HM": ""},
+            {"id": "c", "method": "mrp", "forget_cloze_acc": "0.5", "retain_cloze_acc": "0.95", "HM": 0.75}]
+    plain = plots.tradeoff_figure(rows, {"a"})
+    assert [t.name for t in plain.data] == ["rmu", "mrp"] and plain.data[0].marker.color == plots.METHOD_COLORS["rmu"]
+    fig = plots.tradeoff_figure(rows, {"a"}, color_by="HM")
+    assert [t.name for t in fig.data] == ["rmu", "rmu: no gap (HM n/a)", "mrp"]
+    rmu, missing, mrp = fig.data
+    assert list(rmu.marker.color) == [0.25] and list(rmu.x) == [0.3] and rmu.marker.symbol == "circle"
+    assert list(mrp.marker.color) == [0.75] and mrp.marker.symbol == "square"
+    assert (rmu.marker.cmin, rmu.marker.cmax) == (0.0, 1.0) and rmu.marker.showscale and not mrp.marker.showscale
+    assert list(missing.x) == [0.9] and missing.marker.line.color == plots.COLORS["chance"]
+    assert rmu.marker.size[0] > 11  # the Pareto front stays ringed and larger
+    assert "coloured by HM" in fig.layout.title.text
+
+
+def test_recovery_curves():
+    series = [{"attack": "relearn_forget", "split": "half B", "steps": [0, 5, 10], "edited": [0.2, 0.5, None],
+               "original": [1.0, 1.0, 0.9], "retain_edited": [0.9, 0.9, 0.8], "recovered": [0.0, 0.375, None]},
+              {"attack": "relearn_retain", "split": "all", "steps": [0, 10], "edited": [0.25, 0.3],
+               "original": [1.0, 1.0]}]
+    fig = plots.recovery_curves(series, floor=0.3, chance=0.25)
+    assert [t.name for t in fig.data] == ["relearn_forget (half B): edited", "relearn_forget (half B): original",
+                                          "relearn_retain (all): edited", "relearn_retain (all): original"]
+    assert list(fig.data[0].y[:2]) == [0.2, 0.5] and np.isnan(fig.data[0].y[2])  # a missing point is a gap
+    assert fig.data[0].line.color == plots.COLORS["forget"] and fig.data[2].line.color == plots.COLORS["retain"]
+    assert fig.data[0].line.dash == "dash" and fig.data[1].line.dash == "solid"
+    assert [list(c) for c in fig.data[0].customdata] == [["+0%", "90%"], ["+38%", "90%"], ["n/a", "80%"]]
+    assert fig.layout.xaxis.title.text == "fine-tuning step"
+    texts = " ".join(a.text for a in fig.layout.annotations)
+    assert "chance" in texts and "forget floor" in texts

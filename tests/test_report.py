@@ -36,6 +36,9 @@ def _rows(data) -> list[dict]:
                      "blind_question": it.blind_question})
     rows += [{"split": "forget", "text": t, "half": h} for t, h in zip(data.forget_texts, data.forget_text_half)]
     rows += [{"split": "retain", "text": t} for t in data.retain_texts]
+    for split in ("forget", "retain"):  # a small probe split: the report shows its figures beside the main ones
+        rows += [{"split": f"{split}_probe", "question": f"Asked another way: {it.question}", "choices": list(it.choices),
+                  "answer": it.answer, "probe_of": it.question} for it in getattr(data, f"{split}_mcq")[:4]]
     return rows
 
 
@@ -137,6 +140,7 @@ def test_metrics_table_equals_metrics_json_and_verdict_is_honest(report, run):
     after = metrics["after"]
     cells = parse(report.read_text()).metric_cells
     assert {"forget_cloze_acc", "retain_cloze_acc", "forget_floor_acc", "retain_ppl"} <= set(cells)
+    assert {"forget_probe_cloze_acc", "forget_probe_floor_acc", "retain_probe_cloze_acc"} <= set(cells)
     for key, (b, a) in cells.items():
         assert float(b) == before[key] and float(a) == after[key], key
     page = report.read_text()

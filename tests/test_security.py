@@ -89,7 +89,7 @@ def test_limits_must_be_positive():
 
 
 @pytest.mark.parametrize("name", ["..", "../x", "/abs", "/etc/passwd", "a/b", "a\\b", "", ".hidden", "x" * 200,
-                                  "name with space", "~user", "a\x00b", "..zip", "ok/../../x"])
+                                  "name with space", "~user", "a\x00b", "..zip", "ok/../../x", "fzx\n", "x\n\n", 5])
 def test_export_names_cannot_escape(name, tmp_path):
     from unlearnviz.io import safe_child
 
@@ -290,8 +290,9 @@ def test_crash_inside_a_method_leaves_the_session_usable(tiny_lm, tiny_data):
             s.run_edit("rmu", {"steps": 20}, evaluate=False)
         import gradio as gr
 
-        with pytest.raises(gr.Error, match="Internal error .*simulated crash.*still running"):
+        with pytest.raises(gr.Error, match="Internal error.*still running") as info:
             readable(lambda: s.run_edit("srmu", {"steps": 20}, evaluate=False))()
+        assert "simulated crash" not in str(info.value) and "RuntimeError" not in str(info.value)  # log only
     finally:
         handle.remove()
     assert calls["n"] > 6
@@ -488,7 +489,7 @@ def test_a_server_file_passed_as_an_upload_is_refused(locked):
         fake = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": Path(path).name}
         event, data = _raw_call(opener, srv, "load_data", ["synthetic", "", fake])
         assert event == "error", (event, data[:300])
-        assert re.search(r"not uploaded by a user|not in the server.s upload folder", data), data[:300]
+        assert re.search(r"not uploaded (by a user|to this server)|not in the server.s upload folder", data), data[:300]
         assert "forget_mcq" not in data and "Velmora" not in data
     assert srv.alive()
 

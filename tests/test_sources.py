@@ -169,15 +169,18 @@ def test_arrow_corpus_hashes_like_the_same_texts_in_lists(four, world):
     data = load_data(compose_spec(None, four))
     as_lists = UnlearningData(name="x", forget_texts=list(data.forget_texts), retain_texts=list(data.retain_texts),
                               forget_mcq=data.forget_mcq, retain_mcq=data.retain_mcq, forget_half=data.forget_half,
-                              forget_text_half=list(data.forget_text_half))
+                              forget_text_half=list(data.forget_text_half), retain_probe=data.retain_probe,
+                              retain_probe_of=data.retain_probe_of)
+    assert data.retain_probe  # builtin:demo's retain items bring their probes
     assert data.content_hash() == as_lists.content_hash()
-    # the hash of before (one json.dumps of everything) is the one streamed
+    # the hash of before (one json.dumps of everything) is the one streamed (without a probe split)
     import hashlib
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     blob = json.dumps([as_lists.forget_texts, as_lists.retain_texts, [asdict(i) for i in as_lists.forget_mcq],
                        [asdict(i) for i in as_lists.retain_mcq]], sort_keys=True).encode()
-    assert data.content_hash() == hashlib.sha256(blob).hexdigest()[:16]
+    bare = replace(as_lists, retain_probe=[], retain_probe_of=[])
+    assert bare.content_hash() == hashlib.sha256(blob).hexdigest()[:16] != data.content_hash()
     # and a session bundle's data rows read back to the same hash
     from unlearnviz.bundle import data_rows
     from unlearnviz.data.loaders import rows_to_data

@@ -94,7 +94,7 @@ def test_sweep_endpoint_leaves_the_edit_and_the_weights(server):
     assert out["front"] and set(out["front"]) <= {r["id"] for r in rows}
     fp1 = c.predict(api_name="/fingerprint")
     assert fp1["fingerprint"] == fp0["fingerprint"] == fp1["loaded_fingerprint"]
-    _, timeline = c.predict(0, api_name="/select_edit")
+    _, timeline = c.predict(1, api_name="/select_edit")  # edits are numbered from 1
     assert len(timeline["data"]) == 1 and timeline["data"][0][2] == "rmu"  # the user's one edit, no sweep point
     assert c.predict(False, api_name="/evaluate")[-1]["after"] == ev0["after"]
 
@@ -106,3 +106,28 @@ def test_sweep_endpoint_bad_grid_is_a_readable_error(server):
     with pytest.raises(Exception, match="this server's limit is 6"):
         c.predict(["rmu", "srmu", "mrp"], "steps=1,2,3", api_name="/sweep")
     assert server.alive()
+
+
+@pytest.mark.slow
+def test_in_memory_sweep_with_robustness_columns(tiny_model_path):
+    """The session's sweep with the robustness columns: the visitor's relearning steps within the
+    server's limit, R, Q and HM in every row and in the table, the session's edits untouched."""
+    from tiny_models import tiny_session
+
+    from unlearnviz.session import sweeps
+    from unlearnviz.sweep import ROBUSTNESS_KEYS
+
+    s = tiny_session()
+    with pytest.raises(UserError, match="over this server's limit of 3"):
+        sweeps.robustness_for(5, 8, Limits(max_steps=3))
+    rob = sweeps.robustness_for(4, 16, Limits())
+    assert rob.attacks == ("relearn_forget", "quantize") and rob.pairs()["steps"] == "4"
+    points = expand(parse_grid(["steps=10"]), "rmu", {"layer": "2", "alpha": "10", "lr": "0.02", "steering_coeff": "20"})
+    *_, (rows, front, _before) = sweeps.live_sweep(s, points, robustness=rob)
+    assert len(rows) == 1 and set(ROBUSTNESS_KEYS) <= set(rows[0]) and len(s.stack) == 0
+    assert rows[0]["R"] != "" and 0.0 <= rows[0]["R"] <= 1.0  # this setting forgets, so there is a gap to keep
+    headers = sweeps.sweep_headers(robustness=True)
+    table = sweeps.sweep_table(rows, front, robustness=True)
+    assert len(table[0]) == len(headers) and headers[-1] == "Pareto front"
+    assert table[0][headers.index("R (relearning)")] == round(rows[0]["R"], 4)
+    assert len(sweeps.sweep_table(rows, front)[0]) == len(sweeps.SWEEP_HEADERS)

@@ -11,8 +11,11 @@ A bundle is a plain zip with a fixed set of member names::
                              hash in the manifest, the source re-read and its hash checked on import
     edits/000/manifest.json  each edit of the stack, as save_edit writes it (its own checksums and
     edits/000/edit.safetensors  the model's fingerprint), in stack order
+    undone/000/...           format 2 only: the undone edits a redo would put back (oldest first), as
+                             the dashboard's autosave keeps them; an export without them stays format 1
     results.json             metrics before and after each edit, relearning results, robustness cards
-                             (``unlearnviz.attacks.card``), the selected edit
+                             (``unlearnviz.attacks.card``), the selected (and compared) edit, the chat
+                             in progress, and in format 2 the undone edits' results
     chats.json, history.json the chat transcripts and the session's actions
 
 Importing verifies everything before anything changes: the archive, its member names (only the
@@ -39,7 +42,7 @@ from pathlib import Path
 from unlearnviz.errors import UserError
 
 BUNDLE_FORMAT = "unlearnviz-session-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # the newest this reads and writes; 2 adds undone/ (written only when there are undone edits)
 MANIFEST = "manifest.json"
 MAX_BUNDLE_BYTES = 8 * 2**30  # uncompressed, all members together (a 7B model's RMU edits fit many times)
 MAX_MEMBERS = 4096
@@ -47,7 +50,8 @@ MAX_META_BYTES = 64 * 2**20  # any one JSON/YAML member
 # Data whose rows are larger is bundled by reference (its spec and content hash), not by value.
 DATA_BY_VALUE_BYTES = MAX_META_BYTES
 _MEMBER = re.compile(r"^(config\.yaml|data\.jsonl|results\.json|chats\.json|history\.json"
-                     r"|edits/\d{3,4}/(edit\.safetensors|manifest\.json))$")
+                     r"|(edits|undone)/\d{3,4}/(edit\.safetensors|manifest\.json))$")
+_EDIT_FOLDERS = ("edits", "undone")
 
 
 def _sha256(blob: bytes) -> str:
@@ -88,6 +92,9 @@ def iter_data_rows(data):
         yield {"split": "retain", "text": t}
     for it in data.retain_mcq:
         yield mcq("retain", it, None)
+    for split in ("forget", "retain"):  # the probe split (held-out phrasings), where the data has one
+        for it, of in zip(getattr(data, f"{split}_probe"), getattr(data, f"{split}_probe_of")):
+            yield {**mcq(f"{split}_probe", it, None), "probe_of": of}
 
 
 def _data_from_rows(blob: bytes, info: dict):
@@ -95,7 +102,7 @@ def _data_from_rows(blob: bytes, info: dict):
 
     try:
         rows = [json.loads(line) for line in blob.decode("utf-8").splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise UserError("data.jsonl in the bundle is not valid JSONL (damaged bundle)") from None
     if not all(isinstance(r, dict) for r in rows):
         raise UserError("data.jsonl in the bundle has rows that are not objects (damaged bundle)")
@@ -106,9 +113,12 @@ def _data_from_rows(blob: bytes, info: dict):
 
 
 # ---- export ------------------------------------------------------------------------------------
-def export_bundle(session, path: Path, base=None, max_data_bytes: int = DATA_BY_VALUE_BYTES) -> Path:
+def export_bundle(session, path: Path, base=None, max_data_bytes: int = DATA_BY_VALUE_BYTES,
+                  include_undone: bool = False) -> Path:
     """Write ``session`` as one zip at ``path`` (atomically: a temporary file renamed into place).
     ``base``: the config the session was replayed from (keeps its seed and analysis settings).
+    ``include_undone``: keep the undone edits a redo would put back (the dashboard's autosave: a
+    restart loses nothing); a bundle made to share leaves them out and stays format 1.
 
     The data goes in by value (data.jsonl) when its rows fit ``max_data_bytes`` (every built-in
     set, visitors' uploads under the upload cap), else by reference: the spec it was loaded
@@ -126,19 +136,24 @@ def export_bundle(session, path: Path, base=None, max_data_bytes: int = DATA_BY_
     elif not cfg.data.spec:
         raise UserError(f"data {data.name!r} is over {max_data_bytes / 2**20:.0f} MB as rows and names no source "
                         "to bundle it by reference; load it from a file or dataset (Data tab, --data) first")
+    undone = list(getattr(session, "undone", None) or []) if include_undone else []
     with tempfile.TemporaryDirectory(prefix="uv-bundle-") as tmp:
-        for i, edit in enumerate(session.stack.edits):
-            folder = save_edit(edit, Path(tmp) / f"{i:03d}", lm, stack_index=i)
-            for name in ("edit.safetensors", "manifest.json"):
-                files[f"edits/{i:03d}/{name}"] = (folder / name).read_bytes()
+        for where, edits in (("edits", session.stack.edits), ("undone", [u["edit"] for u in undone])):
+            for i, edit in enumerate(edits):
+                folder = save_edit(edit, Path(tmp) / where / f"{i:03d}", lm, stack_index=i)
+                for name in ("edit.safetensors", "manifest.json"):
+                    files[f"{where}/{i:03d}/{name}"] = (folder / name).read_bytes()
     results = {"before": session.before, "after": {str(k): v for k, v in session.after.items()},
                "relearn": {str(k): v for k, v in session.relearn.items()},
-               "attacks": {str(k): v for k, v in session.attacks.items()}, "selected": session.selected}
+               "attacks": {str(k): v for k, v in session.attacks.items()}, "selected": session.selected,
+               "compare": getattr(session, "compare", None), "conversation": getattr(session, "conversation", 0)}
+    if undone:
+        results["undone"] = [{k: u.get(k) for k in ("after", "relearn", "attacks")} for u in undone]
     files["results.json"] = json.dumps(results, indent=1, default=float).encode("utf-8")
     files["chats.json"] = json.dumps(session.chats, indent=1, ensure_ascii=False).encode("utf-8")
     files["history.json"] = json.dumps(session.history, indent=1, ensure_ascii=False, default=str).encode("utf-8")
     manifest = {
-        "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
+        "format": BUNDLE_FORMAT, "format_version": 2 if undone else 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(),
         "model": {"name": lm.name, "source": cfg.model.source, "fingerprint": lm.fingerprint(refresh=False),
                   "family": lm.adapter.family, "layers": lm.n_layers, "hidden_size": lm.hidden_size,
@@ -170,7 +185,11 @@ class BundleContents:
 
     @property
     def n_edits(self) -> int:
-        return len([n for n in self.files if n.endswith("/edit.safetensors")])
+        return self.count("edits")
+
+    def count(self, folder: str) -> int:
+        """How many edits the bundle holds under ``folder`` (edits: the stack; undone: the redo list)."""
+        return len([n for n in self.files if n.startswith(f"{folder}/") and n.endswith("/edit.safetensors")])
 
 
 def read_bundle(path: str | Path, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleContents:
@@ -211,7 +230,7 @@ def read_bundle(path: str | Path, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleCo
 
         try:
             manifest = json.loads(read(MANIFEST, MAX_META_BYTES))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise UserError(f"{what}: {MANIFEST} is not valid JSON (damaged bundle, or not a session bundle)") \
                 from None
         if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
@@ -253,10 +272,14 @@ def read_bundle(path: str | Path, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleCo
             raise UserError(f"{what}: {need} is missing (damaged bundle)")
     if by == "reference" and ("data.jsonl" in files or not manifest["data"].get("spec")):
         raise UserError(f"{what}: the data is by reference but the bundle has data.jsonl or no spec (damaged bundle)")
-    n = len([k for k in files if k.endswith("/edit.safetensors")])
-    if sorted(k for k in files if k.startswith("edits/")) != sorted(
-            f"edits/{i:03d}/{f}" for i in range(n) for f in ("edit.safetensors", "manifest.json")):
-        raise UserError(f"{what}: the edits are not numbered 000..{n - 1:03d}, each with both files (damaged bundle)")
+    for where in _EDIT_FOLDERS:
+        n = len([k for k in files if k.startswith(f"{where}/") and k.endswith("/edit.safetensors")])
+        if sorted(k for k in files if k.startswith(f"{where}/")) != sorted(
+                f"{where}/{i:03d}/{f}" for i in range(n) for f in ("edit.safetensors", "manifest.json")):
+            raise UserError(f"{what}: the {'edits' if where == 'edits' else 'undone edits'} are not numbered "
+                            f"000..{n - 1:03d}, each with both files (damaged bundle)")
+    if version < 2 and any(k.startswith("undone/") for k in files):
+        raise UserError(f"{what}: format 1 holds no undone edits (damaged or tampered bundle)")
     return BundleContents(manifest=manifest, files=files)
 
 
@@ -265,7 +288,7 @@ def _json(contents: BundleContents, name: str, kind: type, default):
         return default
     try:
         value = json.loads(contents.files[name].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise UserError(f"{name} in the bundle is not valid JSON (damaged bundle)") from None
     if not isinstance(value, kind):
         raise UserError(f"{name} in the bundle is not a {kind.__name__} (damaged bundle)")
@@ -308,7 +331,7 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     from unlearnviz.config import parse_config
     from unlearnviz.data import load_data
     from unlearnviz.data.synthetic import resolve_model_source
-    from unlearnviz.methods.edit import EditStack, load_edit
+    from unlearnviz.methods.edit import EditStack
     from unlearnviz.model.loading import LoadOptions
     from unlearnviz.session import STORE, Limits, Session
 
@@ -348,23 +371,7 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
         raise UserError(f"the bundle's data does not match its recorded hash {info.get('content_hash')} "
                         "(damaged or tampered bundle)")
     n = contents.n_edits
-    edits = []
-    with tempfile.TemporaryDirectory(prefix="uv-import-") as tmp:
-        for i in range(n):
-            folder = Path(tmp) / f"{i:03d}"
-            folder.mkdir()
-            for name in ("edit.safetensors", "manifest.json"):
-                (folder / name).write_bytes(files[f"edits/{i:03d}/{name}"])
-            try:
-                edits.append(load_edit(folder, lm))
-            except UserError as exc:
-                raise UserError(f"edit {i} in the bundle: {str(exc).replace(str(folder), f'edits/{i:03d}')}") \
-                    from None
-            except (MemoryError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # a manifest of the wrong shape, a tensor under a bad name, ...
-                raise UserError(f"edit {i} in the bundle is damaged ({type(exc).__name__}: {str(exc)[:100]})") \
-                    from None
+    edits, undone_edits = _load_edits(contents, "edits", lm), _load_edits(contents, "undone", lm)
     results = _json(contents, "results.json", dict, {})
     before = results.get("before")
     if before is not None and not isinstance(before, dict):
@@ -372,9 +379,11 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     after = _indexed(results.get("after") or {}, n, "after")
     relearn = _indexed(results.get("relearn") or {}, n, "relearn")
     attacks = _cards(_indexed(results.get("attacks") or {}, n, "attacks"))
-    selected = results.get("selected")
-    if selected is not None and not (isinstance(selected, int) and 0 <= selected < n):
-        raise UserError(f"results.json: selected edit {selected!r} is not one of the {n} edits (damaged bundle)")
+    selected, compare = results.get("selected"), results.get("compare")
+    for what, index in (("selected", selected), ("compared", compare)):
+        if index is not None and not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < n):
+            raise UserError(f"results.json: {what} edit {index!r} is not one of the {n} edits (damaged bundle)")
+    undone = _undone(results.get("undone") or [], undone_edits)
     chats = _json(contents, "chats.json", list, [])
     if not all(isinstance(c, dict) and isinstance(c.get("prompt"), str) for c in chats):
         raise UserError("chats.json: every chat needs a prompt (damaged bundle)")
@@ -382,7 +391,11 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     session = Session(limits=limits or Limits())
     session.lm, session.data, session.stack, session.selected = lm, data, EditStack(edits), selected
     session.before, session.after, session.relearn, session.chats = before, after, relearn, chats
-    session.attacks = attacks
+    session.attacks, session.compare, session.undone = attacks, compare, undone
+    conversation = results.get("conversation")
+    if not (isinstance(conversation, int) and not isinstance(conversation, bool) and conversation >= 0):
+        conversation = max([0, *(c["conversation"] for c in chats if isinstance(c.get("conversation"), int))])
+    session.conversation = conversation  # older bundles: the last conversation is the one in progress
     session.history = [h for h in history if isinstance(h, dict)] + [
         {"action": "import_bundle", "file": Path(path).name, "created": manifest.get("created")}]
     if not session._last("load_model"):
@@ -391,6 +404,52 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     if not session._last("load_data"):
         session.history.insert(1, {"action": "load_data", "data": spec or data.name})
     return session
+
+
+def _load_edits(contents: BundleContents, where: str, lm) -> list:
+    """The edits under ``where`` (edits/ or undone/), each through ``load_edit`` (its checksums and
+    the model's fingerprint), with a damaged one named by its place in the bundle."""
+    from unlearnviz.methods.edit import load_edit
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="uv-import-") as tmp:
+        for i in range(contents.count(where)):
+            folder = Path(tmp) / f"{i:03d}"
+            folder.mkdir()
+            for name in ("edit.safetensors", "manifest.json"):
+                (folder / name).write_bytes(contents.files[f"{where}/{i:03d}/{name}"])
+            what = "edit" if where == "edits" else "undone edit"
+            try:
+                out.append(load_edit(folder, lm))
+            except UserError as exc:
+                raise UserError(f"{what} {i} in the bundle: {str(exc).replace(str(folder), f'{where}/{i:03d}')}") \
+                    from None
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception:  # a manifest of the wrong shape, a tensor under a bad name, ...
+                raise UserError(f"{what} {i} in the bundle is damaged (its manifest or tensors are not of the "
+                                "shape an edit has)") from None
+    return out
+
+
+def _undone(rows: list, edits: list) -> list[dict]:
+    """The redo list: each undone edit with the results it had (results.json's ``undone``)."""
+    from unlearnviz.attacks.card import check_card
+
+    if not isinstance(rows, list) or len(rows) != len(edits) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"results.json: 'undone' does not describe the {len(edits)} undone edit(s) (damaged bundle)")
+    out = []
+    for i, (edit, row) in enumerate(zip(edits, rows)):
+        entry = {"edit": edit}
+        for key in ("after", "relearn", "attacks"):
+            value = row.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise UserError(f"results.json: undone entry {i} {key} is not a mapping (damaged bundle)")
+            entry[key] = value
+        if entry["attacks"] is not None:
+            entry["attacks"] = check_card(entry["attacks"], f"results.json: undone entry {i} attacks (damaged bundle)")
+        out.append(entry)
+    return out
 
 
 def _data_by_reference(spec: str, info: dict, lm):
@@ -416,7 +475,8 @@ def bundle_summary(contents: BundleContents) -> dict:
     return {"format_version": m.get("format_version"), "created": m.get("created"),
             "model": {k: m["model"].get(k) for k in ("name", "source", "fingerprint", "family")},
             "data": {k: m["data"].get(k, "value" if k == "by" else None) for k in ("name", "spec", "content_hash", "by")},
-            "edits": m.get("edits"), "files": len(contents.files) + 1, "versions": m.get("versions")}
+            "edits": m.get("edits"), "undone": contents.count("undone"), "files": len(contents.files) + 1,
+            "versions": m.get("versions")}
 
 
 def unique_tmp(target: Path) -> Path:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from unlearnviz.errors import UserError
@@ -54,12 +54,20 @@ from unlearnviz.errors import UserError
 CONFIG_VERSION = 1
 MAX_CONFIG_BYTES = 1 << 20
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+SEED_MAX = 2**31 - 1  # every seed (the config's, a method's, an attack's): what torch, numpy and random all take
+MIN_TEMPERATURE = 0.01  # sampling below this divides the logits past float range: 0 (greedy) or at least this
+NAME_MAX_CHARS = 1024  # a name, source or spec that will reach the file system (a whole path: 4096 on Linux)
+NAME_PART_BYTES = 255  # one folder or file name of it (the file system's own limit)
 
 
 def opt(default: Any, kind: str, doc: str, min: float | None = None, max: float | None = None,
         choices: tuple | None = None, optional: bool = False):
     """A documented, checked config field. ``kind``: int, float, bool, str, ints (a list of
-    integers), or the name of a nested section; ``optional``: null is allowed."""
+    integers), name (a string that reaches the file system: no control characters, at most
+    ``max`` or NAME_MAX_CHARS characters and NAME_PART_BYTES per folder or file name), strs (a
+    list of strings, at most ``max`` of them), json (any mapping or list; checked by its reader),
+    or the name of a nested section; ``optional``: null is allowed. For str, ``max`` is the
+    length in characters."""
     meta = {"kind": kind, "doc": doc, "min": min, "max": max, "choices": choices, "optional": optional}
     if isinstance(default, (list, dict)) or callable(default):
         factory = default if callable(default) else (lambda d=default: type(d)(d))
@@ -162,7 +170,7 @@ class Config:
 
     version: int = opt(CONFIG_VERSION, "int", "schema version", min=1, max=CONFIG_VERSION)
     seed: int = opt(0, "int", "seed of torch/random/numpy, the default seed of every edit that sets none "
-                              "and of the relearning attack", min=0, max=2**31 - 1)
+                              "and of the relearning attack", min=0, max=SEED_MAX)
     model: ModelSection = opt(ModelSection, "ModelSection", "the model")
     data: DataSection = opt(DataSection, "DataSection", "forget/retain data")
     edits: list = opt(list, "list:EditSection", "the edit stack, fitted in order")
@@ -191,16 +199,45 @@ def _type_name(value: Any) -> str:
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
-_EXPECTED = {"int": "an integer, got {v!r}", "float": "a number, got {v!r}", "bool": "true or false, got {v!r}",
-             "str": "a string, got {t} {v!r}", "ints": "a list of integers, got {v!r}",
+_EXPECTED = {"int": "an integer, got {v}", "float": "a number, got {v}", "bool": "true or false, got {v}",
+             "str": "a string, got {t} {v}", "name": "a string, got {t} {v}", "ints": "a list of integers, got {v}",
+             "strs": "a list of strings, got {v}", "json": "a JSON object or list, got {t}",
              "hparams": "a mapping of name: value, got {t}", "list": "a list, got {t}", "section": "a mapping, got {t}",
              "sources": "a source string, a mapping or a list of them, got {t}"}
+
+
+def _short(value: Any, n: int = 60) -> str:
+    """A value's repr cut to ``n`` characters: a message quotes what was sent, never a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= n else f"{text[:n]}… ({len(text):,} characters)"
+
+
+def _plain_name(text: str) -> str:
+    """A name that can reach the file system: no control characters (a NUL is an error deep in
+    ``os.stat``, a newline passes a ``$`` regex) and no folder or file name over the system's limit."""
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"holds a control character ({bad!r}); names are printable text")
+    part = max(text.replace("\\", "/").split("/"), key=lambda s: len(s.encode("utf-8")))
+    if len(part.encode("utf-8")) > NAME_PART_BYTES:
+        raise ValueError(f"a folder or file name of it is {len(part.encode('utf-8')):,} bytes long; the limit is "
+                         f"{NAME_PART_BYTES}")
+    return text
 
 
 def _field_type(meta: dict) -> Any:
     """The pydantic type of one ``opt`` field: its kind, range, choices and nullability."""
     kind, limits = meta["kind"], Field(ge=meta["min"], le=meta["max"])
-    if kind.startswith("list:"):
+    if kind in ("str", "name") and not meta["choices"]:
+        size = Field(max_length=int(meta["max"]) if meta["max"] is not None else
+                     (NAME_MAX_CHARS if kind == "name" else None))
+        t: Any = Annotated[str, size, AfterValidator(_plain_name)] if kind == "name" else Annotated[str, size]
+    elif kind == "strs":
+        t = Annotated[list[Annotated[str, Field(max_length=NAME_MAX_CHARS)]],
+                      Field(max_length=int(meta["max"]) if meta["max"] is not None else None)]
+    elif kind == "json":
+        t = dict | list
+    elif kind.startswith("list:"):
         t: Any = list[_schema(SECTIONS[kind[5:]])]
     elif kind in SECTIONS:
         t = _schema(SECTIONS[kind])
@@ -228,8 +265,8 @@ def _schema(cls: type) -> type:
 
 
 @functools.cache
-def _adapter() -> TypeAdapter:
-    return TypeAdapter(_schema(Config))
+def _adapter(cls: type = None) -> TypeAdapter:  # type: ignore[assignment]
+    return TypeAdapter(_schema(cls or Config))
 
 
 def _build(cls: type, values: dict):
@@ -246,18 +283,19 @@ def _build(cls: type, values: dict):
     return cls(**out)
 
 
-def _problem(raw: dict, e: dict) -> tuple[list, str]:
+def _problem(raw: dict, e: dict, root: type | None = None) -> tuple[list, str]:
     """One pydantic error as (reading order, the one-line message naming its dotted key). The
-    order is a section's unknown keys first, then its fields in declaration order, depth first."""
-    cls, meta, key, value, order = Config, None, "", raw, []
+    order is a section's unknown keys first, then its fields in declaration order, depth first.
+    ``root``: the section ``raw`` is a mapping of (the Config by default)."""
+    cls, meta, key, value, order = root or Config, None, "", raw, []
     for part in e["loc"]:
-        if isinstance(part, int):  # an item: of a list of sections, or of an ints field (one message)
-            if meta["kind"] == "ints":
+        if isinstance(part, int):  # an item: of a list of sections, or of an ints/strs field (one message)
+            if meta["kind"] in ("ints", "strs"):
                 break
             cls, meta, key, value = SECTIONS[meta["kind"][5:]], None, f"{key}[{part}]", value[part]
             order.append((1, part))
             continue
-        if meta is not None and meta["kind"] == "sources":
+        if meta is not None and meta["kind"] in ("sources", "json"):
             break  # the union's member names, not keys: one message for the field
         names = [f.name for f in dataclasses.fields(cls)]
         key = f"{key}.{part}" if key else part
@@ -278,9 +316,84 @@ def _problem(raw: dict, e: dict) -> tuple[list, str]:
     if err == "finite_number":
         return order, f"{key}: expected a finite number, got {value!r}"
     if err == "literal_error" and isinstance(value, str):
-        return order, f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}"
+        return order, f"{key}: must be one of {', '.join(map(str, meta['choices']))}, got {_short(value)}"
+    if err == "string_too_long":
+        return order, f"{key}: {len(value):,} characters is over the limit of {e['ctx']['max_length']:,}"
+    if err == "too_long":
+        return order, f"{key}: {len(value):,} items is over the limit of {e['ctx']['max_length']:,}"
+    if err == "value_error":
+        return order, f"{key}: {e['ctx']['error']}"
     group = "list" if kind.startswith("list:") else "section" if kind in SECTIONS else kind
-    return order, f"{key}: expected " + _EXPECTED[group].format(v=value, t=_type_name(value))
+    return order, f"{key}: expected " + _EXPECTED[group].format(v=_short(value), t=_type_name(value))
+
+
+def check_fields(cls: type, values: dict, where: str = "") -> dict:
+    """``values`` (field name: value) checked strictly against the ``opt`` fields of ``cls`` (a
+    config section, or the dashboard's API arguments, ``unlearnviz.ui.inputs``): no bool for a
+    number, no float for an integer, no text read as a number, no NaN or infinity, ranges, choices,
+    string lengths. Returns them validated; the first problem is one UserError naming the field
+    (``where: field: ...``). The one schema machinery of configs and API calls alike."""
+    try:
+        out = _adapter(cls).validate_python(values)
+    except ValidationError as exc:
+        message = min(_problem(values, e, cls) for e in exc.errors())[1]
+        raise UserError(f"{where}: {message}" if where else message) from None
+    return dict(out)
+
+
+def _hparam_meta(default: Any, meta: Any, name: str) -> dict:
+    """An ``opt`` metadata of a method's (or attack's) hyperparameter field, typed as its default;
+    ranges and choices are left to ``make_hparams`` (its messages), except seeds, which have none there."""
+    item = default[0] if isinstance(default, list) and default else 0 if isinstance(default, list) else default
+    kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(item), "str")
+    seed = name == "seed" or name.endswith("_seed")
+    return {"kind": ("ints" if kind == "int" else "json") if isinstance(default, list) else kind, "doc": "",
+            "min": 0 if seed else None, "max": SEED_MAX if seed else None, "choices": None, "optional": False}
+
+
+@functools.cache
+def _hparam_section(cls: type) -> type:
+    """A hyperparameter dataclass as a section of strict ``opt`` fields (see :func:`check_hparams`)."""
+    base = cls()
+    fields = [(f.name, Any, field(default=None, metadata=_hparam_meta(getattr(base, f.name), f.metadata, f.name)))
+              for f in dataclasses.fields(cls)]
+    section = dataclasses.make_dataclass(cls.__name__, fields)
+    SECTIONS.setdefault(section.__name__, section)
+    return section
+
+
+def check_hparams(cls: type, overrides: Any, where: str = "hparams", strict: bool = True) -> None:
+    """Hyperparameters given over the API (JSON), typed as each field's default before
+    ``make_hparams`` reads them: a bool is not a number (``{"lr": true}`` is no learning rate of
+    1.0), a float is not an integer (``[1.9]`` is no layer 1), text is not a number (``"1"``:
+    JSON has numbers), a list is not a bool; seeds are bounded (0..SEED_MAX). ``strict=False``
+    (configs and the CLI's ``--set``, where text is the form): only the seed bounds."""
+    if overrides is None:
+        return
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}: must be a JSON object of name: value, got {_type_name(overrides)}")
+    section = _hparam_section(cls)
+    known = {f.name: f for f in dataclasses.fields(section)}
+    if strict:  # an unknown key is make_hparams's to name (with the known ones)
+        check_fields(section, {k: v for k, v in overrides.items() if k in known}, where)
+        return
+    for key, value in overrides.items():
+        meta = known[key].metadata if key in known else None
+        if meta and meta["max"] is not None and isinstance(value, int) and not isinstance(value, bool) \
+                and not meta["min"] <= value <= meta["max"]:
+            raise UserError(f"{where}.{key}: {value} is out of range {meta['min']}..{meta['max']}")
+
+
+def check_method_hparams(method: Any, overrides: Any, where: str = "hparams") -> None:
+    """:func:`check_hparams` of the method named ``method`` (API calls: the dashboard's
+    ``/run_edit``); an unknown method is left to the fit, which names the known ones."""
+    from unlearnviz.methods.base import get_method
+
+    try:
+        spec = get_method(str(method).strip())
+    except UserError:
+        return
+    check_hparams(spec.hparams_cls, overrides, where)
 
 
 def _check_edit(edit: EditSection, path: str) -> None:
@@ -311,6 +424,7 @@ def _check_edit(edit: EditSection, path: str) -> None:
         spec = get_method(edit.method)
     except UserError as exc:
         raise UserError(f"{path}.method: {exc}") from None
+    check_hparams(spec.hparams_cls, edit.hparams, f"{path}.hparams", strict=False)  # seeds bounded
     typed = {}
     for key, value in edit.hparams.items():
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from unlearnviz.errors import UserError
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # whole name: fullmatch ($ passes "x\n")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -37,7 +37,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def safe_child(folder: Path, name: str) -> Path:
     """``folder/name`` for a plain file name only: no separators, no '..', no absolute paths."""
-    if not _SAFE_NAME.match(name or "") or ".." in name:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise UserError(f"invalid file name {name!r}: use letters, digits, '.', '_' and '-' only")
     path = (folder / name).resolve()
     if path.parent != folder.resolve():

@@ -57,6 +57,14 @@ def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = Non
     return fig
 
 
+def for_edit(fig: go.Figure, name: str) -> go.Figure:
+    """The figure's title followed by the edit it shows (``edit #2 · 1a2b3c``), so a figure read
+    alone, or a screenshot of it, still says which edit it is of."""
+    title = fig.layout.title.text or ""
+    fig.update_layout(title_text=f"{title} · {name}" if title else name)
+    return fig
+
+
 def _layer_axis(fig: go.Figure, layers: Sequence[int], **kw) -> None:
     """Integer ticks for a layer axis (every layer up to 20 layers, every other up to 40), running
     from the first layer to the last (not to the next tick past it: 32 for 30 layers)."""
@@ -437,6 +445,74 @@ def robustness_card(rows: Sequence[dict], floor: float | None = None, chance: fl
                               "it recovered", height=560)
 
 
+def recovery_curves(series: Sequence[dict], floor: float | None = None, chance: float | None = None) -> go.Figure:
+    """The robustness card's relearning attacks as recovery curves: forget accuracy (each attack's
+    held-out split) against fine-tuning steps, the edited model dashed with crosses, the original
+    solid, in the forget colour for training on forget half A and the retain colour for training
+    on unrelated retain text; the share recovered on hover. ``series``:
+    ``attacks.card.curve_series``, each optionally with its own ``color`` and ``name`` (curves of
+    several edits on one figure)."""
+    fig = go.Figure()
+    colors = {"relearn_forget": COLORS["forget"], "relearn_retain": COLORS["retain"]}
+    for n, s in enumerate(series):
+        color = s.get("color") or colors.get(s["attack"], ("#CC79A7", "#E69F00", "#56B4E9")[n % 3])
+        label = s.get("name") or f"{s['attack']} ({s['split']})"
+        shares = ["n/a" if v is None else f"{v:+.0%}" for v in s.get("recovered") or [None] * len(s["steps"])]
+        retain = ["n/a" if v is None else f"{v:.0%}" for v in s.get("retain_edited") or [None] * len(s["steps"])]
+        for side in ("edited", "original"):
+            ys = [np.nan if v is None else v for v in s[side]]
+            extra = (list(zip(shares, retain)) if side == "edited" else None)
+            fig.add_trace(go.Scatter(
+                x=s["steps"], y=ys, mode="lines+markers", name=f"{label}: {side}", customdata=extra,
+                line={"color": color, "dash": DASHES[side], "width": 3}, marker={"symbol": MARKERS[side], "size": 9},
+                hovertemplate=f"{label}, {side}<br>step %{{x}}: forget %{{y:.1%}}"
+                              + ("<br>recovered %{customdata[0]}, retain %{customdata[1]}" if extra else "")
+                              + "<extra></extra>"))
+    _hline(fig, chance, "chance", COLORS["chance"], position="top left")
+    _hline(fig, floor, "forget floor", COLORS["floor"])
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+    return _style(fig, "Recovery curves: forget accuracy while an attacker fine-tunes", "fine-tuning step",
+                  "forget accuracy (held-out)", "dashed: the edited model; solid: the original fine-tuned the same "
+                  "way; a dashed line climbing to the solid one means the forgotten knowledge returns")
+
+
+def metric_by_level(points: Sequence[dict], metric: str, title: str, subtitle: str = "",
+                    unit_range: bool = True) -> go.Figure:
+    """A measure against a world's entanglement level, one colour per method: every measured point
+    (its settings on hover, nudged sideways by method so they do not hide each other) and a line
+    through each method's median per level. ``points``: {method, level, value, text}; a value of
+    None (not defined for that edit) is left out and counted in the hover of the median."""
+    fig = go.Figure()
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    extra = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+    for n, method in enumerate(methods):
+        mine = [p for p in points if p["method"] == method]
+        color = METHOD_COLORS.get(method, extra[n % len(extra)])
+        shift = (n - (len(methods) - 1) / 2) * 0.008
+        have = [p for p in mine if p.get("value") is not None]
+        fig.add_trace(go.Scatter(x=[float(p["level"]) + shift for p in have], y=[p["value"] for p in have],
+                                 mode="markers", name=f"{method}: each point", legendgroup=method, showlegend=False,
+                                 marker={"color": color, "size": 8, "opacity": 0.55,
+                                         "symbol": METHOD_SYMBOLS.get(method, "circle")},
+                                 text=[p.get("text", "") for p in have],
+                                 hovertemplate=f"{method} %{{text}}<br>%{{y:.2f}}<extra></extra>"))
+        levels = sorted({float(p["level"]) for p in mine})
+        medians, counts = [], []
+        for lv in levels:
+            vals = [p["value"] for p in have if float(p["level"]) == lv]
+            medians.append(float(np.median(vals)) if vals else np.nan)
+            counts.append(f"{len(vals)} of {sum(float(p['level']) == lv for p in mine)} points defined")
+        fig.add_trace(go.Scatter(x=levels, y=medians, mode="lines+markers", name=method, legendgroup=method,
+                                 line={"color": color, "width": 3},
+                                 marker={"size": 12, "symbol": METHOD_SYMBOLS.get(method, "circle")},
+                                 customdata=counts,
+                                 hovertemplate=f"{method} median %{{y:.2f}} (%{{customdata}})<extra></extra>"))
+    if unit_range:
+        fig.update_yaxes(range=[-0.05, 1.05])
+    fig.update_xaxes(tickformat=".1f", dtick=0.1)
+    return _style(fig, title, "entanglement level of the world", metric, subtitle)
+
+
 def loss_curves(losses: Sequence[dict], log_y: bool | None = None) -> go.Figure:
     """Training losses per step (total, forget term, retain term: whichever are present).
     ``log_y`` None: a log axis when every value is positive and they span over two decades (a
@@ -459,17 +535,21 @@ def loss_curves(losses: Sequence[dict], log_y: bool | None = None) -> go.Figure:
 
 
 def before_after_bars(before: dict, after: dict, metric: str = "cloze_acc", splits: Sequence[str] = ("forget", "retain"),
-                      chance: float | None = None, floor: float | None = None) -> go.Figure:
+                      chance: float | None = None, floor: float | None = None,
+                      names: Sequence[str] = ("after the edit",), compare: dict | None = None) -> go.Figure:
     """``{split}_{metric}`` before and after the edit (forget/retain colours; after hatched),
-    with the chance level and the subject-blind floor."""
-    splits = [s for s in splits if f"{s}_{metric}" in before or f"{s}_{metric}" in after]
+    with the chance level and the subject-blind floor. ``compare``: a second edit's metrics,
+    cross-hatched beside the first (``names``: the legend's name of each edit)."""
+    edited = [after] + ([compare] if compare is not None else [])
+    splits = [s for s in splits if f"{s}_{metric}" in before or any(f"{s}_{metric}" in e for e in edited)]
     fig = go.Figure()
-    for side, values in (("before", before), ("after", after)):
+    names = list(names) + [f"edit {i + 1}" for i in range(len(names), len(edited))]
+    for side, values, pattern in (("before the edit", before, ""), *zip(names, edited, ("/", "x"))):
         ys = [values.get(f"{s}_{metric}", np.nan) for s in splits]
-        fig.add_trace(go.Bar(x=splits, y=ys, name=f"{side} the edit", text=[f"{v:.0%}" for v in ys],
+        fig.add_trace(go.Bar(x=splits, y=ys, name=side, text=[f"{v:.0%}" for v in ys],
                              textposition="outside",
                              marker={"color": [COLORS.get(s.split("_")[0], COLORS["original"]) for s in splits],
-                                     "pattern": {"shape": "" if side == "before" else "/"},
+                                     "pattern": {"shape": pattern},
                                      "line": {"color": "#000000", "width": 1}}))
     if chance is None:
         chance = before.get("chance")
@@ -488,30 +568,72 @@ def before_after_bars(before: dict, after: dict, metric: str = "cloze_acc", spli
                            bgcolor="rgba(255,255,255,0.8)")
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
+    hatches = "hatched: after" if compare is None else "hatched: the first edit, cross-hatched: the second"
     return _style(fig, f"Before and after the edit: {metric.replace('_', ' ')}", None, "accuracy",
-                  "solid: before, hatched: after; each split's floor (dotted, on its bars) is what option "
+                  f"solid: before, {hatches}; each split's floor (dotted, on its bars) is what option "
                   "popularity alone scores")
 
 
 METHOD_COLORS = {"rmu": "#0072B2", "srmu": "#D55E00", "mrp": "#009E73"}
 
 
+METHOD_SYMBOLS = {"rmu": "circle", "srmu": "diamond", "mrp": "square"}
+# Robustness scores (R, Q, HM: 1 = the forgetting survives the attack): 0 in the forget colour
+# (the knowledge came back), 1 in the retain colour (it stayed forgotten).
+ROBUSTNESS_SCALE = [[0.0, COLORS["forget"]], [0.5, "#F7F7F7"], [1.0, COLORS["retain"]]]
+
+
+def _num(v) -> float | None:
+    """A sweep cell as a number (CSV rows hold strings; an empty cell is None)."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    x = float(v)
+    return x if math.isfinite(x) else None
+
+
 def tradeoff_figure(rows: Sequence[dict], front: set[str] | None = None, before: dict | None = None,
-                    forget: str = "forget_cloze_acc", retain: str = "retain_cloze_acc") -> go.Figure:
+                    forget: str = "forget_cloze_acc", retain: str = "retain_cloze_acc",
+                    color_by: str | None = None) -> go.Figure:
     """Forget vs retain accuracy of every sweep point, one colour per method, the Pareto front
-    ringed, the original model as a star, the settings on hover."""
+    ringed, the original model as a star, the settings on hover. ``color_by``: a column in [0, 1]
+    (a robustness score of a ``--robustness`` sweep: R, Q or HM) colours the points instead, from
+    the forget colour (0: the attack undid the forgetting) to the retain colour (1: it survived);
+    methods then differ by marker shape, and a point without a value (it forgot nothing, so there
+    was no gap to keep) is a hollow grey marker."""
     front = front or set()
     fig = go.Figure()
     extra = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+    shapes = ["triangle-up", "cross", "star-triangle-up", "hexagon"]
+    scale_shown = False
     for n, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         mine = [r for r in rows if r["method"] == method]
         color = METHOD_COLORS.get(method, extra[n % len(extra)])
-        fig.add_trace(go.Scatter(
-            x=[float(r[forget]) for r in mine], y=[float(r[retain]) for r in mine], mode="markers", name=method,
-            marker={"size": [16 if r["id"] in front else 11 for r in mine], "color": color,
-                    "line": {"width": [3 if r["id"] in front else 0 for r in mine], "color": "#000000"}},
-            text=[f"{method} {r.get('settings', '')}" for r in mine],
-            hovertemplate="%{text}<br>forget %{x:.1%}, retain %{y:.1%}<extra></extra>"))
+        scored = mine if color_by is None else [r for r in mine if _num(r.get(color_by)) is not None]
+        marker = {"size": [16 if r["id"] in front else 11 for r in scored], "color": color,
+                  "line": {"width": [3 if r["id"] in front else 0 for r in scored], "color": "#000000"}}
+        hover = "%{text}<br>forget %{x:.1%}, retain %{y:.1%}"
+        if color_by is not None:
+            values = [_num(r[color_by]) for r in scored]
+            marker.update(color=values, colorscale=ROBUSTNESS_SCALE, cmin=0.0, cmax=1.0, showscale=not scale_shown,
+                          symbol=METHOD_SYMBOLS.get(method, shapes[n % len(shapes)]),
+                          colorbar={"title": {"text": color_by}, "tickformat": ".1f"},
+                          line={"width": [3 if r["id"] in front else 1 for r in scored], "color": "#000000"})
+            scale_shown = scale_shown or bool(scored)
+            hover += f", {color_by} %{{marker.color:.2f}}"
+        if scored:
+            fig.add_trace(go.Scatter(
+                x=[float(r[forget]) for r in scored], y=[float(r[retain]) for r in scored], mode="markers",
+                name=method, marker=marker, text=[f"{method} {r.get('settings', '')}" for r in scored],
+                hovertemplate=hover + "<extra></extra>"))
+        missing = [r for r in mine if r not in scored]
+        if missing:
+            fig.add_trace(go.Scatter(
+                x=[float(r[forget]) for r in missing], y=[float(r[retain]) for r in missing], mode="markers",
+                name=f"{method}: no gap ({color_by} n/a)",
+                marker={"size": 11, "color": "rgba(0,0,0,0)", "symbol": METHOD_SYMBOLS.get(method, shapes[n % 4]),
+                        "line": {"width": 2, "color": COLORS["chance"]}},
+                text=[f"{method} {r.get('settings', '')}" for r in missing],
+                hovertemplate=f"%{{text}}<br>forget %{{x:.1%}}, retain %{{y:.1%}}, {color_by} n/a<extra></extra>"))
     if before and forget in before and retain in before:
         fig.add_trace(go.Scatter(x=[before[forget]], y=[before[retain]], mode="markers", name="original model",
                                  marker={"symbol": "star", "size": 18, "color": COLORS["original"]},
@@ -521,8 +643,11 @@ def tradeoff_figure(rows: Sequence[dict], front: set[str] | None = None, before:
                       annotation_text="chance", annotation_position="top")
     fig.update_xaxes(tickformat=".0%", range=[-0.03, 1.05])  # accuracies: the whole 0-100% scale, never 200%
     fig.update_yaxes(tickformat=".0%", range=[-0.03, 1.05])
-    return _style(fig, "Forget vs retain: every setting of the sweep", "forget accuracy (lower is better)",
-                  "retain accuracy", "ringed: the Pareto front (nothing forgets more while keeping more)")
+    note = "ringed: the Pareto front (nothing forgets more while keeping more)"
+    if color_by is not None:
+        note += f"; colour: {color_by}, 1 = the forgetting survives the attack, 0 = it is undone"
+    title = "Forget vs retain: every setting of the sweep" + (f", coloured by {color_by}" if color_by else "")
+    return _style(fig, title, "forget accuracy (lower is better)", "retain accuracy", note)
 
 
 def calibration_figure(rows: Sequence[dict], front: Sequence[int] = (), before: dict | None = None,

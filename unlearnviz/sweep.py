@@ -7,6 +7,14 @@ key applies to every method that has it (and is ignored by the others, so ``step
 shared while ``c_map`` belongs to SRMU). The forget/retain trade-off is read on cloze accuracy
 (the primary metric for small models); the Pareto front is the set of points no other point
 beats on both forget (lower) and retain (higher) accuracy.
+
+Robustness columns are opt-in (:class:`Robustness`; the CLI's ``--robustness``) because they cost
+two attacks per point: each point's edit gets the relearning attack on forget half A and the NF4
+quantization attack (``unlearnviz.attacks.card.run_card``), and the row carries
+unlearning-depth-score's R (the share of the forgetting gap that survives relearning), Q (that
+survives 4-bit quantization) and HM(R, Q), so a trade-off plot can colour its points by
+robustness (``plots.tradeoff_figure(color_by="HM")``). An edit that forgot nothing has no gap to
+keep: its R, Q and HM are empty.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ import io
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_text
@@ -29,6 +39,48 @@ BEFORE_FILE = "before.json"
 # The measures every row carries (after the edit), beside the settings.
 METRIC_KEYS = ("forget_cloze_acc", "forget_b_cloze_acc", "retain_cloze_acc", "forget_floor_acc",
                "forget_gold_logprob", "retain_gold_logprob", "retain_ppl")
+
+
+# The robustness columns (R, Q, HM(R, Q)) a --robustness sweep adds to every row.
+ROBUSTNESS_KEYS = ("R", "Q", "HM")
+CARDS_DIR = "cards"
+
+
+@dataclass
+class Robustness:
+    """The opt-in robustness columns of a sweep: R, Q and HM(R, Q) of each point's edit, read from
+    a robustness card of ``attacks`` (``attacks.card.summary``: R from relearning on half A, its
+    last point; Q from NF4). ``settings``: ``[ATTACK.]KEY=value`` pairs for the card
+    (``attacks.card.split_settings``), over ``DEFAULTS`` (the quantizer runs NF4 only: Q reads
+    nothing else). A row remembers the settings it was measured with (its ``robustness``
+    column); a rerun with other settings measures the point again rather than mixing them."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    attacks: tuple[str, ...] = ("relearn_forget", "quantize")
+
+    DEFAULTS: ClassVar[dict[str, str]] = {"quantize.formats": "nf4"}
+
+    def pairs(self) -> dict[str, Any]:
+        """The card's settings: ``DEFAULTS`` with ``settings`` over them, for the chosen attacks."""
+        own = {k: v for k, v in self.DEFAULTS.items() if k.partition(".")[0] in self.attacks}
+        return {**own, **{k: str(v) for k, v in self.settings.items()}}
+
+    def check(self) -> None:
+        """Refuse an unknown attack or setting in one line, before anything is fitted."""
+        from unlearnviz.attacks.card import attack_names, split_settings
+
+        split_settings(attack_names(list(self.attacks)), self.pairs())
+
+    def key(self) -> str:
+        """What a row records about how its robustness was measured (the resume check)."""
+        return json.dumps({"attacks": list(self.attacks), **self.pairs()}, sort_keys=True)
+
+
+def robustness_columns(card: Mapping[str, Any]) -> dict[str, float | str]:
+    """R, Q and HM(R, Q) of a card as row cells, rounded; "" where the card has none (the edit
+    forgot nothing on that split, or the attack was not run)."""
+    s = card.get("summary") or {}
+    return {k: "" if s.get(k) is None else round(float(s[k]), 5) for k in ROBUSTNESS_KEYS}
 
 
 def parse_grid(items: list[str], what: str = "--grid") -> dict[str, list[str]]:
@@ -133,10 +185,11 @@ def pareto_ids(rows: list[dict], lower: tuple[str, ...] = (), higher: tuple[str,
 
 
 def run_sweep(lm, data, points: list[tuple[str, dict]], folder: Path,
-              log: Callable[[str], None] = print, letter: bool = False) -> list[dict]:
+              log: Callable[[str], None] = print, letter: bool = False,
+              robustness: Robustness | None = None) -> list[dict]:
     """Fit and evaluate every point not already in ``folder/results.csv``; returns all rows."""
     rows: list[dict] = []
-    for rows, _ in iter_sweep(lm, data, points, folder, log=log, letter=letter):
+    for rows, _ in iter_sweep(lm, data, points, folder, log=log, letter=letter, robustness=robustness):
         pass
     return rows
 
@@ -144,7 +197,8 @@ def run_sweep(lm, data, points: list[tuple[str, dict]], folder: Path,
 def iter_sweep(lm, data, points: list[tuple[str, dict]], folder: Path | None = None,
                log: Callable[[str], None] = print, letter: bool = False, before: dict | None = None,
                progress: Callable[[int, int, dict], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[list[dict], dict]]:
+               should_stop: Callable[[], bool] | None = None,
+               robustness: Robustness | None = None) -> Iterator[tuple[list[dict], dict]]:
     """The sweep loop, yielding (all rows so far, original-model metrics) once before the first new
     point and again after each one, so a caller can show points as they finish.
 
@@ -153,6 +207,10 @@ def iter_sweep(lm, data, points: list[tuple[str, dict]], folder: Path | None = N
     scoring the original model again. Points are fitted on the unedited model and never stored
     anywhere else; ``progress(i, n, event)`` gets each fit's training events, ``should_stop``
     cancels between training steps and batches (raising ``Cancelled``).
+
+    With ``robustness`` each new point's edit is also attacked (R, Q, HM columns; with ``folder``
+    its card goes to ``cards/<id>/attacks.json``); a finished row measured without it, or with
+    other settings, is measured again and replaced in place.
     """
     from unlearnviz.evaluation.mcq import evaluate
     from unlearnviz.methods import get_method, make_hparams
@@ -178,7 +236,12 @@ def iter_sweep(lm, data, points: list[tuple[str, dict]], folder: Path | None = N
         atomic_write_text(folder / BEFORE_FILE, json.dumps({"fingerprint": fingerprint,
                                                             "data_hash": data.content_hash(), "data": data.name,
                                                             "metrics": before}, default=float) + "\n")
-    done = {r["id"] for r in rows}
+    if robustness is not None:
+        robustness.check()
+        key = robustness.key()
+        done = {r["id"] for r in rows if r.get("robustness") == key}
+    else:
+        done = {r["id"] for r in rows}
     todo = [(m, o) for m, o in points if point_id(m, o) not in done]
     log(f"{len(points)} points, {len(points) - len(todo)} already done, {len(todo)} to run")
     yield rows, before
@@ -196,15 +259,36 @@ def iter_sweep(lm, data, points: list[tuple[str, dict]], folder: Path | None = N
                **{k: round(float(after[k]), 5) for k in METRIC_KEYS if k in after},
                **{f"before.{k}": round(float(before[k]), 5) for k in ("forget_cloze_acc", "retain_cloze_acc",
                                                                       "retain_ppl") if k in before},
-               "fit_s": round(fit_s, 2), "wall_s": round(time.perf_counter() - t0, 2)}
-        rows = [*rows, row]
+               "fit_s": round(fit_s, 2)}
+        if robustness is not None:
+            row.update(attack_point(lm, data, edit, row["id"], robustness, folder, should_stop))
+        row["wall_s"] = round(time.perf_counter() - t0, 2)
+        ids = [r["id"] for r in rows]  # a row measured again keeps its place
+        rows = [*rows, row] if row["id"] not in ids else [row if r["id"] == row["id"] else r for r in rows]
         if folder is not None:
             write_results(folder, rows)
+        robust = "".join(f", {k} {'n/a' if row[k] == '' else format(row[k], '.2f')}" for k in ROBUSTNESS_KEYS
+                         if robustness is not None)
         log(f"[{n}/{len(todo)}] {method} {row['settings']}: forget {row['forget_cloze_acc']:.1%}, "
-            f"retain {row['retain_cloze_acc']:.1%}, ppl {row['retain_ppl']:.1f} ({row['wall_s']:.0f} s)")
+            f"retain {row['retain_cloze_acc']:.1%}, ppl {row['retain_ppl']:.1f}{robust} ({row['wall_s']:.0f} s)")
         yield rows, before
     if lm.fingerprint() != fingerprint:
         raise AssertionError("base weights changed during the sweep")
+
+
+def attack_point(lm, data, edit, pid: str, robustness: Robustness, folder: Path | None,
+                 should_stop: Callable[[], bool] | None = None) -> dict:
+    """The robustness cells of one point: its edit's card (saved under ``folder/cards/<pid>``),
+    R, Q, HM, the attacks' wall time and the settings key."""
+    from unlearnviz.attacks.card import run_card, save_card
+
+    t0 = time.perf_counter()
+    card = run_card(lm, data, edit.plan(), list(robustness.attacks), robustness.pairs(), should_stop=should_stop,
+                    edit={"label": edit.label(), "method": edit.method, "sweep_point": pid})
+    if folder is not None:
+        save_card(folder / CARDS_DIR / pid, card)
+    return {**robustness_columns(card), "attack_s": round(time.perf_counter() - t0, 2),
+            "robustness": robustness.key()}
 
 
 def before_metrics(folder: Path) -> dict:

@@ -270,10 +270,19 @@ class LRUCache:
         self._sizes: dict = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        self.allowance: Callable[[], int | None] | None = None  # a shared budget's share for this cache
 
     @property
     def bytes(self) -> int:
         return sum(self._sizes.values())
+
+    def shrink_to(self, max_bytes: int) -> None:
+        """Drop the oldest entries until at most ``max_bytes`` are held (a shared memory budget
+        reclaiming room for a model or a fit)."""
+        with self._lock:
+            while self._data and self.bytes > max_bytes:
+                old, _ = self._data.popitem(last=False)
+                self._sizes.pop(old, None)
 
     def get_or_compute(self, key: tuple, compute: Callable[[], object]):
         with self._lock:
@@ -283,14 +292,16 @@ class LRUCache:
                 return self._data[key]
         value = compute()
         size = nbytes(value)
+        share = self.allowance() if self.allowance is not None else None
+        cap = self.max_bytes if share is None else min(self.max_bytes, share)
         with self._lock:
             self.misses += 1
-            if size > self.max_bytes:  # too big to keep: hand it back uncached
+            if size > cap:  # too big to keep: hand it back uncached
                 return value
             self._data[key] = value
             self._sizes[key] = size
             self._data.move_to_end(key)
-            while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
+            while len(self._data) > self.max_entries or self.bytes > cap:
                 old, _ = self._data.popitem(last=False)
                 self._sizes.pop(old, None)
         return value

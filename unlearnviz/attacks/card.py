@@ -189,6 +189,25 @@ def figure_rows(card: Mapping[str, Any]) -> list[dict]:
     return out
 
 
+def curve_series(card: Mapping[str, Any]) -> list[dict]:
+    """Per relearning attack of the card (one with a curve), what ``plots.recovery_curves`` draws:
+    {attack, split, steps, edited, original, retain_edited, recovered}: forget accuracy on its
+    primary split at each scored step for both models, the edited model's retain accuracy, and
+    the share of the forgotten knowledge back at each step (None without a gap)."""
+    out = []
+    for name, r in card_results(card).items():
+        if not r.curve:
+            continue
+        p = r.primary
+        e0, o0 = r.curve[0]["edited"].get(p), r.curve[0]["original"].get(p)
+        out.append({"attack": name, "split": SPLIT_NAMES.get(p, p), "steps": [pt["step"] for pt in r.curve],
+                    "edited": [pt["edited"].get(p) for pt in r.curve],
+                    "original": [pt["original"].get(p) for pt in r.curve],
+                    "retain_edited": [pt["edited"].get("retain") for pt in r.curve],
+                    "recovered": [recovered_share(pt["edited"].get(p), e0, o0) for pt in r.curve]})
+    return out
+
+
 def headline(card: Mapping[str, Any]) -> str:
     """One sentence: the strongest attack and the share it recovered, with R, Q and HM."""
     s = card.get("summary") or {}

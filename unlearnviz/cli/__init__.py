@@ -16,12 +16,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keeps stderr to the one error line
 
-from unlearnviz.cli import analyze, attack, basic, bundle, calibrate, edit, lmeval, report, sweep  # noqa: E402
+from unlearnviz.cli import analyze, attack, basic, bundle, calibrate, edit, lmeval, report, sessions, sweep  # noqa: E402
 from unlearnviz.cli.common import OneLineParser  # noqa: E402
 from unlearnviz.errors import UserError  # noqa: E402
 
 # Every command group, in the order `--help` lists them; each adds its sub-commands in register(sub).
-COMMAND_GROUPS = (basic, analyze, bundle, edit, attack, lmeval, report, sweep, calibrate)
+COMMAND_GROUPS = (basic, analyze, bundle, sessions, edit, attack, lmeval, report, sweep, calibrate)
 
 
 def build_parser() -> OneLineParser:

@@ -208,6 +208,8 @@ class _Part:
     values: Sequence = ()
     halves: Sequence = ()
     info: list[dict] = field(default_factory=list)
+    probes: list = field(default_factory=list)  # an MCQ part's probe split (held-out phrasings)
+    probe_of: list = field(default_factory=list)
 
     def extend(self, other: _Part) -> None:
         if not self.info:
@@ -216,6 +218,7 @@ class _Part:
             self.values = self.values + other.values
             self.halves = None if self.halves is None or other.halves is None else self.halves + other.halves
         self.info += other.info
+        self.probes, self.probe_of = self.probes + other.probes, self.probe_of + other.probe_of
 
 
 class _Loader:
@@ -242,6 +245,7 @@ class _Loader:
                 items = data.forget_mcq if part == "forget_mcq" else data.retain_mcq
                 halves = data.forget_half if part == "forget_mcq" else ["A"] * len(items)  # items: small
                 out = self._mcq_seq(part, src, items, halves, data.name)
+                _carry_probes(out, data, part, whole=len(out.values) == len(items))
         else:
             if src.kind == "hf":
                 try:
@@ -411,6 +415,18 @@ class _Loader:
                                       "rows": raw.num_rows, "items": len(items)}])
 
 
+def _carry_probes(out: _Part, data: UnlearningData, part: str, whole: bool) -> None:
+    """An MCQ part taken from a loaded set brings that set's probes of the items it kept (all of
+    them when it kept every item), so a built-in set given as four parts is the same data. Files
+    and hub tables read as parts carry none: their rows with ``split`` forget_probe/retain_probe are
+    not questions of either part."""
+    split = part_split(part)
+    kept = {it.question for it in out.values}
+    pairs = [(p, of) for p, of in zip(getattr(data, f"{split}_probe"), getattr(data, f"{split}_probe_of"))
+             if of in kept or (whole and not of)]
+    out.probes, out.probe_of = [p for p, _ in pairs], [of for _, of in pairs]
+
+
 def _need_column(part: str, raw: corpus.RawTable, col: str, field_name: str, mapped: bool) -> None:
     if col in raw.columns:
         return
@@ -441,7 +457,9 @@ def load_composed(d: DataSpec, tokenizer=None, max_bytes: int | None = None, nam
                            + f" ({len(parts[p].values)} {'texts' if is_corpus(p) else 'items'})" for p in PARTS)
     return UnlearningData(name=name or format_data_spec(d), forget_texts=fc.values, retain_texts=rc.values,
                           forget_mcq=list(fm.values), retain_mcq=list(rm.values), forget_half=list(fm.halves),
-                          forget_text_half=fc.halves, provenance=provenance, parts=record)
+                          forget_text_half=fc.halves, provenance=provenance, parts=record,
+                          forget_probe=fm.probes, retain_probe=rm.probes, forget_probe_of=fm.probe_of,
+                          retain_probe_of=rm.probe_of)
 
 
 # ---- local copies of hub sources ----------------------------------------------------------------

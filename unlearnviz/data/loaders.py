@@ -6,7 +6,10 @@ One row per record, in JSONL, CSV or Parquet (schema in the README):
 - a multiple-choice item: ``split``, ``question`` (a cloze stem or a question), ``choices`` (a
   list; in CSV a JSON list or ``|``-separated), ``answer`` (0-based index), optional
   ``blind_question`` (the stem with the subject removed, for the floor), ``subject``,
-  ``relation`` and ``half``. Other columns are allowed and ignored.
+  ``relation`` and ``half``. Other columns are allowed and ignored;
+- a probe item (optional; the probe split): the same fields with ``split`` forget_probe |
+  retain_probe, and optional ``probe_of`` (the question of the item it rephrases). Probes are
+  held-out phrasings of the same facts, scored beside the main items and never trained on.
 
 Every bad row is reported with its line number and what is wrong, all at once.
 """
@@ -24,6 +27,7 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 MAX_FILE_BYTES = 20 * 2**20  # single files up to this size are read into lists; larger ones as Arrow
 LOW_ENTANGLEMENT_SET = "geo_europe_vs_science_books"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+PROBE_SPLITS = ("forget_probe", "retain_probe")  # the probe split's rows (optional in any file)
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
@@ -42,6 +46,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 errors.append(f"line {n}: invalid JSON ({exc.msg})")
+                continue
+            except RecursionError:  # brackets nested thousands deep: no row of this format
+                errors.append(f"line {n}: invalid JSON (nested too deeply)")
                 continue
             if not isinstance(row, dict):
                 errors.append(f"line {n}: expected a JSON object")
@@ -71,6 +78,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
     return [(first_line + i, {k: v for k, v in row.items()}) for i, row in enumerate(frame.to_dict("records"))]
 
 
+MAX_CHOICES = 26  # options of one item: lettered scoring names each by a letter, A to Z
+
+
 def _choices(value) -> list[str]:
     if isinstance(value, str):
         value = value.strip()
@@ -82,6 +92,8 @@ def _choices(value) -> list[str]:
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) and c for c in value):
         raise ValueError("'choices' must be a list of non-empty strings")
+    if len(value) > MAX_CHOICES:
+        raise ValueError(f"'choices' has {len(value):,} options; the limit is {MAX_CHOICES} (A to Z)")
     return list(value)
 
 
@@ -113,18 +125,27 @@ def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
     """Build UnlearningData from rows, collecting every bad row's line and reason."""
     forget_texts, retain_texts, forget_mcq, retain_mcq = [], [], [], []
     forget_half, text_half, errors = [], [], []
+    probes: dict[str, tuple[list[MCQItem], list[str]]] = {"forget": ([], []), "retain": ([], [])}
     for n, row in rows:
         try:
             if "split" not in row and not default_split:
                 raise ValueError("no 'split' column (forget | retain); columns found: "
                                  f"{', '.join(sorted(map(str, row))) or 'none'}")
             split = str(row.get("split") or default_split or "").strip().lower()
-            if split not in ("forget", "retain"):
-                raise ValueError("'split' must be 'forget' or 'retain'")
+            if split not in ("forget", "retain", *PROBE_SPLITS):
+                raise ValueError("'split' must be 'forget' or 'retain' (or forget_probe / retain_probe for a probe "
+                                 "item)")
             half = str(row.get("half") or "").strip().upper()
             if half not in ("", "A", "B"):
                 raise ValueError("'half' must be A or B")
-            if row.get("question") not in (None, ""):
+            if split in PROBE_SPLITS:
+                if row.get("question") in (None, ""):
+                    raise ValueError(f"a {split} row is a multiple-choice item: it needs 'question', 'choices' and "
+                                     "'answer'")
+                items, of = probes[split.split("_", 1)[0]]
+                items.append(mcq_from_row(row))
+                of.append(str(row.get("probe_of") or ""))
+            elif row.get("question") not in (None, ""):
                 item = mcq_from_row(row)
                 if split == "forget":
                     forget_mcq.append(item)
@@ -143,6 +164,8 @@ def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
                                  f"columns found: {', '.join(sorted(map(str, row))) or 'none'}")
         except (ValueError, json.JSONDecodeError) as exc:
             errors.append(f"line {n}: {exc}")
+        except RecursionError:  # a 'choices' cell of brackets nested thousands deep
+            errors.append(f"line {n}: 'choices' is nested too deeply")
     if errors:
         raise UserError(f"{name}: " + "; ".join(errors[:10])
                         + (f"; and {len(errors) - 10} more bad rows" if len(errors) > 10 else ""))
@@ -159,7 +182,9 @@ def rows_to_data(rows: list[tuple[int, dict]], name: str, provenance: str,
         retain_texts = [f"{it.question} {it.gold}." for it in retain_mcq]
     return UnlearningData(name=name, forget_texts=forget_texts, retain_texts=retain_texts,
                           forget_mcq=forget_mcq, retain_mcq=retain_mcq, forget_half=forget_half,
-                          forget_text_half=text_half, provenance=provenance, card=card or {})
+                          forget_text_half=text_half, provenance=provenance, card=card or {},
+                          forget_probe=probes["forget"][0], forget_probe_of=probes["forget"][1],
+                          retain_probe=probes["retain"][0], retain_probe_of=probes["retain"][1])
 
 
 def builtin_names() -> list[str]:

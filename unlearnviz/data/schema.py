@@ -84,6 +84,11 @@ class UnlearningData:
     The corpora are lists, or for corpora of any size ``TextColumn``s (memory-mapped Arrow that
     index, slice and iterate like a list). ``parts``: for data composed of four sources, each
     part's provenance (its source string, kind, counts, how it was chunked).
+
+    ``forget_probe`` / ``retain_probe``: the probe split, held-out phrasings of the same facts with
+    freshly drawn distractors (``*_probe_of``: the main item's question each probes, "" where not
+    known). No method trains or selects on them; the evaluation scores them beside the main items,
+    so a fall on the main stems alone says the edit forgot a phrasing, not the fact. Optional.
     """
 
     name: str
@@ -96,6 +101,10 @@ class UnlearningData:
     provenance: str = ""
     card: dict = field(default_factory=dict)
     parts: dict = field(default_factory=dict)
+    forget_probe: list[MCQItem] = field(default_factory=list)
+    retain_probe: list[MCQItem] = field(default_factory=list)
+    forget_probe_of: list[str] = field(default_factory=list)
+    retain_probe_of: list[str] = field(default_factory=list)
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +116,16 @@ class UnlearningData:
             self.forget_half = ["A" if i % 2 == 0 else "B" for i in range(len(self.forget_mcq))]
         if not len(self.forget_text_half):
             self.forget_text_half = ["A"] * len(self.forget_texts)
+        for split in ("forget", "retain"):
+            probes, of = getattr(self, f"{split}_probe"), getattr(self, f"{split}_probe_of")
+            if not of:
+                setattr(self, f"{split}_probe_of", [""] * len(probes))
+            elif len(of) != len(probes):
+                raise ValueError(f"{len(probes)} {split} probes but {len(of)} {split}_probe_of entries")
+
+    @property
+    def has_probes(self) -> bool:
+        return bool(self.forget_probe or self.retain_probe)
 
     @property
     def retain_train_texts(self) -> Sequence[str]:
@@ -151,12 +170,21 @@ class UnlearningData:
         mcq = [[asdict(i) for i in self.forget_mcq], [asdict(i) for i in self.retain_mcq]]
         key = self._arrow_key()
         if key is None:
-            return _stream_hash(self.forget_texts, self.retain_texts, *mcq)
+            return self._with_probes(_stream_hash(self.forget_texts, self.retain_texts, *mcq))
         key = digest(key, hashlib.sha256(json.dumps(mcq, sort_keys=True).encode()).hexdigest())
         if key not in self._memo:
             self._memo[key] = cached_json("hashes", key, lambda: _stream_hash(self.forget_texts, self.retain_texts,
                                                                               *mcq))
-        return self._memo[key]
+        return self._with_probes(self._memo[key])
+
+    def _with_probes(self, base: str) -> str:
+        """The hash with the probe split folded in, when there is one (data without probes keep
+        the hash they always had, so older run folders and bundles still match)."""
+        if not self.has_probes:
+            return base
+        probes = [[asdict(i) for i in self.forget_probe], [asdict(i) for i in self.retain_probe],
+                  self.forget_probe_of, self.retain_probe_of]
+        return hashlib.sha256(json.dumps([base, probes], sort_keys=True).encode()).hexdigest()[:16]
 
     def overlap(self) -> dict[str, float]:
         """Unigram and bigram overlap between the forget and retain corpora (as SRMU reports),
@@ -186,6 +214,8 @@ class UnlearningData:
             "unigram_overlap": round(ov["unigram"], 4),
             "bigram_overlap": round(ov["bigram"], 4),
             "overlap_sample": OVERLAP_SAMPLE if sampled else None,  # texts per side, when sampled
+            **({"forget_probe": len(self.forget_probe), "retain_probe": len(self.retain_probe)}
+               if self.has_probes else {}),
         }
 
 

@@ -19,6 +19,9 @@ Conventions (stated in the README so numbers compare with lm-evaluation-harness)
 - ``*_gold_logprob``: mean summed log-probability of the gold continuation (continuous, less
   noisy than accuracy).
 - ``retain_ppl``: perplexity of the held-out retain texts (every fifth, which no method trains on).
+- ``forget_probe_*`` / ``retain_probe_*`` (where the data has a probe split): cloze and floor on
+  held-out phrasings of the same facts with freshly drawn distractors ("forgot the fact, or the
+  phrasing?").
 """
 
 from __future__ import annotations
@@ -47,13 +50,17 @@ def _argmax(xs: Sequence[float]) -> int:
     return max(range(len(xs)), key=lambda i: xs[i])
 
 
-def cloze_pick(logprobs: Sequence[float], choices: Sequence[str]) -> int:
-    """The choice lm-eval's ``acc_norm`` picks: summed log-likelihoods over the choices' lengths in
-    characters (without the target delimiter), computed as the harness does (float64 numpy, the
-    first index on a tie, an empty choice divides by zero the same way)."""
+def cloze_scores(logprobs: Sequence[float], choices: Sequence[str]) -> np.ndarray:
+    """lm-eval's ``acc_norm`` score of each choice: its summed log-likelihood over its length in
+    characters (without the target delimiter), in float64 as the harness computes it (an empty
+    choice divides by zero the same way)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return int(np.argmax(np.asarray(logprobs, dtype=np.float64)
-                             / np.array([float(len(c)) for c in choices])))
+        return np.asarray(logprobs, dtype=np.float64) / np.array([float(len(c)) for c in choices])
+
+
+def cloze_pick(logprobs: Sequence[float], choices: Sequence[str]) -> int:
+    """The choice lm-eval's ``acc_norm`` picks: the highest ``cloze_scores``, the first index on a tie."""
+    return int(np.argmax(cloze_scores(logprobs, choices)))
 
 
 def score_items(
@@ -113,6 +120,9 @@ def blind_default(item: MCQItem) -> str:
     return item.question
 
 
+PROGRESS_CHUNKS = 10  # scoring passes of an evaluation that reports progress
+
+
 def evaluate(
     lm: LoadedModel,
     data: UnlearningData,
@@ -122,19 +132,51 @@ def evaluate(
     batch_size: int = 32,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    probes: bool = True,
 ) -> dict[str, float]:
-    """The flat metrics dict used everywhere (CLI ``eval``, metrics.json, the UI)."""
+    """The flat metrics dict used everywhere (CLI ``eval``, metrics.json, the UI). ``progress(done,
+    total, what)`` counts questions scored (then ``what`` = "perplexity" while that runs).
+
+    Where the data has a probe split (``probes``: score it), ``forget_probe_*`` and
+    ``retain_probe_*`` are the same cloze and floor figures on the held-out phrasings (no letter
+    scoring): beside ``forget_cloze_acc`` they say whether an edit forgot the fact or the phrasing."""
     t0 = time.perf_counter()
     out: dict[str, float] = {}
-    # one pass over both sets: fuller batches, and stems the two share run once
-    rows = score_items(lm, [*data.forget_mcq, *data.retain_mcq], plan=plan, letter=letter, batch_size=batch_size,
-                       progress=progress, should_stop=should_stop)
+    # one pass over both sets: fuller batches, and stems the two share run once; with a progress
+    # callback, in PROGRESS_CHUNKS passes instead, so a person watching sees the count move
+    items = [*data.forget_mcq, *data.retain_mcq]
+    probe_items = [*data.forget_probe, *data.retain_probe] if probes else []
+    total = len(items) + len(probe_items)
+    size = total if progress is None else max(8, -(-total // PROGRESS_CHUNKS))
+    done = 0
+
+    def score(chunk_items: list[MCQItem], with_letter: bool) -> list[dict[str, float]]:
+        nonlocal done
+        rows = []
+        for start in range(0, len(chunk_items), max(1, size)):
+            rows += score_items(lm, chunk_items[start:start + size], plan=plan, letter=with_letter,
+                                batch_size=batch_size, should_stop=should_stop)
+            done += len(chunk_items[start:start + size])
+            if progress is not None:
+                progress(done, total, "questions")
+        return rows
+
+    rows = score(items, letter)
     forget_rows, retain_rows = rows[:len(data.forget_mcq)], rows[len(data.forget_mcq):]
     half_b = [r for r, h in zip(forget_rows, data.forget_half) if h == "B"]
-    for prefix, rows in (("forget", forget_rows), ("retain", retain_rows), ("forget_b", half_b)):
+    groups = [("forget", forget_rows), ("retain", retain_rows), ("forget_b", half_b)]
+    if probe_items:
+        probe_rows = score(probe_items, False)
+        groups += [("forget_probe", probe_rows[:len(data.forget_probe)]),
+                   ("retain_probe", probe_rows[len(data.forget_probe):])]
+    for prefix, rows in groups:
+        if not rows and prefix.endswith("_probe"):
+            continue  # a probe split of one side only: no figures for the other
         for k, v in summarise(rows).items():
             out[f"{prefix}_{k}"] = v
     if ppl:
+        if progress is not None:
+            progress(total, total, "perplexity")
         out["retain_ppl"] = perplexity(lm, data.ppl_texts, plan=plan, should_stop=should_stop)
     out["chance"] = out.get("forget_chance", 0.25)
     out["wall_s"] = time.perf_counter() - t0

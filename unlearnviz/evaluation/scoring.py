@@ -79,6 +79,18 @@ class ScoreCache:
                     self._store.popitem(last=False)
         return [found[k] for k in keys]
 
+    ENTRY_BYTES = 320  # a key (two short strings, ids, hashes) and its score: measured ~300 bytes
+
+    @property
+    def bytes(self) -> int:
+        """Approximate bytes held (the shared memory budget's figure)."""
+        return len(self._store) * self.ENTRY_BYTES
+
+    def shrink_to(self, max_bytes: int) -> None:
+        with self._lock:
+            while self._store and len(self._store) * self.ENTRY_BYTES > max_bytes:
+                self._store.popitem(last=False)
+
     def clear(self) -> None:
         with self._lock:
             self._store.clear()

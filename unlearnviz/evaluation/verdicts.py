@@ -20,6 +20,12 @@ METRICS = [
     ("forget_b_cloze_acc", "forget half-B cloze acc", "forget questions held out for the relearning attack", "down"),
     ("retain_cloze_acc", "retain cloze acc", "share of retain questions answered right (should stay)", "up"),
     ("retain_floor_acc", "retain floor acc", "guessing from the retain answers alone", None),
+    ("forget_probe_cloze_acc", "forget probe (other phrasings) acc", "the same forget facts asked in held-out "
+     "phrasings with other distractors (should fall too: if only the main questions fall, the edit forgot a "
+     "phrasing, not the fact)", "down"),
+    ("forget_probe_floor_acc", "forget probe floor acc", "the probes' options with the subject removed", None),
+    ("retain_probe_cloze_acc", "retain probe (other phrasings) acc", "the retain facts in held-out phrasings "
+     "(should stay)", "up"),
     ("forget_gold_logprob", "forget gold log-prob", "how likely the model finds the right forget answers "
                                                     "(log scale; should fall)", "down"),
     ("retain_gold_logprob", "retain gold log-prob", "how likely it finds the right retain answers (should stay)",

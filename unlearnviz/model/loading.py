@@ -315,6 +315,26 @@ def resolve_source(source: str, opts: LoadOptions) -> tuple[str, str]:
     return source, source
 
 
+def model_key(source: str, opts: LoadOptions) -> tuple:
+    """What a model *is*, for caches of loaded models: the weights (an alias, a relative path, a
+    ``~`` path or a path through a symlink all mean one folder; the default model by any of its
+    names is its converted folder), the resolved device and dtype (``auto`` and what it resolves to
+    on this machine are one copy), the device map and the quantization. Cheap: no conversion, no
+    loading; a bad device or dtype is refused here, before anything waits for a load."""
+    device, dtype = resolve_placement(opts)
+    if source in DEFAULT_ALIASES:
+        where = str((cache_dir() / "models" / DEFAULT_MODEL).resolve())
+    elif source == GEMMA_MODEL:
+        where = GEMMA_MODEL
+    else:
+        path = Path(source).expanduser()
+        try:
+            where = str(path.resolve()) if path.exists() else source
+        except (OSError, ValueError):  # a name the file system cannot look up: a hub id, or refused on load
+            where = source
+    return where, device, str(dtype), str(opts.device_map), opts.quantization
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 

@@ -102,6 +102,7 @@ def _figures(r: ReportData) -> dict:
         "relearn": plots.relearning_curve(curve["edited"], curve.get("original"), chance=before.get("chance"),
                                           floor=before.get("forget_floor_acc")) if curve else None,
         "card": _card_figure(r.attacks) if r.attacks else None,
+        "card_curve": _card_curve(r.attacks) if r.attacks else None,
     }
 
 
@@ -112,6 +113,16 @@ def _card_figure(card: dict):
     base = card.get("baseline") or {}
     rows = figure_rows(card)
     return plots.robustness_card(rows, floor=base.get("floor"), chance=base.get("chance")) if rows else None
+
+
+def _card_curve(card: dict):
+    """The card's relearning attacks as recovery curves (None when neither was run)."""
+    from unlearnviz import plots
+    from unlearnviz.attacks.card import curve_series
+
+    base = card.get("baseline") or {}
+    series = curve_series(card)
+    return plots.recovery_curves(series, floor=base.get("floor"), chance=base.get("chance")) if series else None
 
 
 def _card_context(card: dict | None) -> dict:

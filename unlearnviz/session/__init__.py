@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unlearnviz.config import MIN_TEMPERATURE
 from unlearnviz.data import load_data
 from unlearnviz.data.schema import UnlearningData
 from unlearnviz.errors import UserError
 from unlearnviz.methods.base import choose_preset, get_method, make_hparams
 from unlearnviz.methods.edit import Edit, EditStack
-from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model, resolve_placement
+from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model, model_key
 from unlearnviz.model.routing import RoutingPlan
+from unlearnviz.planner import shapes_of
+from unlearnviz.session.budget import BUDGETS
+from unlearnviz.session.planning import edits_bytes
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Limits:
     max_points: int = 120  # texts (points) in the Geometry tab's PCA/UMAP views
     max_upload_mb: int = 20  # one uploaded data file
     max_sweep_points: int = 6  # edits fitted by one small sweep (Evaluate tab)
+    max_edits: int = 32  # edits one session holds (its stack; undone edits kept for redo count too)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -78,18 +84,86 @@ def check_fits_context(lm: LoadedModel, data: UnlearningData, letter: bool = Tru
 
 
 class ModelStore:
-    """Process-wide cache of loaded models, keyed by source and options."""
+    """Process-wide cache of loaded models, keyed by what a model is (``model.loading.model_key``:
+    the weights' folder however named, the resolved device and dtype, device map, quantization),
+    so ``cpu`` and ``auto`` on a CPU machine, or ``default`` and its folder, share one copy.
 
-    def __init__(self) -> None:
+    Loading holds only that model's own lock: a visitor loading a 7B model (minutes) never blocks
+    another's load of a different one, or any lookup of a loaded one; two asking for the same one
+    wait for one load. A failed load leaves nothing behind (the next asks again). ``load``: the
+    loader (``model.loading.load_model``; a test gates it to hold a load in progress)."""
+
+    def __init__(self, load=load_model, budgets=None) -> None:
+        from unlearnviz.session.budget import BUDGETS
+
+        self._load = load
+        self._budgets = budgets if budgets is not None else BUDGETS
         self._models: dict[tuple, LoadedModel] = {}
-        self._lock = threading.Lock()
+        self._holders: dict[tuple, dict[int, weakref.ref]] = {}  # the sessions that got each model (weakly)
+        self._loading: dict[tuple, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the dicts only, never held during a load
 
-    def get(self, source: str, opts: LoadOptions) -> LoadedModel:
-        key = (source, *resolve_placement(opts), str(opts.device_map), opts.quantization)
+    def get(self, source: str, opts: LoadOptions, holder=None) -> LoadedModel:
+        """The model, loaded once. Under an operator's ``--max-memory-gb`` (``session.budget``) it
+        is accounted on its device while ``holder`` (a session, held weakly) or any other session
+        that got it still has it as its model; idle, it is the first thing evicted when a load or a
+        fit needs room, and a load that cannot fit is refused with the figures."""
+        key = model_key(source, opts)
         with self._lock:
-            if key not in self._models:
-                self._models[key] = load_model(source, opts)
-            return self._models[key]
+            if key in self._models:
+                return self._got(key, holder)
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._models:  # loaded by the caller this one waited for
+                    return self._got(key, holder)
+            try:
+                if self._budgets.active:  # before reading a byte: the files' size is what loading needs
+                    self._budgets.of(key[1]).require(_weights_on_disk(source), f"loading {Path(source).name}")
+                lm = self._load(source, opts)
+                self._account(key, lm, Path(source).name)
+                with self._lock:
+                    self._models[key] = lm
+                    return self._got(key, holder)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+
+    def _got(self, key: tuple, holder) -> LoadedModel:
+        if holder is not None:
+            self._holders.setdefault(key, {})[id(holder)] = weakref.ref(holder)
+        lm = self._models[key]
+        self._budgets.of(lm.device).touch(("model", key))
+        return lm
+
+    def _account(self, key: tuple, lm: LoadedModel, name: str) -> None:
+        from unlearnviz.planner import shapes_of
+        from unlearnviz.session.budget import MODEL
+
+        def in_use() -> bool:
+            model = self._models.get(key)
+            holders = [ref() for ref in list(self._holders.get(key, {}).values())]
+            return any(getattr(h, "lm", None) is model for h in holders if h is not None)
+
+        self._budgets.of(lm.device).hold(("model", key), MODEL, shapes_of(lm.model).weight_bytes, f"model {name}",
+                                         evict=lambda: self.drop(key), in_use=in_use)
+
+    def key_of(self, lm: LoadedModel) -> tuple | None:
+        with self._lock:
+            return next((k for k, m in self._models.items() if m is lm), None)
+
+    def drop(self, key: tuple) -> None:
+        """Forget a loaded model (the budget evicting an idle one); a session still holding it keeps it."""
+        with self._lock:
+            lm = self._models.pop(key, None)
+            self._holders.pop(key, None)
+        if lm is not None:
+            self._budgets.of(lm.device).release(("model", key))
+
+    def loaded(self) -> list[tuple]:
+        """The keys of the models in memory (for tests and the operator's view)."""
+        with self._lock:
+            return list(self._models)
 
     def preload(self, source: str) -> LoadedModel:
         """Load ``source`` (a name such as 'default' or 'synthetic', a folder, a hub id) with the
@@ -100,6 +174,38 @@ class ModelStore:
 
 
 STORE = ModelStore()
+
+
+def _weights_on_disk(source: str) -> int:
+    """Bytes of a local model's weight files (what loading it will take, near enough); 0 for a
+    name that is not a local path (the loaded model's own figure is checked after the load)."""
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.iterdir()
+                       if f.suffix in (".safetensors", ".bin", ".gguf", ".pt") and f.is_file())
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def check_lab_model(source: str) -> None:
+    """A visitor's ``synthetic:E[:SEED]`` model: one of the documented lab models (entanglement in
+    ``KNOB_VALUES``, seed in ``LAB_SEEDS``), or one already trained into the cache. Any other would
+    train a new model on request (half a minute of CPU, files in the cache, memory for good):
+    that is the operator's to do, e.g. ``python -m unlearnviz info --model synthetic:0.1:7`` (which
+    trains and caches it) or ``app.py --model synthetic:0.1:7``. Refused with one line otherwise."""
+    from unlearnviz.config import SEED_MAX
+    from unlearnviz.data.synthetic import KNOB_VALUES, LAB_SEEDS, model_dir, parse_spec
+
+    e, seed = parse_spec(source)
+    if (e in KNOB_VALUES and seed in LAB_SEEDS) or (0 <= seed <= SEED_MAX and model_dir(e, seed).is_dir()):
+        return
+    raise UserError(f"lab model {source.strip()[:40]!r} is not offered here: visitors load synthetic:E with E one of "
+                    f"{', '.join(map(str, KNOB_VALUES))} (seed {', '.join(map(str, LAB_SEEDS))}); training another "
+                    "is for the operator (python -m unlearnviz info --model synthetic:E:SEED trains and caches it)")
 
 
 def compose_data_spec(base: str | None, parts: dict, confine=None) -> str:
@@ -167,6 +273,7 @@ class Session:
     data: UnlearningData | None = None
     stack: EditStack = field(default_factory=EditStack)
     selected: int | None = None  # which edit (index into the stack) the views compare; None = last
+    compare: int | None = None  # a second stack index shown beside the selected one (Evaluate, Chat, Geometry)
     before: dict | None = None  # metrics of the original model on the current data
     after: dict[int, dict] = field(default_factory=dict)  # metrics per stack index
     relearn: dict[int, dict] = field(default_factory=dict)
@@ -174,17 +281,22 @@ class Session:
     chats: list[dict] = field(default_factory=list)  # every turn asked, with its conversation's number
     conversation: int = 0  # the chat in progress: the turns in ``chats`` with this number
     history: list[dict] = field(default_factory=list)  # the actions, for the reproducing config
+    undone: list[dict] = field(default_factory=list)  # undone edits with their results, newest last (redo)
     limits: Limits = field(default_factory=Limits)
+    shown: dict = field(default_factory=dict)  # view → the timeline entries it shows (session.shown)
 
     # ---- model and data -------------------------------------------------------------------
     def load_model(self, source: str = "default", dtype: str = "auto", device: str = "auto",
                    store: ModelStore = STORE) -> dict:
         from unlearnviz.data.synthetic import resolve_model_source
 
-        lm = store.get(resolve_model_source(source.strip() or "default"), LoadOptions(dtype=dtype, device=device))
+        lm = store.get(resolve_model_source(source.strip() or "default"), LoadOptions(dtype=dtype, device=device),
+                       holder=self)
         if self.lm is not lm:
             self.stack, self.after, self.relearn, self.before, self.selected = EditStack(), {}, {}, None, None
+            self.compare = None
             self.attacks = {}
+            self.undone = []  # edits of another model cannot come back
         self.lm = lm
         self.history.append({"action": "load_model", "model": source, "dtype": dtype, "device": device})
         return lm.info()
@@ -199,6 +311,8 @@ class Session:
             check_fits_context(self.lm, data, letter=False)
         self.data = data
         self.before, self.after, self.relearn, self.attacks = None, {}, {}, {}
+        for u in self.undone:  # an undone edit can still come back, its results (on the old data) cannot
+            u.update(after=None, relearn=None, attacks=None)
         self.history.append({"action": "load_data", "data": spec})
         return self.data_summary()
 
@@ -233,14 +347,20 @@ class Session:
     # ---- edits ----------------------------------------------------------------------------
     def run_edit(self, method: str, overrides: dict | None = None, progress=None, should_stop=None,
                  evaluate: bool = True, data_spec: str | None = None, budget_bytes: int | None = None,
-                 preset: str | None = None) -> dict:
+                 preset: str | None = None, tracker=None) -> dict:
         """Fit one edit on top of the stack. ``data_spec``: fit it on another data set (continual
         unlearning on a new forget set, as a config's ``edits[i].data``); the session's data stays.
         ``preset``: the method's preset of that name under ``overrides`` (``none``: the defaults;
         None: the one matching the model, if no overrides are given: ``methods.base.choose_preset``);
         the edit's meta records it and ``out["preset_note"]`` says what was chosen.
         A fit whose planned peak memory is over what the device has (or ``budget_bytes``) is refused
-        before it starts (``session.planning``)."""
+        before it starts (``session.planning``). ``tracker``: a ``session.progress.Tracker`` (its
+        plan from ``progress.edit_tracker``) moved through preparing, training and the evaluations;
+        ``progress`` still gets every training event (the live loss curve)."""
+        from unlearnviz.session.progress import PREPARING, edit_tracker, size_edit
+
+        tracker = tracker if tracker is not None else edit_tracker(str(method))
+        tracker.begin(PREPARING)
         lm = self.require_model()
         data = load_data(data_spec.strip(), tokenizer=lm.tokenizer) if data_spec else self.require_data()
         spec = get_method(str(method or "").strip())
@@ -255,11 +375,21 @@ class Session:
         check_fits_context(lm, data, letter=False)
         from unlearnviz.session.planning import check_fit
 
-        check_fit(lm, data, spec.name, hparams, self.stack, budget_bytes)
+        self._check_room_for_an_edit()
+        budget = BUDGETS.of(lm.device)
+        if budget_bytes is None and budget.limit is not None:  # the operator's --max-memory-gb
+            budget_bytes = budget.room_for(protect=self._budget_keys())
+        plan = check_fit(lm, data, spec.name, hparams, self.stack, budget_bytes)
+        if budget.limit is not None:  # evict idle models and cache entries for what the fit will use
+            budget.require(plan.peak_bytes - shapes_of(lm.model).weight_bytes - edits_bytes(self.stack),
+                           f"this {spec.name} fit", protect=self._budget_keys())
+        size_edit(tracker, getattr(hparams, "steps", None), len(data.forget_mcq) + len(data.retain_mcq),
+                  (self.before or {}).get("wall_s") if data is self.data else None)
         fp = lm.fingerprint(refresh=False)
         prior = self.stack.plan()
         t0 = time.perf_counter()
-        edit = spec.fit(lm, data, hparams, progress=progress, should_stop=should_stop, prior=prior)
+        edit = spec.fit(lm, data, hparams, progress=tracker.on_training(progress), should_stop=should_stop,
+                        prior=prior)
         edit.meta.update({"label": f"{len(self.stack) + 1}. {method}", "data": data.name,
                           "data_hash": data.content_hash(), "fit_s": time.perf_counter() - t0,
                           "data_spec": data_spec or (self._last("load_data") or {}).get("data")})
@@ -267,13 +397,15 @@ class Session:
             edit.meta["preset"] = choice.record
         self.stack.push(edit)
         self.selected = None
+        self.undone = []  # a new edit ends the redo list, as in any editor
+        self._account_edits(pushed=True)
         self.history.append({"action": "run_edit", "method": method, "hparams": overrides or {},
                              **({"data": data_spec} if data_spec else {}), **({"preset": preset} if preset else {})})
         out = {"index": len(self.stack) - 1, "method": method, "fit_s": edit.meta["fit_s"],
                "steps": edit.meta.get("steps"), "preset": (choice.record or {}).get("name"),
                "preset_note": choice.message}
         if evaluate:
-            out["metrics"] = self.evaluate(should_stop=should_stop)
+            out["metrics"] = self.evaluate(should_stop=should_stop, tracker=tracker)
         if lm.fingerprint(refresh=False) != fp:
             raise AssertionError("base weights changed")  # never expected: edits act through hooks
         return out
@@ -295,6 +427,7 @@ class Session:
         from unlearnviz.methods.imports import import_unlearned
 
         lm = self.require_model()
+        self._check_room_for_an_edit()
         source = str(source or "").strip()
         if not source:
             raise UserError("name the unlearned checkpoint (a folder, a .gguf file or a hub id) or LoRA adapter")
@@ -304,6 +437,8 @@ class Session:
         edit.meta.update({"label": f"{len(self.stack) + 1}. {edit.label()}", "fit_s": time.perf_counter() - t0})
         self.stack.push(edit)
         self.selected = None
+        self.undone = []  # a new edit ends the redo list, as in any editor
+        self._account_edits(pushed=True)
         self.history.append({"action": "import_unlearned", "source": edit.hparams.get("source", source)})
         out = {"index": len(self.stack) - 1, "method": edit.method, "label": edit.label(),
                "import": edit.meta.get("import", {}), "import_s": edit.meta["fit_s"]}
@@ -314,18 +449,81 @@ class Session:
         return out
 
     def undo(self) -> dict:
+        """Take the last edit off the stack. It is kept, with its metrics, relearning result and
+        robustness card, for ``redo`` (an edit can take minutes to fit) until a new edit is made."""
         edit = self.stack.undo()
-        self.after.pop(len(self.stack), None)
-        self.relearn.pop(len(self.stack), None)
-        self.attacks.pop(len(self.stack), None)
+        i = len(self.stack)
+        self.undone.append({"edit": edit, "after": self.after.pop(i, None), "relearn": self.relearn.pop(i, None),
+                            "attacks": self.attacks.pop(i, None)})
         self.selected = None
+        if self.compare is not None and self.compare >= len(self.stack):
+            self.compare = None
         self.history.append({"action": "undo"})
-        return {"undone": edit.label(), "remaining": len(self.stack)}
+        self._account_edits()
+        return {"undone": edit.label(), "remaining": len(self.stack), "redo": len(self.undone)}
+
+    # ---- memory (the operator's --max-memory-gb, ``session.budget``) --------------------------
+    def _budget_keys(self) -> tuple:
+        """This session's own holdings: its model and its edits (an action's plan counts them)."""
+        return (("model", STORE.key_of(self.lm)) if self.lm is not None else None, ("edits", id(self)))
+
+    def _check_room_for_an_edit(self) -> None:
+        held = len(self.stack) + len(self.undone)
+        if held >= self.limits.max_edits:
+            raise UserError(f"this session holds {held} edits (undone ones kept for redo included), this server's "
+                            f"limit is {self.limits.max_edits}: undo, or start a new session")
+
+    def _account_edits(self, pushed: bool = False) -> None:
+        """Hold the bytes of this session's edits (the stack and the redo list) on its model's device;
+        ``pushed``: a new edit is on top, taken back off if it does not fit."""
+        from types import SimpleNamespace
+
+        from unlearnviz.session.budget import EDITS
+
+        if self.lm is None:
+            return
+        budget, key = BUDGETS.of(self.lm.device), ("edits", id(self))
+        nbytes = edits_bytes(self.stack) + edits_bytes(SimpleNamespace(edits=[u["edit"] for u in self.undone]))
+        if key not in budget:
+            weakref.finalize(self, budget.release, key)
+        try:
+            budget.hold(key, EDITS, nbytes, "this session's edits", in_use=lambda: True)
+        except UserError:
+            if pushed:
+                self.stack.undo()
+            raise
+
+    def redo(self) -> dict:
+        """Put the most recently undone edit back on top of the stack, with the results it had
+        (nothing is refitted or re-measured); the stack is what it was before that undo."""
+        if not self.undone:
+            raise UserError("there is no undone edit to redo")
+        entry = self.undone.pop()
+        self.stack.push(entry["edit"])
+        i = len(self.stack) - 1
+        for name in ("after", "relearn", "attacks"):
+            if entry.get(name) is not None:
+                getattr(self, name)[i] = entry[name]
+        self.selected = None
+        self.history.append({"action": "redo"})
+        self._account_edits()
+        return {"redone": entry["edit"].label(), "index": i, "redo": len(self.undone)}
 
     def select(self, index: int | None) -> None:
-        if index is not None and not 0 <= index < len(self.stack):
-            raise UserError(f"there is no edit {index}")
+        """Choose the stack index every view compares with the original (None: the last edit)."""
+        self._check_index(index)
         self.selected = index
+
+    def select_compare(self, index: int | None) -> None:
+        """Choose a second stack index that Evaluate, Chat and Geometry show beside the selected
+        one (None: none)."""
+        self._check_index(index)
+        self.compare = index
+
+    def _check_index(self, index: int | None) -> None:
+        if index is not None and not 0 <= index < len(self.stack):  # the page numbers edits from 1
+            have = f"the timeline has #1..#{len(self.stack)}" if len(self.stack) else "the timeline is empty"
+            raise UserError(f"there is no edit #{index + 1}; {have}")
 
     @property
     def current_index(self) -> int | None:
@@ -335,28 +533,46 @@ class Session:
 
     def plan(self, rows=None) -> RoutingPlan | None:
         """The selected edit together with everything stacked before it."""
-        idx = self.current_index
-        return None if idx is None else self.stack.plan(upto=idx, rows=rows)
+        return self.plan_at(self.current_index, rows)
+
+    def plan_at(self, index: int | None, rows=None) -> RoutingPlan | None:
+        """Stack entry ``index`` (an edit with everything stacked before it); None: the original."""
+        return None if index is None else self.stack.plan(upto=index, rows=rows)
 
     def current_edit(self) -> Edit | None:
         idx = self.current_index
         return None if idx is None else self.stack.edits[idx]
 
     # ---- evaluation -----------------------------------------------------------------------
-    def evaluate(self, letter: bool = False, progress=None, should_stop=None) -> dict:
+    def evaluate(self, letter: bool = False, progress=None, should_stop=None, compare: bool = False,
+                 tracker=None) -> dict:
+        """The original's metrics and the selected edit's (``after``), each measured once and
+        kept; ``compare``: also the compared entry's (``compare``), when one is chosen.
+        ``tracker``: a ``session.progress.Tracker`` whose plan has "evaluating before" and
+        "evaluating after", moved by questions scored (a stage whose metrics are kept is dropped)."""
         from unlearnviz.evaluation.mcq import evaluate
+        from unlearnviz.session.progress import EVAL_AFTER, EVAL_BEFORE, Tracker
 
         lm, data = self.require_model(), self.require_data()
         check_fits_context(lm, data, letter)
+        tracker = tracker if tracker is not None else Tracker([EVAL_BEFORE, EVAL_AFTER])
+        score = tracker.on_scoring(progress)
         if self.before is None:
-            self.before = evaluate(lm, data, letter=letter, progress=progress, should_stop=should_stop)
+            tracker.begin(EVAL_BEFORE, unit="question")
+            self.before = evaluate(lm, data, letter=letter, progress=score, should_stop=should_stop)
+            tracker.expect(EVAL_AFTER, self.before["wall_s"])  # the same questions, one set of hooks more
         result = {"before": self.before}
-        idx = self.current_index
-        if idx is not None:
+        wanted = [("after", self.current_index)] + ([("compare", self.compare)] if compare else [])
+        for key, idx in wanted:
+            if idx is None:
+                continue
             if idx not in self.after:
-                self.after[idx] = evaluate(lm, data, plan=self.plan(), letter=letter, progress=progress,
+                tracker.begin(EVAL_AFTER, unit="question")
+                self.after[idx] = evaluate(lm, data, plan=self.plan_at(idx), letter=letter, progress=score,
                                            should_stop=should_stop)
-            result["after"] = self.after[idx]
+            result[key] = self.after[idx]
+        tracker.skip(EVAL_BEFORE)  # kept from an earlier run: nothing to wait for
+        tracker.skip(EVAL_AFTER)
         return result
 
     # ---- chat -----------------------------------------------------------------------------
@@ -398,8 +614,15 @@ class Session:
             raise UserError(f"max new tokens must be 1..{self.limits.max_new_tokens}")
         if not 0 <= temperature <= 5:
             raise UserError("temperature must be between 0 and 5")
+        if 0 < temperature < MIN_TEMPERATURE:  # the logits divided by it overflow float range
+            raise UserError(f"temperature {temperature:g} is too small to sample with: use 0 (greedy) or at least "
+                            f"{MIN_TEMPERATURE}")
+        from unlearnviz.session import shown
+
         turns = self.conversation_turns()
-        if turns and (not follow_up or turns[-1].get("edit_index") != self.current_index):
+        first, second = shown.wanted(self, "chat")  # a chat is with one timeline entry (and the compared one)
+        key = (first.hash, second.hash if second is not None else None)
+        if turns and (not follow_up or (turns[-1].get("edit_hash"), turns[-1].get("compare_hash")) != key):
             self.new_conversation()
             turns = []
         settings = GenSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
@@ -415,7 +638,30 @@ class Session:
                                "edit": self.current_edit().label() if self.current_edit() else None,
                                "edit_index": self.current_index, "max_new_tokens": int(max_new_tokens),
                                "temperature": float(temperature), "conversation": self.conversation,
-                               "turn": len(turns)})
+                               "turn": len(turns), "edit_hash": key[0], "compare_hash": key[1],
+                               "compare_index": second.index if second is not None else None,
+                               "compare_edit": second.label if second is not None else None})
+
+    def compare_stream(self, should_stop=None):
+        """The compared entry's answer (``Session.compare``) to the last turn, streamed: it continues
+        its own side of the conversation, as each side does; kept in that turn as ``compared``.
+        Yields the growing answer (nothing when no entry is compared)."""
+        from unlearnviz.generation import GenSettings, stream_side_by_side
+
+        turns = self.conversation_turns()
+        if not turns or turns[-1].get("compare_index") is None:
+            return
+        last, earlier = turns[-1], turns[:-1]
+        settings = GenSettings(max_new_tokens=last["max_new_tokens"], temperature=last["temperature"],
+                               cross_probs=False)  # only its own answer is wanted
+        state = None
+        for state in stream_side_by_side(self.lm, last["prompt"], self.plan_at(last["compare_index"]), settings,
+                                         should_stop=should_stop,
+                                         history_original=[(t["prompt"], t["original"]) for t in earlier],
+                                         history_edited=[(t["prompt"], t.get("compared") or "") for t in earlier]):
+            yield state.texts(self.lm.tokenizer)[1]
+        if state is not None:
+            last["compared"] = state.texts(self.lm.tokenizer)[1]
 
     def chat(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0) -> dict:
         state = None
@@ -447,10 +693,22 @@ class Session:
 
     # ---- relearning attack ----------------------------------------------------------------
     def run_relearn(self, steps: int = 40, lr: float = 1e-4, eval_every: int = 10, seed: int = 0,
-                    progress=None, should_stop=None) -> dict:
+                    progress=None, should_stop=None, tracker=None) -> dict:
         """Fine-tune on forget half A, edited and original, plus the white-box attacks, for the
-        selected edit; kept in ``relearn`` with its settings (so configs and bundles carry them)."""
+        selected edit; kept in ``relearn`` with its settings (so configs and bundles carry them).
+        ``tracker``: a ``session.progress.Tracker`` (``progress.relearn_tracker``) moved through
+        both fine-tunes and the white-box attacks; ``progress`` still gets every step's event."""
         from unlearnviz.evaluation.relearn import RelearnSettings, relearn_record
+        from unlearnviz.session import progress as P
+
+        tracker = tracker if tracker is not None else P.relearn_tracker(int(steps))
+        tracker.begin(P.PREPARING)
+        on_step = tracker.on_training(progress, stages=(P.RELEARN_EDITED, P.RELEARN_ORIGINAL))
+
+        def tick(event: dict) -> None:
+            on_step(event)
+            if tracker.snapshot().stage == P.RELEARN_ORIGINAL and event.get("step") == event.get("total"):
+                tracker.begin(P.WHITEBOX)  # the original's last step: the white-box attacks come next
 
         lm, data = self.require_model(), self.require_data()
         plan = self.plan()
@@ -459,7 +717,7 @@ class Session:
         if steps > self.limits.max_steps:
             raise UserError(f"steps={steps} is over this server's limit of {self.limits.max_steps}")
         settings = RelearnSettings(steps=int(steps), lr=float(lr), eval_every=int(eval_every), seed=int(seed))
-        result = relearn_record(lm, data, plan, settings, progress=progress, should_stop=should_stop)
+        result = relearn_record(lm, data, plan, settings, progress=tick, should_stop=should_stop)
         self.relearn[self.current_index] = result
         return result
 
@@ -504,6 +762,6 @@ class Session:
     def adopt(self, other: Session) -> None:
         """Take over another session's state in place (an imported bundle, a replayed config);
         the operator's limits stay."""
-        for name in ("lm", "data", "stack", "selected", "before", "after", "relearn", "attacks", "chats", "conversation",
-                     "history"):
+        for name in ("lm", "data", "stack", "selected", "compare", "before", "after", "relearn", "attacks", "chats", "conversation",
+                     "history", "undone"):
             setattr(self, name, getattr(other, name))

@@ -13,6 +13,7 @@ from unlearnviz.attacks import REGISTRY, attack_names
 from unlearnviz.attacks.card import (
     CARD_HEADERS,
     card_rows,
+    curve_series,
     figure_rows,
     headline,
     progress_fraction,
@@ -24,7 +25,7 @@ from unlearnviz.errors import UserError
 if TYPE_CHECKING:
     from unlearnviz.session import Limits, Session
 
-__all__ = ["CARD_HEADERS", "attack_choices", "card_figure", "card_headline", "card_table", "progress_fraction",
+__all__ = ["CARD_HEADERS", "attack_choices", "card_curves", "card_figure", "card_headline", "card_table", "progress_fraction",
            "progress_text", "run_session_card", "ui_settings"]
 
 
@@ -56,9 +57,11 @@ def ui_settings(names: Sequence[str] | None, steps, max_items, limits: Limits) -
 
 def run_session_card(session: Session, names: Sequence[str] | str | None = None, settings: dict | None = None,
                      progress: Callable[[dict], None] | None = None,
-                     should_stop: Callable[[], bool] | None = None) -> dict:
+                     should_stop: Callable[[], bool] | None = None, tracker=None) -> dict:
     """The card of the session's selected edit, kept in ``session.attacks[index]``; an edit
-    timeline or base weights that changed meanwhile are a bug (AssertionError)."""
+    timeline or base weights that changed meanwhile are a bug (AssertionError). ``tracker``: a
+    ``session.progress.Tracker`` with one stage per attack (``card_tracker``), moved by each
+    attack's steps; ``progress`` still gets every event."""
     lm, data = session.require_model(), session.require_data()
     idx = session.current_index
     if idx is None:
@@ -68,12 +71,27 @@ def run_session_card(session: Session, names: Sequence[str] | str | None = None,
         raise UserError(f"steps={steps} is over this server's limit of {session.limits.max_steps}")
     fp, n_edits = lm.fingerprint(refresh=False), len(session.stack)
     edit = session.current_edit()
-    card = run_card(lm, data, session.plan(), names, settings, progress=progress, should_stop=should_stop,
+    tracker = tracker if tracker is not None else card_tracker(names)
+
+    def tick(event: dict) -> None:
+        if tracker.has(event.get("attack", "")):
+            tracker.move(event["attack"], int(event.get("step", 0)), event.get("total"))
+        if progress is not None:
+            progress(event)
+
+    card = run_card(lm, data, session.plan(), names, settings, progress=tick, should_stop=should_stop,
                     edit={"label": edit.label(), "index": idx, "method": edit.method})
     if lm.fingerprint() != fp or len(session.stack) != n_edits:
         raise AssertionError("the attacks changed the model's weights or the edit timeline")
     session.attacks[idx] = card
     return card
+
+
+def card_tracker(names: Sequence[str] | str | None = None):
+    """The card's plan: one stage per attack, in the card's order."""
+    from unlearnviz.session.progress import parts_tracker
+
+    return parts_tracker("Robustness card", attack_names(names))
 
 
 def card_table(card: dict) -> list[list]:
@@ -91,6 +109,13 @@ def card_figure(card: dict) -> tuple[list[dict], float | None, float | None]:
     """What ``plots.robustness_card`` draws: the rows, the floor and the chance level."""
     base = card.get("baseline") or {}
     return figure_rows(card), base.get("floor"), base.get("chance")
+
+
+def card_curves(card: dict) -> tuple[list[dict], float | None, float | None]:
+    """What ``plots.recovery_curves`` draws: the relearning attacks' curves (none when neither
+    relearning attack ran), the floor and the chance level."""
+    base = card.get("baseline") or {}
+    return curve_series(card), base.get("floor"), base.get("chance")
 
 
 def card_headline(card: dict) -> str:

@@ -62,13 +62,15 @@ def importance_variants() -> list[str]:
     return list(VARIANTS)
 
 
-def analysis_passes(session: Session) -> tuple[SplitPass, SplitPass]:
+def analysis_passes(session: Session, compare: bool = False) -> tuple[SplitPass, SplitPass]:
     """One paired pass (original and edited rows) over the forget and retain texts, cached, that
     serves the importance map (statistics of the original rows), the edit's footprint and the
     geometry views: at least ANALYSIS_TEXTS texts per split, more if the operator's --max-points
-    asks the geometry for more."""
+    asks the geometry for more. ``compare``: the edited rows under the compared timeline entry
+    (``Session.compare``) instead of the selected one (the same texts, so the same original rows)."""
     per_split = max(ANALYSIS_TEXTS, min(MAX_GEOMETRY_TEXTS, session.limits.max_points) // 2)
-    return split_passes(session.lm, session.data, None, session.plan(), per_split)
+    plan = session.plan_at(session.compare) if compare else session.plan()
+    return split_passes(session.lm, session.data, None, plan, per_split)
 
 
 @dataclass
@@ -109,13 +111,18 @@ class GeometryResult:
     umap: GeometryView | None = None
 
 
-def geometry_view(session: Session, method: str = "PCA", layer: int | None = None) -> GeometryResult:
+def geometry_view(session: Session, method: str = "PCA", layer: int | None = None,
+                  compare: bool = False) -> GeometryResult:
     """Forget and retain texts as points, original and edited on the same axes; at most the
     operator's --max-points texts. ``method``: "UMAP" (one ``layer``, default a quarter of the
-    way up) or anything else for PCA (every layer)."""
+    way up) or anything else for PCA (every layer). ``compare``: the compared timeline entry's
+    edited points (the axes are fitted on the original points alone, deterministically, so the
+    selected and the compared entry's views share them)."""
     lm = session.lm
+    if compare and session.compare is None:
+        raise UserError("choose an edit to compare with first (Unlearn tab, 'Compare with edit #')")
     half = max(2, min(MAX_GEOMETRY_TEXTS, session.limits.max_points)) // 2  # the operator's --max-points caps it
-    texts, groups, original, edited = pooled_points(*analysis_passes(session), per_group=half)
+    texts, groups, original, edited = pooled_points(*analysis_passes(session, compare), per_group=half)
     rows = layer_metrics(original, edited, [g == "forget" for g in groups])
     if method == "UMAP":
         layer = int(layer if layer is not None else lm.n_layers // 4)

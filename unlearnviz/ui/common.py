@@ -13,7 +13,9 @@ import gradio as gr
 
 from unlearnviz.config import Config
 from unlearnviz.errors import UserError
-from unlearnviz.session import Limits, Session
+from unlearnviz.registry import RegistrySettings
+from unlearnviz.session import Limits, Session, check_lab_model
+from unlearnviz.ui.inputs import check_call, public
 
 log = logging.getLogger("unlearnviz.ui")
 
@@ -31,6 +33,7 @@ class AppConfig:
     data_dirs: tuple[Path, ...] = ()  # folders whose data files a visitor may load by path
     run_config: Config | None = None  # `app.py --config`: the config every new session starts from
     template: UISession | None = None  # that config, replayed once at launch; each session gets a copy
+    sessions: RegistrySettings = field(default_factory=RegistrySettings)  # --state-dir: where sessions are kept
 
     def new_session(self) -> UISession:
         """A browser session's initial state: a copy of the replayed config (the model shared,
@@ -52,30 +55,46 @@ def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(p == r.resolve() or r.resolve() in p.parents for r in roots)
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; a name the file system cannot even look up (too long, a NUL) does not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _local_candidate(text: str, roots: tuple[Path, ...]) -> Path | None:
     """The local path a browser-typed name means, if it names one (absolute, ./, ~, or under a root)."""
     if text.startswith(("/", ".", "~", "\\")) or text.endswith(".gguf") or ".." in text.split("/"):
         return Path(text).expanduser()
     for root in roots:
-        if (root / text).exists():
+        if _exists(root / text):
             return root / text
-    if Path(text).exists():  # a path relative to the server's working folder
+    if _exists(Path(text)):  # a path relative to the server's working folder
         return Path(text)
     return None
+
+
+def _allowed(dirs: tuple[Path, ...], flag: str) -> str:
+    """The operator's folders as a visitor may read of them: how many, not where on the disk."""
+    return f"{len(dirs)} folder(s) the operator gave with {flag}" if dirs else f"none (the operator passed no {flag})"
 
 
 def confine_model_source(source: str, config: AppConfig) -> str:
     """What a visitor may load: the operator's model, a named model, a hub id, or a folder/GGUF
     inside one of the operator's ``--model-dir`` folders. Nothing else on the server's disk."""
     text = (source or "").strip() or "default"
-    if text == config.default_model or text in _NAMED_MODELS or text.startswith("synthetic:"):
+    if text == config.default_model or text in _NAMED_MODELS:
+        return text
+    if text.startswith("synthetic:"):
+        check_lab_model(text)  # the documented lab models only: another one trains on request
         return text
     local = _local_candidate(text, config.model_dirs)
     if local is None:
         return text  # a hub id: needs a network, and the hub's own safety rules
     if not config.model_dirs or not _inside(local, config.model_dirs):
-        allowed = ", ".join(str(d) for d in config.model_dirs) or "none (the operator passed no --model-dir)"
-        raise UserError(f"model path {text!r} is outside the folders this server allows; allowed: {allowed}")
+        raise UserError(f"model path {text!r} is outside the folders this server allows; allowed: "
+                        f"{_allowed(config.model_dirs, '--model-dir')}")
     return str(local.resolve())
 
 
@@ -88,9 +107,8 @@ def confine_data_spec(spec: str, config: AppConfig) -> str:
         return text
     local = _local_candidate(text, config.data_dirs) or Path(text)
     if not config.data_dirs or not _inside(local, config.data_dirs):
-        allowed = ", ".join(str(d) for d in config.data_dirs) or "none (the operator passed no --data-dir)"
         raise UserError(f"data path {text!r} is outside the folders this server allows; upload the file "
-                        f"instead, or use builtin:NAME; allowed folders: {allowed}")
+                        f"instead, or use builtin:NAME; allowed folders: {_allowed(config.data_dirs, '--data-dir')}")
     return str(local.resolve())
 
 
@@ -115,6 +133,7 @@ class UISession(Session):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cancel_flag = threading.Event()
+        self.autosave = None  # set by ui.sessions: called with the session after every event (readable)
 
     def should_stop(self) -> bool:
         return self.cancel_flag.is_set()
@@ -124,8 +143,8 @@ class UISession(Session):
         import copy
 
         clone = UISession()
-        for name, value in vars(self).items():
-            if name not in ("cancel_flag", "lm"):
+        for name, value in vars(self).items():  # a copy is a new session: not bound to this one's id
+            if name not in ("cancel_flag", "lm", "autosave", "sid", "owner", "saved_key", "save_lock"):
                 setattr(clone, name, copy.deepcopy(value, memo))
         clone.lm = self.lm
         return clone
@@ -153,11 +172,11 @@ def _message(exc: BaseException) -> tuple[str, str]:
         return "Refused", str(exc)
     if isinstance(exc, InterruptedError):  # a Cancel button (methods' and analyses' Cancelled is one)
         return "Cancelled", f"Cancelled: {exc}"
-    log.exception("internal error")
-    return "Internal error", f"Internal error ({type(exc).__name__}: {str(exc)[:200]}); the app is still running."
+    log.exception("internal error")  # the details (class, message, traceback) go to the server's log only
+    return "Internal error", "Internal error: this action failed; the app is still running (details in the server log)."
 
 
-def readable(fn=None, *, restore=None):
+def readable(fn=None, *, restore=None, args: type | None = None):
     """Errors as one readable message that never erases what the page shows.
 
     Gradio marks every output of an event that raised with an "Error" badge, so a refused value
@@ -167,12 +186,16 @@ def readable(fn=None, *, restore=None):
     which a refused action has not changed) for a stream that already showed work in progress.
     API clients (gradio_client) still get the error, raised as ``gr.Error``, so a script fails
     loudly; so does a direct call outside Gradio. Use as ``@readable`` or
-    ``@readable(restore=...)``."""
+    ``@readable(restore=...)``. ``args``: the endpoint's argument dataclass (``ui.inputs``),
+    checked before the handler runs, so a wrong type or range is refused naming the argument.
+    Every message leaves out the server's folders (``ui.inputs.public``)."""
     if fn is None:
-        return lambda f: readable(f, restore=restore)
+        return lambda f: readable(f, restore=restore, args=args)
+    spec = args
 
     def handle(exc: BaseException, args, kwargs, streamed: bool):
         title, message = _message(exc)
+        message = public(message)
         if not from_browser():
             raise gr.Error(message, print_exception=False) from None
         gr.Warning(message, title=title)
@@ -185,6 +208,8 @@ def readable(fn=None, *, restore=None):
         def gen_wrapper(*args, **kwargs):
             streamed, inner = False, fn(*args, **kwargs)
             try:
+                if spec is not None:
+                    check_call(spec, fn, args, kwargs)
                 for out in inner:
                     streamed = True
                     yield out
@@ -194,17 +219,34 @@ def readable(fn=None, *, restore=None):
                 yield handle(exc, args, kwargs, streamed)
             finally:
                 inner.close()
+                after_event(args)
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if spec is not None:
+                check_call(spec, fn, args, kwargs)
             return fn(*args, **kwargs)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001
             return handle(exc, args, kwargs, False)
+        finally:
+            after_event(args)
     return wrapper
+
+
+def after_event(args) -> None:
+    """The autosave hook: after every event, each session it was given saves itself if its content
+    changed (``ui.sessions`` binds ``autosave``). A failed save is one warning, never the event's error."""
+    for arg in args:
+        if isinstance(arg, UISession) and getattr(arg, "autosave", None) is not None:
+            try:
+                arg.autosave(arg)
+            except Exception as exc:  # noqa: BLE001 - the work is still in memory
+                log.exception("autosave")
+                gr.Warning(f"Autosave failed ({public(str(exc))[:200]}); your work is still here, in memory.")
 
 
 def field_number(**kwargs) -> gr.Number:

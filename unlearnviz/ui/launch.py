@@ -63,12 +63,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="chat answer length")
     p.add_argument("--max-prompt-chars", type=_positive_int, default=4000, help="chat prompt length")
     p.add_argument("--max-points", type=_positive_int, default=120, help="texts shown in the Geometry views")
+    p.add_argument("--max-edits", type=_positive_int, default=32, help="edits one session holds (undone ones included)")
     p.add_argument("--max-upload-mb", type=_positive_int, default=20, help="size of one uploaded data file")
     p.add_argument("--concurrency", type=_positive_int, default=4, help="events run at once (per event type)")
     p.add_argument("--queue-size", type=_positive_int, default=64, help="requests waiting before new ones are refused")
+    p.add_argument("--max-memory-gb", default=os.environ.get("UNLEARNVIZ_MAX_MEMORY_GB"), metavar="GB|DEV=GB,...",
+                   help="the memory the dashboard may hold (models, edits, caches), one number for every device or "
+                        "per device (cuda:0=70,cpu=100): idle models and cache entries are evicted least recently "
+                        "used first, and a load or fit that still cannot fit is refused with the figures")
     p.add_argument("--preload", action="store_true", help="load the model before serving")
     p.add_argument("--config", default=None, help="a run config (YAML/JSON, as `run --config`): replayed once "
                    "at launch (model, data, every edit, chats); each new browser session starts from a copy")
+    p.add_argument("--state-dir", default=os.environ.get("UNLEARNVIZ_STATE_DIR"),
+                   help="a folder where every visitor's session (edits, metrics, chats) is autosaved as a session "
+                        "bundle after each change, so it survives a server restart; without it sessions live in "
+                        "memory only (env UNLEARNVIZ_STATE_DIR; `python -m unlearnviz sessions` lists them)")
+    p.add_argument("--max-live-sessions", type=_positive_int, default=8,
+                   help="sessions held in memory; the least recently used beyond that leave memory (saved first)")
+    p.add_argument("--max-saved-sessions", type=_positive_int, default=500,
+                   help="sessions kept in --state-dir; past it the least recently saved are deleted")
     return p.parse_args(argv)
 
 
@@ -153,6 +166,24 @@ def apply_run_config(config, path: str, args: argparse.Namespace | None = None) 
           f"replayed in {time.perf_counter() - t0:.1f} s; every new session starts from them", flush=True)
 
 
+def session_settings(args: argparse.Namespace):
+    """The registry's settings from the flags; ``--state-dir`` is created (owner-only) if missing
+    and must be a writable folder, checked now rather than at a visitor's first save."""
+    from unlearnviz.errors import UserError
+    from unlearnviz.registry import RegistrySettings, sessions_dir
+
+    settings = RegistrySettings(state_dir=Path(args.state_dir) if args.state_dir else None,
+                                max_live=args.max_live_sessions, max_saved=args.max_saved_sessions)
+    if settings.state_dir is not None:
+        if settings.state_dir.exists() and not settings.state_dir.is_dir():
+            raise UserError(f"{args.state_dir} is not a folder")
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sessions_dir(settings.state_dir).mkdir(mode=0o700, exist_ok=True)
+        if not os.access(sessions_dir(settings.state_dir), os.W_OK):
+            raise UserError(f"{args.state_dir} is not writable")
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from unlearnviz.errors import UserError
@@ -171,9 +202,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {folder} is not a folder", file=sys.stderr)
             raise SystemExit(2)
     try:
+        from unlearnviz.session import budget
+
+        budget.configure(args.max_memory_gb)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        sessions = session_settings(args)
+    except (UserError, OSError) as exc:
+        print(f"error: --state-dir: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
         limits = Limits(max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
                         max_prompt_chars=args.max_prompt_chars, max_points=args.max_points,
-                        max_upload_mb=args.max_upload_mb)
+                        max_upload_mb=args.max_upload_mb, max_edits=args.max_edits)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -184,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     config = AppConfig(default_model=args.model, default_data=data_spec, limits=limits,
                        model_dirs=tuple(Path(d).resolve() for d in args.model_dir),
-                       data_dirs=tuple(Path(d).resolve() for d in args.data_dir))
+                       data_dirs=tuple(Path(d).resolve() for d in args.data_dir), sessions=sessions)
     if args.config:
         try:
             apply_run_config(config, args.config, args)
@@ -198,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     # in one queue of at most --queue-size. Sessions never share edits (routing is per call), so
     # concurrency only trades latency for memory and CPU.
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    if sessions.state_dir is not None:
+        from unlearnviz.registry import list_saved
+
+        print(f"unlearnviz: sessions autosaved in {sessions.state_dir} ({len(list_saved(sessions.state_dir))} saved)",
+              flush=True)
     print(f"unlearnviz: serving on http://{args.host}:{args.port}"
           + (" (login required)" if auth else "") + (" with a public share link" if args.share else ""), flush=True)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, show_error=True,

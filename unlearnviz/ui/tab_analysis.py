@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import gradio as gr
 
 from unlearnviz import plots
-from unlearnviz.session import views
+from unlearnviz.session import shown, views
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 IMPORTANCE_INTRO = (
@@ -44,9 +44,18 @@ def importance_figures(session: UISession, variant: str = "ratio", prompt: str |
 
 
 def geometry_figures(session: UISession, method: str = "PCA", layer: int | None = None):
-    g = views.geometry_view(session, method, layer)
-    scatter = plots.geometry_scatter(g.umap) if g.umap is not None else plots.geometry_slider(g.pca)
-    return scatter, plots.layer_metric_lines(g.rows)
+    """The scatter and per-layer lines of the selected edit and, when one is chosen, of the
+    compared edit on the same axes (None, None otherwise), each figure naming its edit."""
+    first, second = shown.wanted(session, "geometry")
+    out = []
+    for tag, compare in ((first, False), (second, True)):
+        if tag is None:
+            out += [None, None]
+            continue
+        g = views.geometry_view(session, method, layer, compare=compare)
+        scatter = plots.geometry_scatter(g.umap) if g.umap is not None else plots.geometry_slider(g.pca)
+        out += [plots.for_edit(scatter, tag.text()), plots.for_edit(plots.layer_metric_lines(g.rows), tag.text())]
+    return tuple(out)
 
 
 def residual_figures(session: UISession, prompt: str | None = None, answer: str | None = None):
@@ -63,9 +72,19 @@ def cancellable(session: UISession):
         yield
 
 
+def _tag_row(view: str):
+    """The line naming the edit a view shows (or that it is stale) and its one-click refresh."""
+    with gr.Row(equal_height=True):
+        line = gr.Markdown(elem_id=f"uv-tag-{view}", elem_classes=["uv-tag"])
+        button = gr.Button("↻ Refresh for the selected edit", visible=False, size="sm", scale=0, min_width=240,
+                           elem_id=f"uv-refresh-{view}")
+    return line, button
+
+
 def build(state: gr.State, config: AppConfig) -> dict:
-    with gr.Tab("Importance", id="importance"):
+    with gr.Tab("Importance", id="importance") as imp_tab:
         gr.Markdown(IMPORTANCE_INTRO)
+        imp_tag, imp_refresh = _tag_row("importance")
         with gr.Row():
             variant = gr.Dropdown(views.importance_variants(), value="ratio", label="map variant")
             token_prompt = gr.Textbox(label="prompt for the token map (empty = first forget text)", scale=3)
@@ -77,18 +96,25 @@ def build(state: gr.State, config: AppConfig) -> dict:
             sel_plot = gr.Plot(label="Selectivity", show_label=False)
             fp_plot = gr.Plot(label="Edit footprint per layer", show_label=False)
         tok_plot = gr.Plot(label="Token × layer forget signature", show_label=False)
-    with gr.Tab("Geometry", id="geometry"):
+    with gr.Tab("Geometry", id="geometry") as geo_tab:
         gr.Markdown(GEOMETRY_INTRO)
+        geo_tag, geo_refresh = _tag_row("geometry")
         with gr.Row():
             method = gr.Radio(["PCA", "UMAP"], value="PCA", label="projection",
                               info="PCA: every layer at once with a slider; UMAP: one layer (slower)")
             layer = gr.Number(value=None, label="UMAP layer", precision=0)
             geo_btn = gr.Button("Compute", variant="primary")
             geo_cancel = gr.Button("Cancel", variant="stop")
-        geo_plot = gr.Plot(label="Forget vs retain, original vs edited, shared basis", show_label=False)
-        metric_plot = gr.Plot(label="Per-layer separability, distance, CKA", show_label=False)
-    with gr.Tab("Residual knowledge", id="residual"):
+        with gr.Row():
+            with gr.Column():
+                geo_plot = gr.Plot(label="Forget vs retain, original vs edited, shared basis", show_label=False)
+                metric_plot = gr.Plot(label="Per-layer separability, distance, CKA", show_label=False)
+            with gr.Column(visible=False) as geo_b:  # the compared edit, on the same axes
+                geo_plot_b = gr.Plot(label="The compared edit, same basis", show_label=False)
+                metric_plot_b = gr.Plot(label="The compared edit: separability, distance, CKA", show_label=False)
+    with gr.Tab("Residual knowledge", id="residual") as res_tab:
         gr.Markdown(RESIDUAL_INTRO)
+        res_tag, res_refresh = _tag_row("residual")
         with gr.Row():
             lens_prompt = gr.Textbox(label="prompt (empty = first forget item)", scale=3)
             lens_answer = gr.Textbox(label="gold answer", scale=1)
@@ -106,29 +132,37 @@ def build(state: gr.State, config: AppConfig) -> dict:
     def on_importance(session: UISession, v: str, prompt: str):
         ensure_ready(session, config)
         with cancellable(session):
-            return (session, *importance_figures(session, v, prompt or None))
+            figures = importance_figures(session, v, prompt or None)
+        shown.mark(session, "importance")
+        return (session, *figures)
 
-    imp_event = imp_btn.click(on_importance, [state, variant, token_prompt],
-                              [state, imp_plot, sel_plot, imp_text, tok_plot, fp_plot], api_visibility="private")
+    imp_io = ([state, variant, token_prompt], [state, imp_plot, sel_plot, imp_text, tok_plot, fp_plot])
+    imp_event = imp_btn.click(on_importance, *imp_io, api_visibility="private")
+    imp_again = imp_refresh.click(on_importance, *imp_io, api_visibility="private")
 
     @readable
     def on_geometry(session: UISession, m: str, lay):
         ensure_ready(session, config)
         with cancellable(session):
-            return (session, *geometry_figures(session, m, None if lay in (None, "") else int(lay)))
+            figures = geometry_figures(session, m, None if lay in (None, "") else int(lay))
+        shown.mark(session, "geometry")
+        return (session, *figures)
 
-    geo_event = geo_btn.click(on_geometry, [state, method, layer], [state, geo_plot, metric_plot],
-                              api_visibility="private")
+    geo_io = ([state, method, layer], [state, geo_plot, metric_plot, geo_plot_b, metric_plot_b])
+    geo_event = geo_btn.click(on_geometry, *geo_io, api_visibility="private")
+    geo_again = geo_refresh.click(on_geometry, *geo_io, api_visibility="private")
 
     @readable
     def on_residual(session: UISession, prompt: str, answer: str):
         ensure_ready(session, config)
         with cancellable(session):
             lens, probe, text, _, _ = residual_figures(session, prompt or None, answer or None)
+        shown.mark(session, "residual")
         return session, lens, probe, text
 
-    res_event = res_btn.click(on_residual, [state, lens_prompt, lens_answer], [state, lens_plot, probe_plot, verdict],
-                              api_visibility="private")
+    res_io = ([state, lens_prompt, lens_answer], [state, lens_plot, probe_plot, verdict])
+    res_event = res_btn.click(on_residual, *res_io, api_visibility="private")
+    res_again = res_refresh.click(on_residual, *res_io, api_visibility="private")
 
     @readable
     def on_analyze(session: UISession):
@@ -144,18 +178,39 @@ def build(state: gr.State, config: AppConfig) -> dict:
         session.cancel_flag.set()  # the running analysis stops at its next batch and keeps nothing
         gr.Info("Analysis cancelled")
 
-    events = [imp_event, geo_event, res_event, api_event]
+    events = [imp_event, geo_event, res_event, api_event, imp_again, geo_again, res_again]
     for button in cancel_buttons:
         button.click(on_cancel, state, None, cancels=events, api_visibility="private")
     hidden_cancel.click(on_cancel, state, None, cancels=events, api_name="cancel_analysis")
     outputs = [imp_plot, sel_plot, imp_text, tok_plot, fp_plot, geo_plot, metric_plot, lens_plot, probe_plot, verdict,
-               lens_prompt, lens_answer]
-    return {"outputs": outputs}
+               lens_prompt, lens_answer, geo_plot_b, metric_plot_b]
+
+    def sync(session: UISession) -> list:
+        """Each view's tag line: the edit it shows, or stale (with its refresh button shown); the
+        compared edit's geometry column while the geometry shown has one."""
+        out = []
+        for view in ANALYSIS_VIEWS:
+            out += [shown.line(session, view), gr.update(visible=shown.is_stale(session, view))]
+        have = session.shown.get("geometry")
+        return [*out, gr.update(visible=have is not None and have[1] is not None)]
+
+    sync_outputs = [imp_tag, imp_refresh, geo_tag, geo_refresh, res_tag, res_refresh, geo_b]
+    for event in (imp_event, geo_event, res_event, imp_again, geo_again, res_again):
+        event.then(sync, state, sync_outputs, api_visibility="private", show_progress="hidden")
+    for tab in (imp_tab, geo_tab, res_tab):  # opening a tab shows whether it is still current
+        tab.select(sync, state, sync_outputs, api_visibility="private", show_progress="hidden")
+    return {"outputs": outputs, "sync": (sync, sync_outputs)}
+
+
+ANALYSIS_VIEWS = ("importance", "geometry", "residual")
 
 
 def refresh_all(session: UISession, config: AppConfig) -> list:
-    """Values for every analysis output (the demo fills all three tabs at once)."""
+    """Values for every analysis output (the demo fills all three tabs at once), each view
+    recorded as showing the selected edit."""
     imp = importance_figures(session)
     geo = geometry_figures(session)
     lens, probe, text, prompt, answer = residual_figures(session)
-    return [*imp, *geo, lens, probe, text, prompt, answer]
+    for view in ANALYSIS_VIEWS:
+        shown.mark(session, view)
+    return [*imp, *geo[:2], lens, probe, text, prompt, answer, *geo[2:]]

@@ -7,8 +7,9 @@ import html
 
 import gradio as gr
 
-from unlearnviz.session import views
+from unlearnviz.session import shown, views
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable, valid
+from unlearnviz.ui.inputs import Chat
 
 INTRO = ("**Chat.** Talk to both models at once: the original (left) and the selected edit (right) answer in one "
          "batched generation, the edit routed to one row only. Each model continues its own conversation (it reads "
@@ -93,6 +94,25 @@ def panes(turns: list[dict], pending: tuple[str, str, str] | None = None) -> tup
     return left, right
 
 
+def compared_pane(turns: list[dict], pending: tuple[str, str, str] | None = None) -> list[dict]:
+    """The compared edit's pane: its answer to every turn it was asked (``compared``), highlighted
+    from where it departs from the original's answer; ``pending``: (prompt, original, answer so far)."""
+    pane = []
+    rows = [(t["prompt"], t["original"], t["compared"]) for t in turns if t.get("compared") is not None]
+    for prompt, a, c in rows + ([pending] if pending else []):
+        pane.append({"role": "user", "content": html.escape(prompt)})
+        pane.append({"role": "assistant", "content": _render(c, None if a == c else _split(a, c))})
+    return pane
+
+
+def pane_labels(session: UISession) -> tuple[str, str | None]:
+    """The edited and the compared pane's labels: the edits the conversation shown is with (the
+    selected and compared ones while there is no turn yet); None: no compared pane."""
+    first, second = shown.chat_shown(session) or shown.wanted(session, "chat")
+    edited = f"Edited: {first.named()} (departures from the original highlighted)"
+    return edited, (None if second is None else f"Compared: {second.named()}")
+
+
 def detail_rows(lm, state) -> list[list]:
     return [[i, row["token"], round(row["p_edited"], 4),
              None if row["p_original"] is None else round(row["p_original"], 4), "yes" if row["diverged"] else ""]
@@ -103,22 +123,25 @@ def conversation_json(session: UISession, state=None) -> dict:
     """The chat in progress for the API: its turns and, for the last, the prompt each model read."""
     turns = session.conversation_turns()
     out = {"conversation": [{k: t.get(k) for k in ("prompt", "original", "edited", "first_divergence", "edit",
-                                                   "turn")} for t in turns],
+                                                   "turn", "compared", "compare_edit")} for t in turns],
            "edit": session.current_edit().label() if session.current_edit() else None}
     if state is not None:
         a, b = state.texts(session.lm.tokenizer)
         seen_a, seen_b = state.prompt_texts(session.lm.tokenizer)
         out.update({"original": a, "edited": b, "first_divergence": state.first_divergence(),
-                    "turn": len(turns) - 1, "prompts": {"original": seen_a, "edited": seen_b}})
+                    "turn": len(turns) - 1, "prompts": {"original": seen_a, "edited": seen_b},
+                    "compared": turns[-1].get("compared") if turns else None})
     return out
 
 
 def build(state: gr.State, config: AppConfig) -> dict:
     gr.Markdown(INTRO)
+    tag = gr.Markdown(elem_id="uv-tag-chat", elem_classes=["uv-tag"])
     with gr.Row(equal_height=True):
         chat_opts = dict(height=420, latex_delimiters=[], feedback_options=None, buttons=["copy"])
         original = gr.Chatbot(label="Original model", **chat_opts)
         edited = gr.Chatbot(label="Edited model (departures from the original highlighted)", **chat_opts)
+        compared = gr.Chatbot(label="Compared edit", visible=False, elem_id="uv-chat-compared", **chat_opts)
     with gr.Row():
         prompt = gr.Textbox(label="Prompt", placeholder="Ask something from the forget or the retain set; Enter sends",
                             lines=1, max_lines=1, scale=5)
@@ -149,12 +172,13 @@ def build(state: gr.State, config: AppConfig) -> dict:
             return [valid(), valid(f"the prompt is {len(text)} characters; the limit is {limit}"), valid(), valid()]
         return [valid()] * 4
 
-    def shown(session: UISession, *_):
+    def as_is(session: UISession, *_):
         """The conversation as the session holds it (a failed turn is not part of it)."""
-        left, right = panes(session.conversation_turns())
-        return session, gr.skip(), left, right, gr.skip(), gr.skip()
+        turns = session.conversation_turns()
+        left, right = panes(turns)
+        return session, gr.skip(), left, right, compared_pane(turns), gr.skip(), gr.skip()
 
-    @readable(restore=shown)
+    @readable(restore=as_is, args=Chat)
     def on_ask(session: UISession, text: str, n: float, temp: float):
         ensure_ready(session, config)
         session.cancel_flag.clear()
@@ -162,13 +186,19 @@ def build(state: gr.State, config: AppConfig) -> dict:
         for final in session.chat_stream(text, int(n), float(temp), should_stop=session.should_stop,
                                          follow_up=True):
             a, b = final.texts(session.lm.tokenizer)  # the turn joins the conversation once it is whole
-            left, right = panes(session.conversation_turns(), (text, a, b))
-            yield session, "", left, right, [], {}
-        left, right = panes(session.conversation_turns())
-        yield session, "", left, right, detail_rows(session.lm, final), conversation_json(session, final)
+            turns = session.conversation_turns()
+            left, right = panes(turns, (text, a, b))
+            yield session, "", left, right, compared_pane(turns), [], {}
+        turns = session.conversation_turns()
+        left, right = panes(turns)
+        a = turns[-1]["original"] if turns else ""
+        for answer in session.compare_stream(should_stop=session.should_stop):  # the compared edit, if any
+            yield session, "", left, right, compared_pane(turns[:-1], (text, a, answer)), [], {}
+        yield (session, "", left, right, compared_pane(session.conversation_turns()), detail_rows(session.lm, final),
+               conversation_json(session, final))
 
     inputs = [state, prompt, max_new, temperature]
-    outputs = [state, prompt, original, edited, details, api_out]
+    outputs = [state, prompt, original, edited, compared, details, api_out]
     ev = ask.click(on_ask, inputs, outputs, api_visibility="private", validator=check)
     sub = prompt.submit(on_ask, inputs, outputs, api_visibility="private", validator=check)
     # The API form: no validator (a refused validator reaches an API client as a bare 400; the
@@ -184,9 +214,10 @@ def build(state: gr.State, config: AppConfig) -> dict:
     @readable
     def on_new(session: UISession):
         session.new_conversation()
-        return session, [], [], [], conversation_json(session)
+        return session, [], [], [], [], conversation_json(session)
 
-    new.click(on_new, state, [state, original, edited, details, api_out], api_name="new_conversation")
+    new_event = new.click(on_new, state, [state, original, edited, compared, details, api_out],
+                          api_name="new_conversation")
 
     @readable
     def on_history(session: UISession):
@@ -196,5 +227,22 @@ def build(state: gr.State, config: AppConfig) -> dict:
     history_btn.click(on_history, state, api_out, api_name="conversation")
     prompt.change(badge, [state, prompt], match, api_visibility="private", show_progress="hidden")
     examples.click(lambda x: x[1], examples, prompt, api_visibility="private")
+
+    def sync(session: UISession) -> list:
+        """The panes redrawn from the conversation in progress, labelled with the edits it is with;
+        the tag line says so, or that the selection moved on (the next prompt then starts a new
+        conversation with the selected edit)."""
+        turns = session.conversation_turns()
+        left, right = panes(turns)
+        edited_label, compared_label = pane_labels(session)
+        line = shown.line(session, "chat", "your next prompt starts a new conversation with it",
+                          have=shown.chat_shown(session)) or f"Answers come from **{shown.selected(session).named()}**."
+        return [line, left, gr.update(value=right, label=edited_label),
+                gr.update(value=compared_pane(turns), label=compared_label or "Compared edit",
+                          visible=compared_label is not None)]
+
+    sync_outputs = [tag, original, edited, compared]
+    for event in (ev, sub, new_event):
+        event.then(sync, state, sync_outputs, api_visibility="private", show_progress="hidden")
     return {"prompt": prompt, "original": original, "edited": edited, "details": details, "examples": examples,
-            "match": match, "on_ask": on_ask}
+            "match": match, "on_ask": on_ask, "compared": compared, "sync": (sync, sync_outputs)}

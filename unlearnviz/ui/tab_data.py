@@ -15,6 +15,7 @@ from unlearnviz.ui.common import (
     md_table,
     readable,
 )
+from unlearnviz.ui.inputs import LoadData, LoadParts, public
 
 INTRO = ("**Data.** The *forget* set is what the edit should remove, the *retain* set what it must keep. "
          "Overlap is the share of forget n-grams that also occur in the retain text: high overlap means the two "
@@ -73,8 +74,8 @@ def build(state: gr.State, config: AppConfig) -> dict:
     preview = gr.Dataframe(headers=["split", "kind", "content"], value=[], wrap=True, label="Preview",
                            interactive=False)
 
-    @readable
-    def on_load(session: UISession, name: str, hf_id: str, file: str | None):
+    @readable(args=LoadData)
+    def on_load(session: UISession, name: str | None, hf_id: str | None, file: str | None):
         ensure_ready(session, config, need_data=False)
         if file:
             spec = check_upload(file, config)
@@ -85,7 +86,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         else:
             raise UserError("choose a built-in set, a dataset id or a file")
         session.load_data(spec, max_bytes=config.limits.max_upload_mb * 2**20 if file else None)  # visitors' cap
-        return session, summary_markdown(session), preview_rows(session), session.data_summary()
+        return session, public(summary_markdown(session)), preview_rows(session), public(session.data_summary())
 
     with gr.Accordion("Compose from four sources", open=False):
         gr.Markdown(COMPOSE_HELP + "; presets: " + ", ".join(f"`preset:{n}@DIR` ({note})"
@@ -100,8 +101,9 @@ def build(state: gr.State, config: AppConfig) -> dict:
                           placeholder="builtin:demo, or preset:wmdp-bio@DIR")
         load_parts = gr.Button("Load composed data", variant="primary")
 
-    @readable
-    def on_load_parts(session: UISession, fc: str, rc: str, fm: str, rm: str, base_spec: str):
+    @readable(args=LoadParts)
+    def on_load_parts(session: UISession, fc: str | None, rc: str | None, fm: str | None, rm: str | None,
+                      base_spec: str | None):
         ensure_ready(session, config, need_data=False)
         parts = {"forget_corpus": fc, "retain_corpus": rc, "forget_mcq": fm, "retain_mcq": rm}
         parts = {k: (v or "").strip() or None for k, v in parts.items()}
@@ -117,7 +119,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
         # Typed paths are confined to --data-dir (the operator's files, no upload cap, as the single load).
         session.load_parts(**parts, base=base_spec, confine=confine)
-        return session, summary_markdown(session), preview_rows(session), session.data_summary()
+        return session, public(summary_markdown(session)), preview_rows(session), public(session.data_summary())
 
     api_out = gr.JSON(visible=False)
     load.click(on_load, [state, builtin, hf, upload], [state, summary, preview, api_out], api_name="load_data")

@@ -10,8 +10,10 @@ import gradio as gr
 
 from unlearnviz import plots
 from unlearnviz.errors import UserError
-from unlearnviz.session import Limits, catalogue, sweeps
+from unlearnviz.session import Limits, catalogue, shown, sweeps
 from unlearnviz.session import attacks as session_attacks
+from unlearnviz.session import progress as progress_model
+from unlearnviz.ui import inputs, progress_view
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 INTRO = ("**Evaluate.** Cloze accuracy is the primary metric for small models (lettered A–D scoring is at "
@@ -50,6 +52,49 @@ def metrics_rows(result: dict) -> list[list]:
             for label, b, a, d in catalogue.metric_rows(result)]
 
 
+def metrics_table(session: UISession, result: dict) -> dict:
+    """The table of ``result`` (``Session.evaluate``) with its columns named by edit: original |
+    edit #X | change, and | edit #Y | change when a compared edit's metrics are in it."""
+    first, second = shown.wanted(session, "evaluate")
+    rows = metrics_rows(result)
+    headers = ["metric", "original", first.text(), "change"]
+    if second is not None and result.get("compare") is not None:
+        other = {r[0]: r[2:] for r in metrics_rows({"before": result["before"], "after": result["compare"]})}
+        rows = [[*r, *other.get(r[0], [None, None])] for r in rows]
+        headers = [*headers[:3], f"change (#{first.number})", second.text(), f"change (#{second.number})"]
+    return {"headers": headers, "data": rows}
+
+
+def metrics_bars(session: UISession, result: dict):
+    """The forget/retain bars of ``result``, each edit named in the legend and the title."""
+    first, second = shown.wanted(session, "evaluate")
+    compare = result.get("compare") if second is not None else None
+    names = [first.text()] + ([second.text()] if compare is not None else [])
+    fig = plots.before_after_bars(result.get("before") or {}, result.get("after") or {}, names=names, compare=compare)
+    return plots.for_edit(fig, " vs ".join(names))
+
+
+def cached_result(session: UISession) -> dict | None:
+    """The Evaluate numbers of the selection as it stands, from what the session measured (after
+    each edit's fit, or an earlier Evaluate), or None when something is not measured yet."""
+    first, second = shown.wanted(session, "evaluate")
+    if session.before is None:
+        return None
+    result = {"before": session.before}
+    for key, t in (("after", first), ("compare", second)):
+        if t is not None and t.index is not None:
+            if t.index not in session.after:
+                return None
+            result[key] = session.after[t.index]
+    return result
+
+
+def shown_result(session: UISession, result: dict) -> tuple[dict, object]:
+    """Table and bars of ``result``, recorded as what the Evaluate view shows."""
+    shown.mark(session, "evaluate")
+    return metrics_table(session, result), metrics_bars(session, result)
+
+
 def sweep_points(methods: list[str] | None, grid_text: str | None, limits: Limits, lm=None) -> list[tuple[str, dict]]:
     """The grid a visitor typed, checked against this server's limits before anything is fitted."""
     lines = [ln.strip() for ln in (grid_text or "").replace(";", "\n").splitlines() if ln.strip()]
@@ -62,6 +107,9 @@ def build(state: gr.State, config: AppConfig) -> dict:
         run_eval = gr.Button("Evaluate before / after", variant="primary")
         letter = gr.Checkbox(value=False, label="also lettered A–D scoring (slower)")
     relearn_defaults = catalogue.relearn_defaults()
+    with gr.Row(equal_height=True):
+        tag = gr.Markdown(elem_id="uv-tag-evaluate", elem_classes=["uv-tag"])
+        refresh = gr.Button("↻ Refresh for the selected edit", visible=False, size="sm", scale=0, min_width=240)
     table = gr.Dataframe(headers=["metric", "original", "edited", "change"], value=[], interactive=False)
     bars = gr.Plot(label="Forget and retain accuracy", show_label=False)
     gr.Markdown("### Relearning attack")
@@ -69,23 +117,25 @@ def build(state: gr.State, config: AppConfig) -> dict:
         steps = gr.Slider(5, 200, value=30, step=5, label="fine-tuning steps on forget half A")
         lr = gr.Number(value=relearn_defaults.lr, label="learning rate")
         relearn = gr.Button("Run relearning attack")
+    relearn_tag = gr.Markdown(elem_id="uv-tag-relearn", elem_classes=["uv-tag"])
     relearn_plot = gr.Plot(label="Half-B accuracy while relearning", show_label=False)
     whitebox = gr.JSON(label="White-box attacks (half-B cloze accuracy)")
     api_out = gr.JSON(visible=False)
 
-    @readable
+    @readable(args=inputs.Evaluate)
     def on_eval(session: UISession, with_letter: bool, progress=gr.Progress()):
         ensure_ready(session, config)
         if with_letter:
             session.before, session.after = None, {}
         result = session.evaluate(letter=with_letter,
                                   progress=lambda d, t, _: progress((d, t), desc="scoring"),
-                                  should_stop=session.should_stop)
-        return session, metrics_rows(result), plots.before_after_bars(result.get("before", {}), result.get("after") or {}), result
+                                  should_stop=session.should_stop, compare=True)
+        return session, *shown_result(session, result), result
 
-    run_eval.click(on_eval, [state, letter], [state, table, bars, api_out], api_name="evaluate")
+    eval_event = run_eval.click(on_eval, [state, letter], [state, table, bars, api_out], api_name="evaluate")
+    refresh_event = refresh.click(on_eval, [state, letter], [state, table, bars, api_out], api_visibility="private")
 
-    @readable
+    @readable(args=inputs.Relearn)
     def on_relearn(session: UISession, n_steps: float, rate: float, progress=gr.Progress()):
         ensure_ready(session, config)
         if n_steps is None or not 1 <= n_steps <= config.limits.max_steps:
@@ -94,13 +144,14 @@ def build(state: gr.State, config: AppConfig) -> dict:
             raise UserError(f"the learning rate must be a number in (0, 1], got {rate}")
         seed = config.run_config.seed if config.run_config is not None else relearn_defaults.seed
         # Session.run_relearn keeps the settings with the result, so the exported config and bundle carry them
+        tracker = progress_model.relearn_tracker(int(n_steps))  # its stages, bar and ETA in the overlay
         result = session.run_relearn(steps=int(n_steps), lr=float(rate), eval_every=max(1, int(n_steps) // 5),
-                                     seed=seed, progress=lambda ev: progress((ev["step"], ev["total"]),
-                                                                             desc="relearning"),
-                                     should_stop=session.should_stop)
-        return session, plots.relearning_curve(result["edited"], result["original"]), result["whitebox"]
+                                     seed=seed, progress=lambda _ev: progress_view.to_gradio(progress, tracker.snapshot()),
+                                     should_stop=session.should_stop, tracker=tracker)
+        shown.mark(session, "relearn")
+        return session, *relearn_outputs(result)
 
-    relearn.click(on_relearn, [state, steps, lr], [state, relearn_plot, whitebox], api_name="relearn")
+    relearn_event = relearn.click(on_relearn, [state, steps, lr], [state, relearn_plot, whitebox], api_name="relearn")
 
     with gr.Accordion("Small sweep: compare a few settings", open=False):
         gr.Markdown(SWEEP_INTRO)
@@ -116,17 +167,22 @@ def build(state: gr.State, config: AppConfig) -> dict:
         sweep_table = gr.Dataframe(headers=sweeps.SWEEP_HEADERS, value=[], interactive=False)
         sweep_out = gr.JSON(visible=False)
 
-    @readable
+    @readable(args=inputs.Sweep)
     def on_sweep(session: UISession, methods: list[str], grid_text: str, progress=gr.Progress()):
         ensure_ready(session, config)
         points = sweep_points(methods, grid_text, config.limits, session.lm)
         session.cancel_flag.clear()
 
-        def tick(i: int, n: int, event: dict) -> None:
-            progress((i - 1 + event["step"] / max(1, event.get("total") or 1)) / n, desc=f"point {i}/{n}")
+        tracker = sweeps.sweep_tracker(points)  # a stage per point: its bar and ETA in the overlay
 
-        for rows, front, before in sweeps.live_sweep(session, points, progress=tick, should_stop=session.should_stop):
-            status = f"{len(rows)} of {len(points)} points done" + (" …" if len(rows) < len(points) else ".")
+        def tick(i: int, n: int, event: dict) -> None:
+            progress_view.to_gradio(progress, tracker.snapshot())
+
+        for rows, front, before in sweeps.live_sweep(session, points, progress=tick, should_stop=session.should_stop,
+                                                     tracker=tracker):
+            if len(rows) == len(points):
+                tracker.finish()
+            status = f"{len(rows)} of {len(points)} points done. {tracker.line()}"
             yield (session, status, plots.tradeoff_figure(rows, front, before), sweeps.sweep_table(rows, front),
                    {"rows": rows, "front": sorted(front), "points": len(points)})
 
@@ -148,25 +204,25 @@ def build(state: gr.State, config: AppConfig) -> dict:
         with gr.Row():
             attack_btn = gr.Button("Run attacks", variant="primary")
             attack_cancel = gr.Button("Cancel", variant="stop")
+        card_tag = gr.Markdown(elem_id="uv-tag-attacks", elem_classes=["uv-tag"])
         attack_status = gr.Markdown()
         card_plot = gr.Plot(label="Forget accuracy under each attack", show_label=False)
+        card_curve = gr.Plot(label="Recovery curves of the relearning attacks", show_label=False)
         card_table = gr.Dataframe(headers=session_attacks.CARD_HEADERS, value=[], interactive=False)
         card_out = gr.JSON(visible=False)
 
-    @readable
+    @readable(args=inputs.Attacks)
     def on_attacks(session: UISession, names: list[str], n_steps: float, n_items: float, progress=gr.Progress()):
         ensure_ready(session, config)
         chosen, settings = session_attacks.ui_settings(names, n_steps, n_items, config.limits)
         session.cancel_flag.clear()
 
-        def tick(event: dict) -> None:
-            progress(session_attacks.progress_fraction(event), desc=session_attacks.progress_text(event))
-
-        card = session_attacks.run_session_card(session, chosen, settings, progress=tick,
-                                                should_stop=session.should_stop)
-        rows, floor, chance = session_attacks.card_figure(card)
-        return (session, session_attacks.card_headline(card), plots.robustness_card(rows, floor=floor, chance=chance),
-                session_attacks.card_table(card), card)
+        tracker = session_attacks.card_tracker(chosen)  # a stage per attack: its bar and ETA in the overlay
+        card = session_attacks.run_session_card(
+            session, chosen, settings, progress=lambda _ev: progress_view.to_gradio(progress, tracker.snapshot()),
+            should_stop=session.should_stop, tracker=tracker)
+        shown.mark(session, "attacks")
+        return session, *card_outputs(card)
 
     attack_event = attack_btn.click(on_attacks, [state, attack_boxes, attack_steps, attack_items],
                                     [state, attack_status, card_plot, card_table, card_out], api_name="attacks")
@@ -176,4 +232,55 @@ def build(state: gr.State, config: AppConfig) -> dict:
         return "Attacks cancelled; nothing was kept."
 
     attack_cancel.click(on_attack_cancel, state, attack_status, cancels=[attack_event], api_name="cancel_attacks")
-    return {"table": table, "bars": bars, "relearn_plot": relearn_plot, "card_plot": card_plot}
+
+    def sync(session: UISession) -> list:
+        """The tab for the selection as it stands: each result the session holds for it redrawn
+        (Evaluate's numbers, the relearning attack, the robustness card, all kept per edit), the
+        others left as they are and marked stale, with the button that refreshes them."""
+        out = []
+        result = cached_result(session)
+        if result is not None:
+            out += [*shown_result(session, result)]
+        else:
+            out += [gr.skip(), gr.skip()]
+        out += [shown.line(session, "evaluate", "press ↻ Refresh (or Evaluate)"),
+                gr.update(visible=shown.is_stale(session, "evaluate"))]
+        idx = session.current_index
+        kept = session.relearn.get(idx) if idx is not None else None
+        if kept is not None:
+            shown.mark(session, "relearn")
+        out += [*(relearn_outputs(kept) if kept is not None else (gr.skip(), gr.skip())),
+                shown.line(session, "relearn", "press Run relearning attack to refresh")]
+        card = session.attacks.get(idx) if idx is not None else None
+        if card is not None:
+            shown.mark(session, "attacks")
+        out += [*(card_outputs(card) if card is not None else (gr.skip(),) * 4),
+                shown.line(session, "attacks", "press Run attacks to refresh")]
+        out.append(card_curve_figure(card) if card is not None else gr.skip())
+        return out
+
+    sync_outputs = [table, bars, tag, refresh, relearn_plot, whitebox, relearn_tag, attack_status, card_plot,
+                    card_table, card_out, card_tag, card_curve]
+    for event in (eval_event, refresh_event, relearn_event, attack_event):  # the tags follow each result
+        event.then(sync, state, sync_outputs, api_visibility="private", show_progress="hidden")
+    return {"table": table, "bars": bars, "relearn_plot": relearn_plot, "card_plot": card_plot, "card_curve": card_curve,
+            "sync": (sync, sync_outputs)}
+
+
+def relearn_outputs(result: dict) -> tuple:
+    """The relearning curve and the white-box results of one kept attack."""
+    return plots.relearning_curve(result["edited"], result["original"]), result["whitebox"]
+
+
+def card_outputs(card: dict) -> tuple:
+    """Headline, figure, table and JSON of one kept robustness card."""
+    rows, floor, chance = session_attacks.card_figure(card)
+    return (session_attacks.card_headline(card), plots.robustness_card(rows, floor=floor, chance=chance),
+            session_attacks.card_table(card), card)
+
+
+def card_curve_figure(card: dict):
+    """The recovery curves of a kept card's relearning attacks (None: neither was run). Drawn by
+    the tab's sync, which follows every attack run, so the /attacks API keeps its outputs."""
+    series, floor, chance = session_attacks.card_curves(card)
+    return plots.recovery_curves(series, floor=floor, chance=chance) if series else None

@@ -13,6 +13,8 @@ import gradio as gr
 from unlearnviz.errors import UserError
 from unlearnviz.io import atomic_write_text, safe_child
 from unlearnviz.session import catalogue
+from unlearnviz.session import progress as progress_model
+from unlearnviz.ui import inputs, progress_view
 from unlearnviz.ui.common import AppConfig, UISession, check_upload, confine_model_source, readable
 
 INTRO = ("**Export.** Save the selected edit (safetensors + manifest with checksums and the model's "
@@ -38,6 +40,40 @@ def zip_folder(folder: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def export_edit_files(session: UISession, folder: Path, zipped: Path) -> None:
+    """The selected edit as ``folder`` and ``zipped``, both made under a temporary name in the same
+    folder and renamed into place only once whole; if the second rename fails the first is undone
+    (an earlier export of that name put back): a failed export leaves nothing behind."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".export-"))
+    try:
+        session.export_edit(tmp / "edit")
+        zip_folder(tmp / "edit", tmp / "edit.zip")
+        old = tmp / "old"
+        if folder.exists():
+            folder.rename(old)
+        (tmp / "edit").rename(folder)
+        try:
+            os.replace(tmp / "edit.zip", zipped)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            if old.exists():
+                old.rename(folder)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+DERIVED = {"edit": ("{}", "{}.zip"), "checkpoint": ("{}-checkpoint",), "config": ("{}.yaml",),
+           "bundle": ("{}-session.zip",), "report": ("{}.html",)}  # every name an export of each kind writes
+
+
+def export_targets(root: Path, label: str, kind: str) -> list[Path]:
+    """Every path an export of ``kind`` named ``label`` writes, each checked by the file-name rule
+    before the first byte is written (an edit export is a folder and a zip: a name whose zip would
+    be refused must not leave its folder behind)."""
+    return [safe_child(root, pattern.format(label)) for pattern in DERIVED[kind]]
 
 
 def import_into(session: UISession, path: str, config: AppConfig) -> dict:
@@ -75,24 +111,29 @@ def build(state: gr.State, config: AppConfig) -> dict:
         upload = gr.File(label="Session bundle (.zip)", file_types=[".zip"], type="filepath", scale=3)
         import_btn = gr.Button("Import bundle", scale=1)
 
-    @readable
-    def on_export(session: UISession, label: str, kind: str):
+    @readable(args=inputs.ExportName)
+    def on_export(session: UISession, label: str, kind: str, progress=None):
         root = export_root()
+        targets = export_targets(root, label, kind)
         if kind == "edit":
-            folder = safe_child(root, label)
-            session.export_edit(folder)
-            path = zip_folder(folder, safe_child(root, f"{label}.zip"))
-            msg = f"Saved the edit in `{folder}` and `{path.name}`."
+            folder, path = targets
+            if session.current_edit() is None:
+                raise UserError("there is no edit to export yet (Unlearn tab)")
+            export_edit_files(session, folder, path)
+            msg = f"Saved the edit in `{folder.name}/` and `{path.name}` (in the server's export folder)."
         elif kind == "checkpoint":
             if session.current_edit() is None:
                 raise UserError("there is no edit yet (Unlearn tab)")
-            folder = safe_child(root, f"{label}-checkpoint")
-            info = session.export_checkpoint(folder)
+            folder = targets[0]
+            try:
+                info = session.export_checkpoint(folder)
+            finally:  # an export that failed midway leaves no half-written folder
+                shutil.rmtree(folder.with_name(folder.name + ".tmp"), ignore_errors=True)
             path = folder / "unlearnviz_export.json"
-            msg = (f"Wrote a Hugging Face checkpoint to `{folder}` (load it with "
-                   f"`AutoModelForCausalLM.from_pretrained`). {info.get('note', '')}")
+            msg = (f"Wrote a Hugging Face checkpoint to `{folder.name}/` in the server's export folder (load it "
+                   f"with `AutoModelForCausalLM.from_pretrained`). {info.get('note', '')}")
         elif kind == "config":
-            path = safe_child(root, f"{label}.yaml")
+            path = targets[0]
             if session.current_edit() is None:
                 raise UserError("there is no edit yet (Unlearn tab): the config replays the session's edits")
             atomic_write_text(path, session.to_config(base=config.run_config).to_yaml())
@@ -101,7 +142,8 @@ def build(state: gr.State, config: AppConfig) -> dict:
         elif kind == "bundle":
             from unlearnviz.bundle import export_bundle
 
-            path = safe_child(root, f"{label}-session.zip")
+            path = targets[0]
+            session.require_model()
             export_bundle(session, path, base=config.run_config)
             msg = (f"Saved the session bundle `{path.name}` ({path.stat().st_size / 2**20:.1f} MB, "
                    f"{len(session.stack)} edit(s), {len(session.chats)} chat(s)); import it here or with "
@@ -110,23 +152,30 @@ def build(state: gr.State, config: AppConfig) -> dict:
             from unlearnviz.session.reporting import write_session_report
 
             session.require_model()
-            path = write_session_report(session, safe_child(root, f"{label}.html"))
-            msg = f"Wrote the self-contained report `{Path(path).name}` (opens offline)."
-        return str(path), msg, {"saved": str(path), "kind": kind}  # not "path": clients read that as a file
+            tracker, out = progress_model.report_tracker(), {}  # its stages, bar and ETA in the overlay
+            for _ in progress_view.run_tracked(lambda: write_session_report(session, targets[0], tracker=tracker),
+                                               tracker, out, progress=progress):
+                pass
+            path = Path(out["value"])
+            msg = f"Wrote the self-contained report `{path.name}` (opens offline)."
+        # the file goes to the download box (Gradio serves a copy); the answer names it relative to the
+        # export folder, never by the server's own path (not "path": clients read that as a file)
+        return str(path), inputs.public(msg), {"saved": str(path.relative_to(root)), "kind": kind}
 
     for btn, kind in ((edit_btn, "edit"), (ckpt_btn, "checkpoint"), (cfg_btn, "config"), (bundle_btn, "bundle"),
                       (report_btn, "report")):
-        btn.click(lambda s, n, k=kind: on_export(s, n, k), [state, name], [files, message, api_out],
+        btn.click(lambda s, n, k=kind, progress=gr.Progress(): on_export(s, n, k, progress), [state, name],
+                  [files, message, api_out],
                   api_name="export" if kind == "edit" else f"export_{kind}")
 
-    @readable
+    @readable(args=inputs.Upload)
     def on_import(session: UISession, path: str | None):
         if not path:
             raise UserError("choose a session bundle (.zip) to import")
         summary = import_into(session, path, config)
         msg = (f"Imported: {summary['model']} on {summary['data']}, {len(summary['edits'])} edit(s), "
                f"{summary['chats']} chat(s). Every tab now shows the imported session.")
-        return session, msg, summary
+        return session, inputs.public(msg), inputs.public(summary)
 
     imported = import_btn.click(on_import, [state, upload], [state, message, api_out], api_name="import_bundle")
     return {"message": message, "imported": imported}

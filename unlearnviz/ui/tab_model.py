@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from unlearnviz.session import planning
+from unlearnviz.ui import inputs
 from unlearnviz.ui.common import AppConfig, UISession, confine_model_source, ensure_ready, md_table, readable
 
 INTRO = ("**Model.** Load the built-in default (SmolLM2-135M-Instruct, offline), a local Hugging Face "
@@ -33,11 +34,11 @@ def build(state: gr.State, config: AppConfig) -> dict:
     load = gr.Button("Load model", variant="primary")
     info = gr.Markdown(info_markdown(UISession()))
 
-    @readable
-    def on_load(session: UISession, src: str, dt: str, dev: str):
+    @readable(args=inputs.LoadModel)
+    def on_load(session: UISession, source: str, dtype: str, device: str):
         session.limits = config.limits
-        session.load_model(confine_model_source(src, config), dt, dev)
-        return session, info_markdown(session), session.lm.info()
+        session.load_model(confine_model_source(source, config), dtype, device)
+        return session, info_markdown(session), inputs.public(session.lm.info())
 
     api_out = gr.JSON(visible=False)
     load.click(on_load, [state, source, dtype, device], [state, info, api_out], api_name="load_model")
@@ -61,15 +62,16 @@ def build(state: gr.State, config: AppConfig) -> dict:
             import_btn = gr.Button("Import as an edit", variant="primary")
         ckpt_info = gr.Markdown("")
 
-    @readable
-    def on_check(session: UISession, src: str):
+    @readable(args=inputs.ModelSource)
+    def on_check(session: UISession, source: str):
         ensure_ready(session, config, need_data=False)
-        return describe_markdown(session, session.describe_unlearned(confine_model_source(src, config)))
+        return inputs.public(describe_markdown(session, session.describe_unlearned(confine_model_source(source,
+                                                                                                       config))))
 
-    @readable
-    def on_import(session: UISession, src: str):
+    @readable(args=inputs.ModelSource)
+    def on_import(session: UISession, source: str):
         ensure_ready(session, config)
-        out = session.import_unlearned(confine_model_source(src, config))
+        out = inputs.public(session.import_unlearned(confine_model_source(source, config)))
         return session, import_markdown(out), out
 
     check_btn.click(on_check, [state, ckpt], ckpt_info, api_name="describe_unlearned")

@@ -10,8 +10,11 @@ import time
 import gradio as gr
 
 from unlearnviz import plots
+from unlearnviz.config import check_method_hparams
 from unlearnviz.errors import UserError
-from unlearnviz.session import calibration, catalogue, planning
+from unlearnviz.session import calibration, catalogue, planning, shown
+from unlearnviz.session import progress as progress_model
+from unlearnviz.ui import inputs, progress_view
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, field_number, readable, valid
 
 INTRO = ("**Unlearn.** Run an edit on the loaded model. *RMU* pushes forget activations at one layer toward a "
@@ -91,13 +94,19 @@ def calibrate_with_live_updates(session: UISession, method: str, settings, progr
     yield "done", result["out"]
 
 
+TIMELINE_HEADERS = ["#", "edit", "method", "steps", "fit s", "forget after", "retain after", "hash", ""]
+
+
 def timeline_rows(session: UISession) -> list[list]:
+    """One row a timeline entry, numbered from 1 as everywhere on the page, with the hash its
+    views' tags carry and which entries are selected and compared."""
     rows = []
     for i, e in enumerate(session.stack.edits):
         after = session.after.get(i, {})
-        rows.append([i, e.label(), e.method, e.meta.get("steps"), round(e.meta.get("fit_s", 0.0), 1),
+        mark = "◀ selected" if i == session.current_index else ("◀ compared" if i == session.compare else "")
+        rows.append([shown.number(i), e.label(), e.method, e.meta.get("steps"), round(e.meta.get("fit_s", 0.0), 1),
                      _pct(after.get("forget_cloze_acc")), _pct(after.get("retain_cloze_acc")),
-                     "◀ selected" if i == session.current_index else ""])
+                     shown.tag(session, i).hash[:shown.HASH_CHARS], mark])
     return rows
 
 
@@ -110,53 +119,53 @@ def overrides_from(method: str, names: list[str], values: list) -> dict:
     return catalogue.changed_hparams(method, dict(zip(names, values)))
 
 
-def run_with_live_updates(session: UISession, method: str, overrides: dict, progress=None):
-    """Run the edit in a worker thread; yield (status, loss figure) while it trains."""
+FIGURE_EVERY_S = 1.0  # the live loss curve is redrawn at most this often (the bar: progress_view.REFRESH_S)
+
+
+def run_with_live_updates(session: UISession, method: str, overrides: dict, progress=None, tracker=None):
+    """Run the edit in a worker thread; yield (status line, loss figure or ``gr.skip()``, progress
+    snapshot) about twice a second until it is evaluated: the line names the stage (preparing,
+    training, evaluating before/after) with a bar and an ETA, and the curve grows while it trains.
+    ``tracker``: the job's tracker when the edit is part of a longer one (the demo: it is not
+    finished here); ``progress``: a ``gr.Progress`` (API clients see the same line)."""
     events: queue.Queue = queue.Queue()
-    result: dict = {}
+    own = tracker is None
+    tracker = progress_model.edit_tracker(method) if own else tracker
     session.cancel_flag.clear()
+    history: list[dict] = []
+    drawn = 0.0
+    out: dict = {}
 
     def work():
-        try:
-            result["out"] = session.run_edit(method, overrides, progress=events.put,
-                                             should_stop=session.should_stop, evaluate=True)
-        except BaseException as exc:  # re-raised in the caller's thread
-            result["error"] = exc
+        return session.run_edit(method, overrides, progress=events.put, should_stop=session.should_stop,
+                                evaluate=True, tracker=tracker)
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    history: list[dict] = []
-    last_yield = 0.0
-    while worker.is_alive() or not events.empty():
-        try:
-            ev = events.get(timeout=0.25)
-            history.append(ev)
-        except queue.Empty:
-            ev = None
-        if progress is not None and history:
-            h = history[-1]
-            progress((h["step"], h["total"]), desc=f"{method}: step {h['step']}/{h['total']}")
-        if time.perf_counter() - last_yield > 0.8 and history:
-            last_yield = time.perf_counter()
-            h = history[-1]
-            yield (f"Training **{method}**: step {h['step']}/{h['total']}, loss {h['loss']:.4g} "
-                   f"({h['elapsed']:.0f} s)", plots.loss_curves(history))
-    worker.join()
-    if "error" in result:
-        raise result["error"]
-    if history or session.current_edit() is not None:
-        edit = session.current_edit()
-        losses = edit.meta.get("losses") or history
-        yield ("Evaluating before/after …", plots.loss_curves(losses))
+    for snap, arrived in progress_view.run_tracked(work, tracker, out, events, progress=progress, finish=own):
+        history += arrived
+        fig = gr.skip()
+        if arrived and time.perf_counter() - drawn >= FIGURE_EVERY_S:
+            drawn, fig = time.perf_counter(), plots.loss_curves(history)
+        yield snap.line(), fig, snap
+    edit = session.current_edit()
+    yield tracker.line(), plots.loss_curves(edit.meta.get("losses") or history), tracker.snapshot()
+
+
+def loss_figure(session: UISession):
+    """The selected edit's own loss curve, its title naming the edit (None: no edit, or an import)."""
+    edit = session.current_edit()
+    if edit is None or not edit.meta.get("losses"):
+        return None
+    return plots.for_edit(plots.loss_curves(edit.meta["losses"]), shown.selected(session).text())
 
 
 def edit_summary(session: UISession) -> str:
+    """The selected edit's status line, led by its tag (the one every other tab names)."""
     edit = session.current_edit()
     if edit is None:
         return "_No edit yet: choose a method and press Run._"
     after = session.after.get(session.current_index, {})
     before = session.before or {}
-    line = (f"**{edit.label()}** trained in {edit.meta.get('fit_s', 0):.1f} s. "
+    line = (f"Selected: **{shown.selected(session).named()}**, trained in {edit.meta.get('fit_s', 0):.1f} s. "
             f"Forget cloze accuracy {before.get('forget_cloze_acc', float('nan')):.0%} → "
             f"{after.get('forget_cloze_acc', float('nan')):.0%} (floor {before.get('forget_floor_acc', float('nan')):.0%}, "
             f"chance {before.get('forget_chance', 0.25):.0%}); retain {before.get('retain_cloze_acc', float('nan')):.0%} → "
@@ -190,14 +199,25 @@ def build(state: gr.State, config: AppConfig) -> dict:
     with gr.Row():
         run = gr.Button("Run edit", variant="primary")
         cancel = gr.Button("Cancel", variant="stop")
-        undo = gr.Button("Undo last edit")
+        undo_ask = gr.Button("Undo last edit …")
+        redo = gr.Button("Redo")
+    with gr.Row(visible=False, elem_id="uv-undo-confirm") as undo_row:  # undo asks first (redo can bring it back)
+        undo_question = gr.Markdown()
+        undo = gr.Button("Yes, undo it", variant="stop")
+        undo_keep = gr.Button("Keep it")
     plan_md = gr.Markdown(planning.fit_line(UISession(), config.demo_method))
     status = gr.Markdown(edit_summary(UISession()))
+    run_progress = gr.HTML("", elem_id="uv-run-progress")  # the fit's bar and stages (progress_view)
     loss_plot = gr.Plot(label="Loss curves", show_label=False)
     with gr.Row():
-        timeline = gr.Dataframe(headers=["#", "edit", "method", "steps", "fit s", "forget after", "retain after", ""],
-                                value=[], label="Edit timeline (continual unlearning)", interactive=False, scale=4)
-        selected = gr.Number(value=None, label="Compare edit # (empty = last)", precision=0, scale=1)
+        timeline = gr.Dataframe(headers=TIMELINE_HEADERS, value=[], interactive=False, scale=4,
+                                label="Edit timeline (continual unlearning; click a row to select it)")
+        with gr.Column(scale=1, min_width=220):
+            selected = field_number(value=None, label="Selected edit # (Enter; empty = the last)", precision=0,
+                                    minimum=1, elem_id="uv-selected-edit")
+            compare = field_number(value=None, label="Compare with edit # (Enter; empty = none)", precision=0,
+                                   minimum=1, elem_id="uv-compare-edit",
+                                   info="Evaluate, Chat and Geometry show it beside the selected edit")
     api_out = gr.JSON(visible=False)
 
     def show_group(m):
@@ -238,14 +258,16 @@ def build(state: gr.State, config: AppConfig) -> dict:
             offset += len(comps)
         return [valid(), valid(), *verdicts]
 
-    def shown(session: UISession, *_):
+    def as_is(session: UISession, *_):
         """The status, curve and timeline of the session as it stands (a refused run changed nothing)."""
-        edit = session.current_edit()
-        return (session, edit_summary(session), plots.loss_curves(edit.meta.get("losses", [])) if edit else None,
-                timeline_rows(session), {})
+        return session, edit_summary(session), loss_figure(session), timeline_rows(session), {}
 
-    @readable(restore=shown)
-    def on_run(session: UISession, m: str, *values, progress=gr.Progress()):
+    @readable(restore=lambda *args: (*as_is(*args), ""))
+    def on_run(session: UISession, m: str, *values):
+        tracker = progress_model.edit_tracker(m)
+        tracker.begin(progress_model.PREPARING, detail="loading the model and data" if session.lm is None
+                      or session.data is None else "")
+        yield session, tracker.line(), gr.skip(), gr.skip(), {}, progress_view.html(tracker.snapshot(), False)
         ensure_ready(session, config)
         offset = 0
         chosen = {}
@@ -254,24 +276,28 @@ def build(state: gr.State, config: AppConfig) -> dict:
             if name == m:
                 chosen = overrides_from(m, names, list(values[offset:offset + len(comps)]))
             offset += len(comps)
-        fig = None
-        for msg, fig in run_with_live_updates(session, m, chosen, progress):
-            yield session, msg, fig, timeline_rows(session), {}
+        for line, fig, snap in run_with_live_updates(session, m, chosen, tracker=tracker):
+            yield session, line, fig, gr.skip(), {}, progress_view.html(snap, with_line=False)
+        tracker.finish()
         edit = session.current_edit()
-        yield (session, edit_summary(session), plots.loss_curves(edit.meta.get("losses", [])),
+        yield (session, edit_summary(session), loss_figure(session),
                timeline_rows(session), {"index": session.current_index, "method": m, "hparams": edit.hparams,
-                                        "fit_s": edit.meta.get("fit_s"), "metrics": session.evaluate()})
+                                        "fit_s": edit.meta.get("fit_s"), "metrics": session.evaluate()},
+               progress_view.html(tracker.snapshot()))
 
-    run_event = run.click(on_run, [state, method, *all_comps], [state, status, loss_plot, timeline, api_out],
-                          api_visibility="private", validator=check_run)
+    # no Gradio overlay: it would cover the live loss curve; run_progress shows the stage, bar and ETA
+    run_event = run.click(on_run, [state, method, *all_comps],
+                          [state, status, loss_plot, timeline, api_out, run_progress],
+                          api_visibility="private", validator=check_run, show_progress="hidden")
 
     # The API form of the same action: a method name and a JSON object of overrides.
     api_method = gr.Textbox(visible=False, label="method")
     api_hparams = gr.JSON(visible=False, label="hparams")
     api_btn = gr.Button(visible=False)
 
-    @readable
+    @readable(args=inputs.RunEdit)
     def on_run_api(session: UISession, m: str, hparams: dict | None, progress=gr.Progress()):
+        check_method_hparams(m, hparams)  # JSON's own types: no bool for a number, no text for one
         ensure_ready(session, config)
         for _ in run_with_live_updates(session, m, {} if hparams is None else hparams, progress):
             pass
@@ -288,20 +314,67 @@ def build(state: gr.State, config: AppConfig) -> dict:
         return "Cancelled; nothing was applied."
 
     cancel.click(on_cancel, state, status, cancels=[run_event, api_event], api_name="cancel")
+    cancel.click(lambda: "", None, run_progress, api_visibility="private")  # no half-full bar left behind
+
+    @readable
+    def on_undo_ask(session: UISession):
+        """The confirmation, naming the edit and what it cost (an edit can take minutes to fit)."""
+        if not len(session.stack):
+            raise UserError("there is no edit to undo")
+        edit = session.stack.edits[-1]  # undo takes the last edit, whichever is selected
+        return gr.update(visible=True), (f"Undo **{edit.label()}** (fitted in {edit.meta.get('fit_s', 0):.0f} s)? "
+                                         "Redo brings it back with its results until you run a new edit.")
+
+    undo_ask.click(on_undo_ask, state, [undo_row, undo_question], api_visibility="private")
+    undo_keep.click(lambda: gr.update(visible=False), None, undo_row, api_visibility="private")
 
     @readable
     def on_undo(session: UISession):
-        session.undo()
+        out = session.undo()
+        gr.Info(f"Undid {out['undone']}; Redo brings it back.")
         return session, edit_summary(session), timeline_rows(session)
 
-    undo.click(on_undo, state, [state, status, timeline], api_name="undo")
+    undo_event = undo.click(on_undo, state, [state, status, timeline], api_name="undo")
+    undo.click(lambda: gr.update(visible=False), None, undo_row, api_visibility="private")
 
     @readable
-    def on_select(session: UISession, idx):
-        session.select(None if idx is None or idx == "" else int(idx))
+    def on_redo(session: UISession):
+        session.redo()
         return session, edit_summary(session), timeline_rows(session)
 
-    selected.submit(on_select, [state, selected], [state, status, timeline], api_name="select_edit")
+    redo_event = redo.click(on_redo, state, [state, status, timeline], api_name="redo")
+
+    @readable(args=inputs.EditNumber)
+    def on_select(session: UISession, value):
+        """Select edit number ``value`` (from 1, as the timeline numbers them; empty: the last)."""
+        session.select(shown.index_of(value, len(session.stack)))
+        return session, edit_summary(session), timeline_rows(session)
+
+    select_event = selected.submit(on_select, [state, selected], [state, status, timeline], api_name="select_edit")
+
+    @readable
+    def on_row(session: UISession, evt: gr.SelectData):
+        """A click on a timeline row selects that edit."""
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        session.select(int(row))
+        return session, edit_summary(session), timeline_rows(session)
+
+    row_event = timeline.select(on_row, state, [state, status, timeline], api_visibility="private")
+
+    @readable(args=inputs.EditNumber)
+    def on_compare(session: UISession, value):
+        """Show edit number ``value`` beside the selected one in Evaluate, Chat and Geometry (empty: none)."""
+        session.select_compare(shown.index_of(value, len(session.stack)))
+        return session, timeline_rows(session), {"compare": shown.number(session.compare)}
+
+    compare_event = compare.submit(on_compare, [state, compare], [state, timeline, api_out], api_name="compare_edit")
+
+    def sync(session: UISession) -> list:
+        """The tab redrawn for the selection as it stands: status, the SELECTED edit's loss curve,
+        the timeline, both edit-number boxes (after a select, undo, new edit or import)."""
+        shown.mark(session, "unlearn")
+        return [edit_summary(session), loss_figure(session), timeline_rows(session),
+                shown.number(session.selected), shown.number(session.compare)]
 
     with gr.Accordion("Calibrate: search this method's key settings", open=False):
         gr.Markdown(CALIBRATE_INTRO)
@@ -319,7 +392,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         cal_table = gr.Dataframe(headers=calibration.FRONT_HEADERS, value=[], interactive=False)
         cal_out = gr.JSON(visible=False)
 
-    @readable
+    @readable(args=inputs.Calibrate)
     def on_calibrate(session: UISession, m: str, trials, steps, progress=gr.Progress()):
         ensure_ready(session, config)
         settings = calibration.ui_settings(m, trials, steps, config.limits)
@@ -344,7 +417,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
     cal_cancel.click(on_cal_cancel, state, cal_status, cancels=[cal_event], api_name="cancel_calibration")
 
-    @readable
+    @readable(args=inputs.ChosenSetting)
     def on_use(result: dict | None):
         """The chosen setting into the chosen method's fields (the others stay as they are)."""
         if not result or not result.get("overrides"):
@@ -361,5 +434,8 @@ def build(state: gr.State, config: AppConfig) -> dict:
     cal_use.click(on_use, cal_out, [method, *all_comps, cal_status, api_out], api_name="use_calibration")
     # the plan line follows the session (a model or data loaded in another tab, the demo, a bundle):
     # the app refreshes it whenever this tab is opened
-    return {"status": status, "loss_plot": loss_plot, "timeline": timeline,
-            "plan": (on_plan, [state, method, *all_comps], plan_md)}
+    return {"status": status, "loss_plot": loss_plot, "timeline": timeline, "progress": run_progress,
+            "plan": (on_plan, [state, method, *all_comps], plan_md),
+            # what changes the selection or the stack (the app redraws every tab after each) and this tab's redraw
+            "changed": [run_event, api_event, undo_event, redo_event, select_event, row_event, compare_event],
+            "sync": (sync, [status, loss_plot, timeline, selected, compare])}
