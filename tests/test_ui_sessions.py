@@ -26,12 +26,18 @@ def open_tab(page, name: str):
     return page.locator("[role=tabpanel]:visible").first
 
 
+def grid(panel) -> list[str]:
+    """A Dataframe's header and rows as shown. Gradio draws the rows as a virtual list of the rows
+    in view (the <table> holds the header and an invisible sizing copy): scrolled into view first."""
+    view = panel.locator(".virtual-table-viewport").first
+    view.scroll_into_view_if_needed()
+    rows = view.locator(".virtual-row")
+    return [view.locator("thead").first.inner_text().split()] + [
+        r for r in (rows.nth(i).inner_text().strip() for i in range(rows.count())) if r]
+
+
 def timeline(page) -> list[str]:
-    """The timeline's rows as shown (its table draws only the rows in view: scrolled to first)."""
-    table = open_tab(page, "Unlearn").locator("table").first
-    table.scroll_into_view_if_needed()
-    rows = table.locator("tbody tr")
-    return [r for r in (rows.nth(i).inner_text().strip() for i in range(rows.count())) if r]
+    return grid(open_tab(page, "Unlearn"))[1:]
 
 
 def wait_rows(page, n: int, timeout: float = 240_000) -> list[str]:
@@ -72,13 +78,13 @@ def seen(page) -> dict:
     """What a visitor reads of the session: the timeline (with each edit's figures), the Evaluate
     table, both chat panes."""
     rows = timeline(page)
-    open_tab(page, "Evaluate")
-    table = page.locator("[role=tabpanel]:visible table").first
-    table.wait_for(timeout=60_000)
+    evaluate = open_tab(page, "Evaluate")
+    evaluate.locator(".virtual-row").first.wait_for(timeout=60_000)
+    table = grid(evaluate)
     panel = open_tab(page, "Chat")
     page.wait_for_function("document.querySelectorAll('[role=tabpanel] [data-testid=bot]').length >= 2",
                            timeout=60_000)
-    return {"timeline": rows, "evaluate": table.inner_text(),
+    return {"timeline": rows, "evaluate": table,
             "users": panel.locator("[data-testid=user]").all_inner_texts(),
             "bots": panel.locator("[data-testid=bot]").all_inner_texts()}
 
@@ -104,11 +110,14 @@ def test_reload_and_a_second_tab_return_to_the_session_undo_asks_redo_restores(b
         before = seen(page)
         assert len(before["timeline"]) == 1 and "rmu" in before["timeline"][0] and len(before["bots"]) == 2
         assert reopen(page, server.url, 1) == before  # a reload
-        other = page.context.new_page()  # a second tab of the same browser
+        # a second tab of the same browser: a page with this one's local storage (the fixture's page
+        # owns its context, which takes no second page)
+        second = page.context.browser.new_context(storage_state=page.context.storage_state(),
+                                                  viewport={"width": 1400, "height": 1000})
         try:
-            assert reopen(other, server.url, 1) == before
+            assert reopen(second.new_page(), server.url, 1) == before
         finally:
-            other.close()
+            second.close()
         note = page.locator("#uv-session-note")
         expect(note).to_contain_text("kept in this server's memory")
 
@@ -121,8 +130,11 @@ def test_reload_and_a_second_tab_return_to_the_session_undo_asks_redo_restores(b
         assert timeline(page) == before["timeline"]
         panel.get_by_role("button", name="Undo last edit").click()
         question.get_by_role("button", name="Yes, undo it").click()
-        page.wait_for_function("![...document.querySelectorAll('[role=tabpanel] table tbody tr')]"
-                               ".some(r => r.offsetParent !== null && /rmu/.test(r.innerText))", timeout=60_000)
+        for _ in range(60):
+            if not timeline(page):
+                break
+            page.wait_for_timeout(500)
+        assert timeline(page) == [], "the undone edit is still on the timeline"
         panel.get_by_role("button", name="Redo").click()
         assert wait_rows(page, 1, timeout=60_000) == before["timeline"]  # the same edit, the same figures
         assert server.alive()
@@ -162,10 +174,23 @@ def test_three_edits_and_a_chat_survive_kill_9(browser_page, tmp_path):  # noqa:
     try:
         assert reopen(page, server.url, 3) == before  # the same timeline, metrics and chat
         expect(page.locator("#uv-session-note")).to_contain_text("survives a reload and a server restart")
-        picker = page.locator("#uv-sessions")
-        picker.get_by_text("Session: reopen").click()
-        picker.get_by_label(re.compile("Your sessions")).click()
-        expect(page.get_by_role("option", name=re.compile(r"3 edits, 1 chat turn"))).to_be_visible(timeout=30_000)
+        panel = page.locator("#uv-sessions")  # a new session, then back to the saved one from the list
+        panel.get_by_text("Session: reopen").click()
+        panel.get_by_role("button", name="New session").click()
+        page.wait_for_timeout(3000)  # the page reloads onto a fresh session
+        page.wait_for_load_state("load")
+        expect(page.locator("#uv-session-note")).to_contain_text("Session", timeout=60_000)
+        assert timeline(page) == []
+        panel = page.locator("#uv-sessions")
+        panel.get_by_text("Session: reopen").click()
+        panel.get_by_label(re.compile("Your sessions")).click()
+        option = page.get_by_role("option", name=re.compile(r"3 edits, 1 chat turn"))
+        expect(option).to_be_visible(timeout=30_000)
+        option.click()
+        panel.get_by_role("button", name="Open", exact=True).click()
+        page.wait_for_timeout(3000)
+        page.wait_for_load_state("load")
+        assert wait_rows(page, 3, timeout=120_000) == before["timeline"]
         assert server.alive()
     finally:
         server.stop()

@@ -111,8 +111,8 @@ def choices(registry: SessionRegistry, ids: list[str], current: str | None) -> d
 def build(config: AppConfig) -> dict:
     """The BrowserState and the Session panel (placed where this is called)."""
     browser = gr.BrowserState(None, storage_key=STORAGE_KEY, secret=browser_secret(config.sessions.state_dir))
+    note = gr.Markdown("", elem_id="uv-session-note")  # always shown: where this session is kept, what came back
     with gr.Accordion("Session: reopen a saved session or start a new one", open=False, elem_id="uv-sessions"):
-        note = gr.Markdown("", elem_id="uv-session-note")
         with gr.Row():
             picker = gr.Dropdown([], label="Your sessions (this browser's; with a login, all of yours)",
                                  interactive=True, scale=4)
