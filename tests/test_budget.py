@@ -132,12 +132,12 @@ def test_a_fourth_model_is_refused_while_three_sessions_hold_theirs(tmp_path):
     from tiny_models import save_tiny
 
     from unlearnviz.model.loading import LoadOptions
-    from unlearnviz.planner import shapes_of
     from unlearnviz.session import Session
+    from unlearnviz.session.budget import resident_bytes
 
     folders = [save_tiny(tmp_path / f"m{i}", seed=i) for i in range(4)]
     probe_store, _ = _store_with_budget(10 * GB)
-    one = shapes_of(probe_store.get(str(folders[0]), LoadOptions(device="cpu")).model).weight_bytes
+    one = resident_bytes(probe_store.get(str(folders[0]), LoadOptions(device="cpu")).model)["cpu"]
     store, budgets = _store_with_budget(int(3.5 * one))
     sessions = [Session() for _ in range(4)]
     for holder, f in zip(sessions[:3], folders[:3]):
@@ -192,3 +192,18 @@ def test_an_oversized_fit_is_refused_with_the_figures_and_edits_are_accounted(tm
             s.run_edit("rmu", {"steps": 2}, evaluate=False)
     finally:
         session_module.STORE, session_module.BUDGETS = old_store, old_budgets
+
+
+def test_resident_bytes_counts_each_storage_once_per_device_and_offloaded_weights_nowhere():
+    import torch
+
+    from unlearnviz.session.budget import resident_bytes
+
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied: one storage
+    with torch.device("meta"):
+        offloaded = torch.nn.Linear(4, 4)  # accelerate's disk offload leaves meta tensors in the module
+    model = torch.nn.ModuleList([emb, head, offloaded])
+    model.register_buffer("inv_freq", torch.zeros(2))
+    assert resident_bytes(model) == {"cpu": 10 * 4 * 4 + 2 * 4}

@@ -22,7 +22,7 @@ from unlearnviz.methods.edit import Edit, EditStack
 from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model, model_key
 from unlearnviz.model.routing import RoutingPlan
 from unlearnviz.planner import shapes_of
-from unlearnviz.session.budget import BUDGETS
+from unlearnviz.session.budget import BUDGETS, resident_bytes
 from unlearnviz.session.planning import edits_bytes
 
 
@@ -118,7 +118,8 @@ class ModelStore:
                 if key in self._models:  # loaded by the caller this one waited for
                     return self._got(key, holder)
             try:
-                if self._budgets.active:  # before reading a byte: the files' size is what loading needs
+                if self._budgets.active and not opts.device_map:  # one device: the files' size is what loading
+                    # needs, checked before reading a byte (a spread model is charged per device once loaded)
                     self._budgets.of(key[1]).require(_weights_on_disk(source), f"loading {Path(source).name}")
                 lm = self._load(source, opts)
                 self._account(key, lm, Path(source).name)
@@ -133,11 +134,13 @@ class ModelStore:
         if holder is not None:
             self._holders.setdefault(key, {})[id(holder)] = weakref.ref(holder)
         lm = self._models[key]
-        self._budgets.of(lm.device).touch(("model", key))
+        for device in resident_bytes(lm.model):
+            self._budgets.of(device).touch(("model", key))
         return lm
 
     def _account(self, key: tuple, lm: LoadedModel, name: str) -> None:
-        from unlearnviz.planner import shapes_of
+        """Hold the model's bytes on every device it occupies (a ``device_map`` model spread over
+        GPUs and the CPU is charged where each part lives; disk-offloaded weights are not resident)."""
         from unlearnviz.session.budget import MODEL
 
         def in_use() -> bool:
@@ -145,8 +148,16 @@ class ModelStore:
             holders = [ref() for ref in list(self._holders.get(key, {}).values())]
             return any(getattr(h, "lm", None) is model for h in holders if h is not None)
 
-        self._budgets.of(lm.device).hold(("model", key), MODEL, shapes_of(lm.model).weight_bytes, f"model {name}",
-                                         evict=lambda: self.drop(key), in_use=in_use)
+        held = []
+        try:
+            for device, nbytes in resident_bytes(lm.model).items():
+                self._budgets.of(device).hold(("model", key), MODEL, nbytes, f"model {name}",
+                                              evict=lambda: self.drop(key), in_use=in_use)
+                held.append(device)
+        except UserError:
+            for device in held:  # all or nothing
+                self._budgets.of(device).release(("model", key))
+            raise
 
     def key_of(self, lm: LoadedModel) -> tuple | None:
         with self._lock:
@@ -158,7 +169,8 @@ class ModelStore:
             lm = self._models.pop(key, None)
             self._holders.pop(key, None)
         if lm is not None:
-            self._budgets.of(lm.device).release(("model", key))
+            for budget in self._budgets.all():
+                budget.release(("model", key))
 
     def loaded(self) -> list[tuple]:
         """The keys of the models in memory (for tests and the operator's view)."""

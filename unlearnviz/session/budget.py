@@ -56,6 +56,23 @@ def parse_limits(text: str | float | None) -> dict[str, int]:
     return out
 
 
+def resident_bytes(model) -> dict[str, int]:
+    """Bytes of a module's parameters and buffers per device they live on (each storage once, so
+    tied matrices count once; meta tensors, i.e. disk-offloaded weights, count nowhere)."""
+    seen: set[tuple[str, int]] = set()
+    out: dict[str, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "meta":
+            continue
+        device = str(t.device) if t.device.type != "cuda" or t.device.index is not None else "cuda:0"
+        ident = (device, t.untyped_storage().data_ptr())
+        if ident in seen:
+            continue
+        seen.add(ident)
+        out[device] = out.get(device, 0) + t.untyped_storage().nbytes()
+    return out
+
+
 @dataclass
 class Holding:
     """One resident thing: its bytes, when it was last used, and how to let it go."""
