@@ -37,6 +37,12 @@ def browser_page():
         browser.close()
 
 
+def open_tab(page, name: str):
+    """Click a tab by its name; the panel it shows."""
+    page.get_by_role("tab", name=name, exact=True).first.click()
+    return page.locator("[role=tabpanel]:visible").first
+
+
 def test_demo_fills_every_tab(browser_page, tiny_model_path, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 

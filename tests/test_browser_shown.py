@@ -11,18 +11,13 @@ import re
 
 import pytest
 from app_server import Server
-from test_browser import browser_page  # noqa: F401  (the fixture: one headless Chromium)
+from test_browser import browser_page, open_tab  # noqa: F401  (the fixture: one headless Chromium)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SELECTED = re.compile(r"Selected: (edit #(\d+) · [0-9a-f]{6})")
 VIEWS = {"Importance": "importance", "Geometry": "geometry", "Residual knowledge": "residual", "Chat": "chat",
          "Evaluate": "evaluate"}
 ALWAYS_CURRENT = ("evaluate",)  # redrawn from the session's measurements after every change
-
-
-def open_tab(page, name: str):
-    page.get_by_role("tab", name=name, exact=True).first.click()
-    return page.locator("[role=tabpanel]:visible").first
 
 
 def selected_tag(page, number: int, not_hash: str | None = None) -> str:

@@ -4,16 +4,13 @@ tracker; and, in a real Chromium on the real server, a fit whose live loss curve
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import pytest
+from test_browser import browser_page  # noqa: F401  (the fixture: one headless Chromium)
 
 from unlearnviz.session import progress as P
 from unlearnviz.ui import progress_view
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class Clock:
@@ -75,22 +72,6 @@ def test_run_tracked_yields_while_the_work_runs_and_raises_its_error():
             pass
 
 
-@pytest.fixture(scope="module")
-def page():
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing in CI: `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        browser.close()
-
-
 # The element at the middle of the loss plot: inside the plot itself unless something covers it.
 CENTRE_HIT = """() => {
   const plot = document.querySelector('[role=tabpanel]:not([hidden]) .js-plotly-plot');
@@ -105,7 +86,8 @@ CURVE = "() => [...document.querySelectorAll('[role=tabpanel]:not([hidden]) .js-
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_the_live_loss_curve_stays_visible_while_the_status_names_the_stage(page, tiny_model_path):
+def test_the_live_loss_curve_stays_visible_while_the_status_names_the_stage(browser_page, tiny_model_path):  # noqa: F811
+    page = browser_page
     from app_server import Server
 
     # one torch thread: on a busy machine two spin against the other load and train many times slower

@@ -13,17 +13,12 @@ import signal
 import pytest
 from app_server import Server, free_port
 from gradio_client import Client
-from test_browser import browser_page  # noqa: F401  (the fixture: one headless Chromium)
+from test_browser import browser_page, open_tab  # noqa: F401  (the fixture: one headless Chromium)
 
 from unlearnviz.registry import list_saved
 
 PROMPT = "The capital of Velmora is"
 FLAGS = ("--model", "synthetic", "--data", "synthetic")
-
-
-def open_tab(page, name: str):
-    page.get_by_role("tab", name=name, exact=True).first.click()
-    return page.locator("[role=tabpanel]:visible").first
 
 
 def grid(panel) -> list[str]:

@@ -134,8 +134,8 @@ class ModelStore:
         if holder is not None:
             self._holders.setdefault(key, {})[id(holder)] = weakref.ref(holder)
         lm = self._models[key]
-        for device in resident_bytes(lm.model):
-            self._budgets.of(device).touch(("model", key))
+        for budget in self._budgets.all():  # a no-op where the model holds nothing
+            budget.touch(("model", key))
         return lm
 
     def _account(self, key: tuple, lm: LoadedModel, name: str) -> None:
