@@ -238,3 +238,25 @@ def test_numbers_reach_the_handler_as_sent(app):
     assert got[-1] == 1.5
     got = asyncio.run(app.preprocess_data(_fn(app, "chat"), [None, "hi", math.nan, True], None))
     assert math.isnan(got[2]) and got[3] is True
+
+
+def test_a_dropdown_checks_the_choices_the_session_was_sent():
+    """A dropdown whose choices an event updated (the saved-sessions picker): the session's copy
+    of its choices decides, as in Gradio's own check; a value off that list is still refused."""
+    from gradio.state_holder import SessionState
+
+    from unlearnviz.ui.inputs import harden
+
+    with gr.Blocks() as demo:
+        picker = gr.Dropdown([], label="Your sessions", interactive=True)
+        out = gr.Textbox()
+        picker.change(lambda v: v, picker, out, api_name="pick")
+    harden(demo)
+    fn = _fn(demo, "pick")
+    state = SessionState(demo)
+    state[picker._id] = gr.Dropdown(["abc"], label="Your sessions", interactive=True)  # as an update leaves it
+    assert asyncio.run(demo.preprocess_data(fn, ["abc"], state)) == ["abc"]
+    with pytest.raises(gr.Error, match="'abc' is not one of"):
+        asyncio.run(demo.preprocess_data(fn, ["abc"], None))  # a session never sent that choice
+    with pytest.raises(gr.Error, match="'xyz' is not one of abc"):
+        asyncio.run(demo.preprocess_data(fn, ["xyz"], state))

@@ -174,14 +174,15 @@ def test_harness_and_cloze_scoring_agree_item_by_item(tiny_lm, tiny_data, tmp_pa
 
 @pytest.mark.slow
 def test_harness_and_cloze_scoring_agree_on_the_default_model(default_lm, tmp_path):
-    """geo_europe_vs_world on SmolLM2-135M-Instruct: the retain items where lm-eval's acc_norm and
-    the project's earlier byte normalisation (of `` choice``) pick differently, with others to 40,
-    and 20 forget items; original and after a short RMU fit."""
+    """geo_europe_vs_world on SmolLM2-135M-Instruct: the retain probe items (held-out phrasings,
+    never pruned on margins, so some sit where the rules part) on which lm-eval's acc_norm and the
+    project's earlier byte normalisation (of `` choice``) pick differently, with others to 40, and
+    20 forget items; original and after a short RMU fit."""
     from unlearnviz.data import load_data
     from unlearnviz.data.schema import UnlearningData
 
     data = load_data("builtin:geo_europe_vs_world")
-    items = data.retain_mcq
+    items = data.retain_probe
     lls = [v for v, _ in continuation_logprobs(default_lm, [(it.question, " " + c) for it in items
                                                             for c in it.choices])]
     differ, k = [], 0

@@ -372,7 +372,7 @@ def test_geometry_points_capped_by_the_operator(tiny_lm, tiny_data):
     s = Session(lm=tiny_lm, data=tiny_data)
     for cap in (10, 40):
         s.limits = Limits(max_points=cap)
-        scatter, _ = geometry_figures(s)
+        scatter = geometry_figures(s)[0]  # the selected entry's scatter (the compared one's follow)
         assert max(len(t.x) for t in scatter.data) == cap // 2  # per group: forget, retain
 
 # ---- one served app with a login and small limits ---------------------------------------------

@@ -34,7 +34,7 @@ class _FixedStore:
     def __init__(self, lm):
         self.lm = lm
 
-    def get(self, source, opts):
+    def get(self, source, opts, holder=None):
         return self.lm
 
 

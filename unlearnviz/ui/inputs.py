@@ -270,7 +270,8 @@ def harden(demo: gr.Blocks) -> gr.Blocks:
             raise gr.Error(f"this call needs {len(wanted)} argument(s) ({names}; a session state counts as one, "
                            f"sent as null), got {got}", print_exception=False)
         for block, payload in zip(wanted, inputs):
-            _precheck(block, payload)
+            # the session's copy where an update changed it (a dropdown's choices), as Gradio reads it
+            _precheck(state[block._id] if state is not None and block._id in state else block, payload)
         sent = list(inputs)
         try:
             processed = await original(block_fn, inputs, state, explicit_call)
