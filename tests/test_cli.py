@@ -202,9 +202,9 @@ def test_prepare_and_default_info(work):
 
 @pytest.mark.slow
 def test_edit_commands_load_the_model_the_edit_names(tiny_dir, data_file, work, capsys):
-    """`export`, `relearn` and `analyze` given --edit and no --model load the model the edit was made
-    for (its config's source, else its manifest's), not the built-in default; a wrong --model is
-    still refused by the edit's fingerprint."""
+    """`export`, `relearn`, `analyze`, `attack`, `lmeval` and `report` given an edit and no --model
+    load the model the edit was made for (its config's source, else its manifest's), not the
+    built-in default (whose fingerprint the edit would refuse); a wrong --model is still refused."""
     from unlearnviz.cli import main
 
     run = work / "run-tiny"
@@ -225,6 +225,17 @@ def test_edit_commands_load_the_model_the_edit_names(tiny_dir, data_file, work, 
     assert main(["analyze", "--edit", str(bare), *common, "--data", str(data_file), "--out", str(work / "an-tiny"),
                  "--no-umap", "--no-probes"]) == 0
     assert (work / "an-tiny" / "analysis.json").exists()
+    capsys.readouterr()
+    assert main(["attack", "--edit", str(bare), *common, "--data", str(data_file), "--attacks", "noise",
+                 "--out", str(work / "att-tiny")]) == 0
+    assert json.loads((work / "att-tiny" / "attacks.json").read_text())
+    assert main(["lmeval", "--edit", str(bare), *common, "--tasks", str(data_file), "--out",
+                 str(work / "lm-tiny")]) == 0
+    scored = json.loads((work / "lm-tiny" / "lmeval.json").read_text())
+    assert Path(scored["source"]["model"]).resolve() == tiny_dir.resolve()
+    assert main(["report", "--run", str(run), "--out", str(work / "tiny.html"), "--relearn-steps", "1",
+                 "--chat-prompts", "1", "--chat-tokens", "2", "--max-texts", "8", "--max-items", "4"]) == 0
+    assert "<html" in (work / "tiny.html").read_text()[:2000].lower()
     other = save_tiny(work / "tiny-llama-other", "llama", layers=2, seed=1)
     assert main(["export", "--edit", str(run), "--model", str(other), *common, "--out", str(work / "exp-x")]) != 0
     assert "another model" in capsys.readouterr().err or not (work / "exp-x").exists()
