@@ -136,7 +136,7 @@ def _gpu_section(rows: list[dict], fmt) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--only", default="", help="comma-separated benchmark ids (B1,B1e,B2,B3,B4,B5,B6,B7,B8,B9,B10,B11,S)")
+    p.add_argument("--only", default="", help="comma-separated benchmark ids (B1,B1e,B2,B3,B4,B5,B6,B7,B8,B9,B10,B11,B12,S)")
     p.add_argument("--quick", action="store_true", help="smoke run: fewer texts, steps and repeats")
     args = p.parse_args()
     wanted = {x.strip() for x in args.only.split(",") if x.strip()}

@@ -479,7 +479,15 @@ def b11_planner(quick: bool = False) -> dict:
     return run(quick)
 
 
+def b12_soak(quick: bool = False) -> dict:
+    """B12: the soak and fault scenario of tests/test_soak.py (bench/soak.py)."""
+    from bench.soak import b12_soak as run
+
+    return run(quick)
+
+
 BENCHMARKS = [("B1", b1_misdirection_step), ("B1e", b1e_edit_and_eval), ("B2", b2_mrp_fit), ("B3", b3_side_by_side),
               ("B4", b4_capture), ("B5", b5_mcq), ("B6", b6_geometry), ("B7", b7_cold_start), ("B8", b8_demo),
-              ("B9", b9_wmdp_shaped), ("B10", b10_calibration), ("B11", b11_planner), ("S", scaling_table)]
+              ("B9", b9_wmdp_shaped), ("B10", b10_calibration), ("B11", b11_planner), ("B12", b12_soak),
+              ("S", scaling_table)]
 

@@ -207,3 +207,216 @@ def test_resident_bytes_counts_each_storage_once_per_device_and_offloaded_weight
     model = torch.nn.ModuleList([emb, head, offloaded])
     model.register_buffer("inv_freq", torch.zeros(2))
     assert resident_bytes(model) == {"cpu": 10 * 4 * 4 + 2 * 4}
+
+
+# ---- the budget through the real server (app.py --max-memory-gb, gradio_client over HTTP) ---------
+
+
+@pytest.mark.slow
+def test_served_fourth_model_is_refused_with_the_figures_and_the_app_keeps_serving(tmp_path):
+    """Three visitors each hold a model; a fourth visitor's load of a fourth model does not fit
+    under --max-memory-gb (set to 3.5 models' measured resident size) and is refused, in one line
+    naming what it needs and what is free; the app keeps serving, nobody's model changes; once a
+    visitor moves to another model its old one is idle, and the next load evicts it."""
+    from app_server import Server
+    from gradio_client import Client
+    from tiny_models import save_tiny
+
+    from unlearnviz.model.loading import LoadOptions
+    from unlearnviz.session import ModelStore, _weights_on_disk
+    from unlearnviz.session.budget import gb, resident_bytes
+
+    models = tmp_path / "models"
+    folders = [save_tiny(models / f"m{i}", seed=i) for i in range(4)]
+    one = resident_bytes(ModelStore(budgets=Budgets()).get(str(folders[0]), LoadOptions(device="cpu")).model)["cpu"]
+    limit = int(3.5 * one)
+    srv = Server("--model", str(folders[0]), "--model-dir", str(models), "--max-memory-gb", repr(limit / GB),
+                 env={"OMP_NUM_THREADS": "1", "UNLEARNVIZ_TEST_THREADS": "1"})
+    try:
+        clients = [Client(srv.url, verbose=False) for _ in range(4)]
+        for c, f in zip(clients[:3], folders[:3]):
+            c.predict(str(f), "float32", "cpu", api_name="/load_model")
+        prints = [c.predict(api_name="/fingerprint")["fingerprint"] for c in clients[:3]]
+        assert len(set(prints)) == 3  # three different models, one per visitor
+        with pytest.raises(Exception) as err:
+            clients[3].predict(str(folders[3]), "float32", "cpu", api_name="/load_model")
+        msg = str(err.value)
+        held = 3 * one
+        assert f"loading m3 needs ~{gb(_weights_on_disk(str(folders[3])))}" in msg, msg
+        assert f"memory budget on cpu is {gb(parse_limits(repr(limit / GB))['*'])} with {gb(limit - held)} free" in msg
+        assert f"models {gb(held)} held" in msg and "--max-memory-gb" in msg
+        assert srv.alive()
+        chat = clients[1].predict("Hello", 4, 0.0, api_name="/chat")[-1]  # a streamed event still runs
+        assert set(chat) >= {"original", "edited"} and chat["original"] == chat["edited"]  # no edit: one model
+        assert [c.predict(api_name="/fingerprint")["fingerprint"] for c in clients[:3]] == prints  # nothing evicted
+        info = clients[3].predict(str(folders[1]), "float32", "cpu", api_name="/load_model")[-1]  # a loaded one: shared
+        assert info["fingerprint"] == prints[1]
+        clients[0].predict(str(folders[2]), "float32", "cpu", api_name="/load_model")  # m0 now held by nobody
+        info = clients[3].predict(str(folders[3]), "float32", "cpu", api_name="/load_model")[-1]  # m0 evicted for it
+        assert info["fingerprint"] not in prints
+        assert [c.predict(api_name="/fingerprint")["fingerprint"] for c in clients[1:3]] == prints[1:]
+        with pytest.raises(Exception, match="loading m0 needs"):  # m1, m2, m3 held: m0 does not fit back
+            clients[0].predict(str(folders[0]), "float32", "cpu", api_name="/load_model")
+        assert clients[0].predict(api_name="/fingerprint")["fingerprint"] == prints[2]
+    finally:
+        srv.stop()
+
+
+# ---- one visitor's share of the caches (--max-cache-mb-per-session) --------------------------------
+
+
+def test_one_visitor_cannot_push_anothers_cache_entries_out(tiny_model_path):
+    import torch
+
+    from unlearnviz.analysis.activations import LRUCache
+    from unlearnviz.evaluation.scoring import ScoreCache
+    from unlearnviz.model.loading import LoadOptions
+    from unlearnviz.session import ModelStore
+    from unlearnviz.session.budget import charge_visitors, charged_to
+
+    lm = ModelStore(budgets=Budgets()).get(str(tiny_model_path), LoadOptions(device="cpu"))  # what scores are keyed by
+    mb = 2**20
+    analysis, scores = LRUCache(max_entries=100, max_bytes=GB), ScoreCache(max_entries=10**6)
+    charge_visitors({"analysis cache": analysis, "score cache": scores})
+    with charged_to("b", 4 * mb):
+        for i in range(2):
+            analysis.get_or_compute(("b", i), lambda: torch.zeros(2**18))  # 1 MB each
+    with charged_to("a", 4 * mb):
+        for i in range(8):  # a makes 8 MB: only a's 4 newest stay, b's 2 MB are untouched
+            analysis.get_or_compute(("a", i), lambda: torch.zeros(2**18))
+        assert analysis.get_or_compute(("a", "big"), lambda: torch.zeros(2**21)).numel() == 2**21  # 8 MB > cap: not kept
+    assert sorted(k for k in analysis._data) == [("a", 4), ("a", 5), ("a", 6), ("a", 7), ("b", 0), ("b", 1)]
+    assert analysis.owner_bytes("a") == 4 * mb and analysis.owner_bytes("b") == 2 * mb
+    with charged_to("b", 4 * mb):  # b's scores count against b's share of the analysis cache too
+        pairs = [(f"stem {i}", " x") for i in range(mb // ScoreCache.ENTRY_BYTES + 1)]  # just over 1 MB of scores
+        out = scores.scores(lm, pairs, None, lambda todo: [(0.0, 1)] * len(todo))
+        assert len(out) == len(pairs)
+        analysis.get_or_compute(("b", 2), lambda: torch.zeros(2**18))
+    assert scores.owner_bytes("b") > mb and ("b", 0) not in analysis._data  # 2 MB analysis + 1 MB scores + 1 MB
+    assert analysis.owner_bytes("b") == 2 * mb and analysis.owner_bytes("a") == 4 * mb
+    with charged_to("c", 10 * ScoreCache.ENTRY_BYTES):  # scores beyond the cap: the visitor's oldest go
+        scores.scores(lm, [(f"c {i}", " y") for i in range(25)], None, lambda todo: [(1.0, 1)] * len(todo))
+    assert scores.owner_bytes("c") == 10 * ScoreCache.ENTRY_BYTES and scores.owner_bytes("b") > mb
+    for i in range(3):  # nobody charged (the CLI, a benchmark): only the caches' own bounds apply
+        analysis.get_or_compute(("cli", i), lambda: torch.zeros(2**18))
+    assert len(analysis) == 9
+
+
+def test_dashboard_events_are_charged_to_their_session_under_its_cap():
+    """``ui.common.readable`` (every event's wrapper) charges what the event caches to its session
+    under that session's Limits.max_cache_mb; a streamed event's every step too."""
+    import torch
+
+    from unlearnviz.analysis.activations import CACHE
+    from unlearnviz.session import Limits
+    from unlearnviz.session.budget import attach_caches
+    from unlearnviz.ui.common import UISession, readable
+
+    saved = CACHE.owner, CACHE.allowance, CACHE.max_entries, CACHE.max_bytes
+    CACHE.max_entries, CACHE.max_bytes = 100, GB
+    attach_caches(Budgets())
+    try:
+        a, b = UISession(), UISession()
+        a.limits = b.limits = Limits(max_cache_mb=2)
+
+        @readable
+        def analyse(session: UISession, tag: str, n: int):
+            for i in range(n):
+                CACHE.get_or_compute(("test-charge", tag, i), lambda: torch.zeros(2**18))  # 1 MB each
+            return len(CACHE)
+
+        @readable
+        def analyse_streamed(session: UISession, tag: str, n: int):
+            for i in range(n):
+                CACHE.get_or_compute(("test-charge", tag, i), lambda: torch.zeros(2**18))
+                yield i
+
+        analyse(b, "b", 2)
+        analyse(a, "a", 5)
+        list(analyse_streamed(a, "s", 3))
+        mine = [k for k in CACHE._data if k[0] == "test-charge"]
+        assert CACHE.owner_bytes(id(a)) == 2 * 2**20 and CACHE.owner_bytes(id(b)) == 2 * 2**20
+        assert [k[1:] for k in mine] == [("b", 0), ("b", 1), ("s", 1), ("s", 2)]
+    finally:
+        for k in [k for k in list(CACHE._data) if k[0] == "test-charge"]:
+            CACHE._drop(k)
+        CACHE.owner, CACHE.allowance, CACHE.max_entries, CACHE.max_bytes = saved
+
+
+
+def test_work_a_tracked_event_runs_in_its_worker_thread_is_charged_too():
+    """The dashboard runs long work (fits, analyses, the report) in a worker thread beside the
+    event's thread (ui.progress_view.run_tracked): the visitor the event is charged to goes with it."""
+    from unlearnviz.session.budget import _CHARGED, charged_to
+    from unlearnviz.session.progress import Tracker
+    from unlearnviz.ui.progress_view import run_tracked
+
+    out: dict = {}
+    with charged_to("visitor-a", 2**20):
+        for _ in run_tracked(lambda: _CHARGED.get(), Tracker(["work"]), out):
+            pass
+    assert out["value"] is not None and out["value"][0] == "visitor-a"
+    assert _CHARGED.get() is None
+
+# ---- a fit checked on every device its deltas land on ---------------------------------------------
+# A CPU-only machine cannot place two blocks of one model on two devices (every CPU tensor is on
+# "cpu", and accelerate's disk offload computes there too); nor can one GPU (accelerate runs the
+# blocks it maps to "cpu" on the GPU, their weights brought over for each call, so their deltas
+# are made on the GPU). The spread case therefore needs two CUDA devices (marked gpu); on the CPU
+# the per-device figures must reduce to the one-device ones.
+
+
+def test_on_one_device_the_per_device_figures_are_the_single_figures(tiny_model_path):
+    from unlearnviz.methods.base import get_method, make_hparams
+    from unlearnviz.model.loading import LoadOptions
+    from unlearnviz.session import ModelStore, Session
+    from unlearnviz.session.planning import edits_bytes, edits_bytes_by_device, fit_bytes_by_device, fit_plan
+
+    s = Session()
+    s.lm = ModelStore(budgets=Budgets()).get(str(tiny_model_path), LoadOptions(device="cpu"), holder=s)
+    s.load_data("synthetic")
+    plan = fit_plan(s.lm, s.data, "rmu", make_hparams(get_method("rmu").hparams_cls, {"steps": 2}), s.stack)
+    assert fit_bytes_by_device(s.lm, plan) == {"cpu": plan.peak_bytes - plan.parts["weights"]}
+    s.run_edit("rmu", {"steps": 2}, evaluate=False)
+    assert edits_bytes_by_device(s.lm, s.stack) == {"cpu": edits_bytes(s.stack)} and edits_bytes(s.stack) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(__import__("torch").cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_spread_models_fit_is_checked_on_the_device_of_each_trained_block(tiny_model_path):
+    """Embedding and blocks 0-1 on cuda:0, blocks 2-3 and the head on cuda:1: an RMU fit of
+    blocks 1-2 trains block 2's delta on cuda:1, so a cuda:1 budget without room for it refuses
+    the fit (naming cuda:1) although cuda:0 has plenty; with room, each device holds its delta."""
+    import unlearnviz.session as session_module
+    from unlearnviz.model.loading import LoadOptions
+    from unlearnviz.session import ModelStore, Session
+    from unlearnviz.session.budget import resident_bytes
+    from unlearnviz.session.planning import edits_bytes, edits_bytes_by_device
+
+    dm = {"transformer.wte": 0, "transformer.wpe": 0, "transformer.drop": 0, "transformer.h.0": 0,
+          "transformer.h.1": 0, "transformer.h.2": 1, "transformer.h.3": 1, "transformer.ln_f": 1, "lm_head": 1}
+    budgets = Budgets({"*": 10 * GB})
+    store = ModelStore(budgets=budgets)
+    old_store, old_budgets = session_module.STORE, session_module.BUDGETS
+    session_module.STORE, session_module.BUDGETS = store, budgets
+    try:
+        s = Session()
+        s.lm = store.get(str(tiny_model_path), LoadOptions(dtype="float32", device_map=dm), holder=s)
+        assert str(s.lm.device) == "cuda:0"
+        second = resident_bytes(s.lm.model)["cuda:1"]
+        s.load_data("synthetic")
+        one_delta = s.lm.adapter.mlp_out(2).weight.numel() * 4  # float32
+        share = 4 * one_delta  # the delta, its gradient, Adam's two moments
+        budgets.configure({"cuda:0": 10 * GB, "cuda:1": second + share // 2})
+        over = {"layer": 2, "window": 2, "steps": 2, "batch_size": 8}
+        with pytest.raises(UserError, match=r"this rmu fit needs ~.*memory budget on cuda:1 is"):
+            s.run_edit("rmu", over, evaluate=False)
+        assert len(s.stack) == 0
+        budgets.configure({"cuda:0": 10 * GB, "cuda:1": second + 4 * share})
+        s.run_edit("rmu", over, evaluate=False)
+        assert {str(d.device) for d in s.stack.edits[0].deltas.values()} == {"cuda:0", "cuda:1"}
+        by_device = edits_bytes_by_device(s.lm, s.stack)
+        assert by_device == {"cuda:0": one_delta, "cuda:1": one_delta} and sum(by_device.values()) == edits_bytes(s.stack)
+        assert budgets.of("cuda:1").held_bytes(EDITS) == one_delta == budgets.of("cuda:0").held_bytes(EDITS)
+    finally:
+        session_module.STORE, session_module.BUDGETS = old_store, old_budgets

@@ -11,7 +11,8 @@ from tiny_models import tiny_session
 
 from unlearnviz.bundle import import_bundle, read_bundle
 from unlearnviz.cli import main
-from unlearnviz.registry import RegistrySettings, SessionRegistry, bundle_path
+from unlearnviz.registry import RegistrySettings, SessionRegistry
+from unlearnviz.state_folder import saved_file, saved_info
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_export_writes_a_verified_bundle(state, capsys, tmp_path):
     out_zip = tmp_path / "a.zip"
     code, out, _ = run(capsys, "sessions", "export", a.sid, str(out_zip), "--state-dir", str(folder))
     assert code == 0 and json.loads(out)["exported"] == str(out_zip)
-    assert out_zip.read_bytes() == bundle_path(folder, a.sid).read_bytes()
+    assert read_bundle(out_zip).n_edits == 1  # an ordinary bundle, every checksum checked
     restored = import_bundle(out_zip, lm=a.lm)
     assert [e.label() for e in restored.stack.edits] == ["1. rmu"] and restored.chats == a.chats
     code, _, err = run(capsys, "sessions", "export", a.sid, str(out_zip), "--state-dir", str(folder))
@@ -62,7 +63,7 @@ def test_delete_removes_one_session(tiny_model_path, tmp_path, capsys):
     reg.add(s)
     reg.autosave(s)
     code, out, _ = run(capsys, "sessions", "delete", s.sid, "--state-dir", str(tmp_path))
-    assert code == 0 and json.loads(out)["deleted"] == s.sid and not bundle_path(tmp_path, s.sid).exists()
+    assert code == 0 and json.loads(out)["deleted"] == s.sid and saved_file(tmp_path, s.sid) is None
     code, out, _ = run(capsys, "sessions", "list", "--state-dir", str(tmp_path))
     assert json.loads(out)["sessions"] == []
     code, _, err = run(capsys, "sessions", "delete", s.sid, "--state-dir", str(tmp_path))
@@ -83,7 +84,7 @@ def test_bad_input_is_one_line(state, capsys, tmp_path, monkeypatch, argv, messa
     code, out, err = run(capsys, "sessions", *argv, "--state-dir", str(folder))
     assert code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1 and out == ""
     assert list(tmp_path.iterdir()) == []  # nothing written
-    read_bundle(bundle_path(folder, a.sid))  # and nothing of the state folder touched
+    assert saved_info(folder, a.sid)["edits"] == ["1. rmu"]  # and nothing of the state folder touched
 
 
 def test_a_folder_that_holds_no_sessions_is_refused(tmp_path, capsys):

@@ -133,6 +133,19 @@ def test_messages_and_answers_leave_out_the_servers_folders(tmp_path, monkeypatc
     assert inputs.public({"source": f"{home}/m", "n": [1, f"{cwd}/x"]}) == {"source": "~/m", "n": [1, "x"]}
 
 
+def test_answers_name_a_model_folders_files_relative_to_it(tmp_path):
+    """The import's answer named the checkpoint by the folder the server resolved it in (found by
+    tests/test_soak.py): the operator's --model-dir and --data-dir are taken out like the others."""
+    models = tmp_path / "srv" / "models"
+    answer = {"source": f"{models}/ga", "note": f"read {tmp_path}/srv/data/facts.jsonl"}
+    try:
+        inputs.hide_folders([models, tmp_path / "srv" / "data"])
+        assert inputs.public(answer) == {"source": "ga", "note": "read facts.jsonl"}
+    finally:
+        inputs.hide_folders([])
+    assert inputs.public(answer)["source"] != "ga"  # not hidden unless the app names them
+
+
 def test_deeply_nested_and_many_choice_rows_are_refused_by_line(tmp_path):
     from unlearnviz.data import load_data
 

@@ -683,3 +683,31 @@ def test_an_unknown_parameter_or_lora_module_is_one_line(lm):
         _logits(lm, ids, mask, RoutingPlan(weights={"no.such.weight": torch.zeros(1)}))
     with pytest.raises(Exception, match="not a linear layer"):
         _logits(lm, ids, mask, RoutingPlan(lora={"no.such": (torch.zeros(1, 1), torch.zeros(1, 1))}))
+
+
+def test_a_norm_delta_never_swaps_the_shared_modules_weights(lm):
+    """A delta of a module that is not a linear layer (the final norm) is routed by calling the
+    module again with parameter + delta. That call once swapped the shared module's own parameters
+    (``torch.func.functional_call``), so another session's thread running the base model meanwhile
+    computed with this edit's weights (tests/test_soak.py saw the fingerprint change mid-run). Now
+    the module keeps its weights throughout, and the routed output is still the edited copy's."""
+    name, norm = next((n, m) for n, m in lm.model.named_modules()
+                      if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.Tensor)
+                      and not list(m.children()))
+    weight = norm.weight
+    delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)) * 0.5
+    seen: list[bool] = []
+    handle = norm.register_forward_pre_hook(lambda *_: seen.append(norm.weight is weight))
+    ids, mask = _batch(lm)
+    try:
+        base = _logits(lm, ids, mask)
+        routed = _logits(lm, ids, mask, RoutingPlan(weights={f"{name}.weight": delta}))
+    finally:
+        handle.remove()
+    assert len(seen) >= 3 and all(seen), seen  # the base call, the routed call and its second call
+    assert (routed - base).abs().max() > 1e-3
+    edited = _plain_copy(lm)
+    with torch.no_grad():
+        dict(edited.named_modules())[name].weight += delta
+        ref = edited(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(routed, ref, atol=ATOL, rtol=0)

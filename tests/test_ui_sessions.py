@@ -15,7 +15,7 @@ from app_server import Server, free_port
 from gradio_client import Client
 from test_browser import browser_page, open_tab  # noqa: F401  (the fixture: one headless Chromium)
 
-from unlearnviz.registry import list_saved
+from unlearnviz.state_folder import list_saved
 
 PROMPT = "The capital of Velmora is"
 FLAGS = ("--model", "synthetic", "--data", "synthetic")
@@ -50,6 +50,7 @@ def run_edit(page, steps: int = 2, method: str = "rmu") -> None:
     panel = open_tab(page, "Unlearn")
     panel.get_by_label(method, exact=True).check()
     accordion = panel.get_by_text(f"{method.upper()} hyperparameters", exact=True)
+    accordion.wait_for(state="visible")  # the method's fields replace the last one's once the radio's change lands
     box = panel.get_by_label("steps", exact=True).locator("visible=true")
     if not box.count():
         accordion.click()
@@ -84,9 +85,9 @@ def seen(page) -> dict:
             "bots": panel.locator("[data-testid=bot]").all_inner_texts()}
 
 
-def reopen(page, url: str, rows: int) -> dict:
+def reopen(page, url: str, rows: int, timeout: float = 120_000) -> dict:
     page.goto(url, wait_until="load", timeout=120_000)
-    wait_rows(page, rows, timeout=120_000)
+    wait_rows(page, rows, timeout=timeout)
     return seen(page)
 
 

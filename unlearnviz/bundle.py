@@ -124,25 +124,38 @@ def export_bundle(session, path: Path, base=None, max_data_bytes: int = DATA_BY_
     set, visitors' uploads under the upload cap), else by reference: the spec it was loaded
     from and its content hash, so the importer must hold the same source (an operator's corpus
     on disk, a hub dataset); data with no spec to name is refused."""
-    from unlearnviz.io import atomic_write_bytes
-    from unlearnviz.methods.edit import save_edit, versions
+    from unlearnviz.methods.edit import save_edit
 
     lm, data = session.require_model(), session.require_data()
     cfg = session.to_config(base=base)
-    files: dict[str, bytes] = {"config.yaml": cfg.to_yaml().encode("utf-8")}
     rows = data_blob(data, max_data_bytes)
-    if rows is not None:
-        files["data.jsonl"] = rows
-    elif not cfg.data.spec:
+    if rows is None and not cfg.data.spec:
         raise UserError(f"data {data.name!r} is over {max_data_bytes / 2**20:.0f} MB as rows and names no source "
                         "to bundle it by reference; load it from a file or dataset (Data tab, --data) first")
     undone = list(getattr(session, "undone", None) or []) if include_undone else []
+    manifest, files = session_parts(session, cfg, rows, data.content_hash(), undone)
     with tempfile.TemporaryDirectory(prefix="uv-bundle-") as tmp:
         for where, edits in (("edits", session.stack.edits), ("undone", [u["edit"] for u in undone])):
             for i, edit in enumerate(edits):
                 folder = save_edit(edit, Path(tmp) / where / f"{i:03d}", lm, stack_index=i)
                 for name in ("edit.safetensors", "manifest.json"):
                     files[f"{where}/{i:03d}/{name}"] = (folder / name).read_bytes()
+    manifest["files"] = {name: _sha256(blob) for name, blob in files.items()}
+    write_bundle(Path(path), manifest, files)
+    return Path(path)
+
+
+def session_parts(session, cfg, rows: bytes | None, data_hash: str, undone: list) -> tuple[dict, dict[str, bytes]]:
+    """A bundle's manifest (less its file list) and members other than the edits, from ``session``:
+    ``cfg`` its config, ``rows`` its data as JSONL (None: by reference), ``data_hash`` the data's
+    content hash, ``undone`` the redo entries to keep. Shared by ``export_bundle`` and the state
+    folder's autosave (``unlearnviz.state_folder``), which keeps the edits and rows apart, once each."""
+    from unlearnviz.methods.edit import versions
+
+    lm, data = session.lm, session.data
+    files: dict[str, bytes] = {"config.yaml": cfg.to_yaml().encode("utf-8")}
+    if rows is not None:
+        files["data.jsonl"] = rows
     results = {"before": session.before, "after": {str(k): v for k, v in session.after.items()},
                "relearn": {str(k): v for k, v in session.relearn.items()},
                "attacks": {str(k): v for k, v in session.attacks.items()}, "selected": session.selected,
@@ -158,21 +171,34 @@ def export_bundle(session, path: Path, base=None, max_data_bytes: int = DATA_BY_
         "model": {"name": lm.name, "source": cfg.model.source, "fingerprint": lm.fingerprint(refresh=False),
                   "family": lm.adapter.family, "layers": lm.n_layers, "hidden_size": lm.hidden_size,
                   "dtype": str(lm.dtype).replace("torch.", "")},
-        "data": {"name": data.name, "spec": cfg.data.spec, "content_hash": data.content_hash(),
+        "data": {"name": data.name, "spec": cfg.data.spec, "content_hash": data_hash,
                  "provenance": data.provenance, "card": data.card,
                  "by": "value" if rows is not None else "reference", "file": "data.jsonl" if rows is not None else None},
         "edits": [{"method": e.method, "label": e.label()} for e in session.stack.edits],
-        "files": {name: _sha256(blob) for name, blob in files.items()},
     }
-    import io
+    return manifest, files
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(MANIFEST, json.dumps(manifest, indent=2, default=float))
-        for name, blob in files.items():  # tensors barely compress: stored, not deflated
-            zf.writestr(name, blob, compress_type=zipfile.ZIP_STORED if name.endswith(".safetensors") else None)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+
+def write_bundle(path: Path, manifest: dict, files: dict[str, bytes | Path]) -> None:
+    """The zip of ``manifest`` and ``files`` at ``path``, atomically (a temporary sibling, fsynced,
+    renamed into place). A member given as a Path is streamed from that file, so a bundle of
+    GBs of tensors never sits in memory; tensors barely compress and are stored, not deflated."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = unique_tmp(path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=2, default=float))
+            for name, blob in files.items():
+                kind = zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
+                if isinstance(blob, Path):
+                    zf.write(blob, name, compress_type=kind)
+                else:
+                    zf.writestr(name, blob, compress_type=kind)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- verification ------------------------------------------------------------------------------
@@ -326,6 +352,20 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     refused with one line if the source cannot be read or its content hash differs. The
     caller's session is not touched: adopt the returned one when it should replace it.
     """
+    contents = read_bundle(path, max_bytes=max_bytes)
+    return session_from_contents(contents, lm, allow_model=allow_model, store=store, limits=limits,
+                                 allow_data=allow_data, imported_from=Path(path).name)
+
+
+def session_from_contents(contents: BundleContents, lm=None, *, allow_model: Callable[[str], str] | None = None,
+                          store=None, limits=None, allow_data: Callable[[str], str] | None = None,
+                          load_edits: Callable[[str, object], list] | None = None,
+                          imported_from: str | None = None):
+    """The Session of verified ``contents`` (``import_bundle`` after ``read_bundle``). The state
+    folder's restore, whose edits live in folders of their own, reads them with
+    ``load_edits(where, lm)`` (where: "edits" or "undone"); by default they come from
+    ``contents``. ``imported_from``: the file the history's import entry names (None: no entry,
+    a restore is not an import)."""
     import yaml
 
     from unlearnviz.config import parse_config
@@ -335,7 +375,6 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     from unlearnviz.model.loading import LoadOptions
     from unlearnviz.session import STORE, Limits, Session
 
-    contents = read_bundle(path, max_bytes=max_bytes)
     manifest, files = contents.manifest, contents.files
     try:
         raw = yaml.safe_load(files["config.yaml"].decode("utf-8"))
@@ -370,8 +409,9 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     if data.content_hash() != info.get("content_hash"):
         raise UserError(f"the bundle's data does not match its recorded hash {info.get('content_hash')} "
                         "(damaged or tampered bundle)")
-    n = contents.n_edits
-    edits, undone_edits = _load_edits(contents, "edits", lm), _load_edits(contents, "undone", lm)
+    load = load_edits or (lambda where, model: _load_edits(contents, where, model))
+    edits, undone_edits = load("edits", lm), load("undone", lm)
+    n = len(edits)
     results = _json(contents, "results.json", dict, {})
     before = results.get("before")
     if before is not None and not isinstance(before, dict):
@@ -396,8 +436,9 @@ def import_bundle(path: str | Path, lm=None, *, allow_model: Callable[[str], str
     if not (isinstance(conversation, int) and not isinstance(conversation, bool) and conversation >= 0):
         conversation = max([0, *(c["conversation"] for c in chats if isinstance(c.get("conversation"), int))])
     session.conversation = conversation  # older bundles: the last conversation is the one in progress
-    session.history = [h for h in history if isinstance(h, dict)] + [
-        {"action": "import_bundle", "file": Path(path).name, "created": manifest.get("created")}]
+    session.history = [h for h in history if isinstance(h, dict)] + ([
+        {"action": "import_bundle", "file": imported_from, "created": manifest.get("created")}]
+        if imported_from is not None else [])
     if not session._last("load_model"):
         session.history.insert(0, {"action": "load_model", "model": cfg.model.source, "dtype": cfg.model.dtype,
                                    "device": cfg.model.device})

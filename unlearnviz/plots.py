@@ -267,8 +267,11 @@ def geometry_slider(views: dict) -> go.Figure:
         vis = [False] * total
         vis[start:start + n] = [True] * n
         xname, yname = _axis_names(views[layer])
+        # the legend lists the shown layer's traces: a trace hidden by ``visible`` leaves the legend,
+        # so each step moves ``showlegend`` with it (else the legend is empty past the first layer)
         steps.append({"method": "update", "label": str(layer),
-                      "args": [{"visible": vis}, {"xaxis.title.text": xname, "yaxis.title.text": yname}]})
+                      "args": [{"visible": vis, "showlegend": vis},
+                               {"xaxis.title.text": xname, "yaxis.title.text": yname}]})
         start += n
     fig.update_layout(sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "layer "},
                                 "pad": {"t": 50}}])

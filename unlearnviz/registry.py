@@ -1,33 +1,21 @@
 """The session registry: every visitor's Session by an id their browser keeps, bounded in memory,
-autosaved as session bundles in the operator's state folder so that a restart loses nothing.
+autosaved in the operator's state folder so that a restart loses nothing.
 
 A visitor's fitted edits, metrics and chats would otherwise live only in one process's memory:
 a reload, a crash or a redeploy would lose them. The registry holds at most
 ``RegistrySettings.max_live`` sessions in memory (least recently used out first); with a state
-folder each one is saved after every change that alters its content, as the bundle the project
-already has (``unlearnviz.bundle``, with the undone edits a redo would bring back), and a session
-that is not in memory is restored from its bundle when its id comes back.
+folder each one is saved after every change that alters its content, and a session that is not
+in memory is restored from the folder when its id comes back.
 
-The state folder::
-
-    DIR/sessions/ID.zip    the session bundle (written to a temporary name, then renamed)
-    DIR/sessions/ID.json   what a listing shows without opening the bundle: owner, saved time,
-                           model, data, edits, chats (also renamed into place)
-
-An id is 32 random letters and digits (``secrets``): it is the key to the session, so it is never
-guessable, and it is checked against ``SESSION_ID`` before it names a file, so it cannot name one
-outside ``DIR/sessions``.
+The folder itself (its layout, saving, restoring, export, garbage collection) is
+``unlearnviz.state_folder``; this module decides when to save and what stays in memory.
 """
+
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import secrets
-import string
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,11 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unlearnviz.errors import UserError
+from unlearnviz.state_folder import (
+    SESSION_ID,
+    by_age,
+    check_id,
+    collect_all,
+    delete_saved,
+    describe,
+    list_saved,
+    new_id,
+    save,
+    saved_file,
+    saved_info,
+    sessions_dir,
+)
 
 log = logging.getLogger("unlearnviz.registry")
-SESSION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{15,63}\Z")  # never a leading "-" (a CLI flag); \Z, as "$" would pass a trailing newline
-ID_ALPHABET = string.ascii_letters + string.digits
-SESSIONS_FOLDER = "sessions"
 
 
 @dataclass
@@ -58,106 +57,6 @@ class RegistrySettings:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.state_dir is not None:
             self.state_dir = Path(self.state_dir).expanduser().resolve()
-
-
-def new_id() -> str:
-    """32 random letters and digits (190 bits): the session's key, so never guessable."""
-    return "".join(secrets.choice(ID_ALPHABET) for _ in range(32))
-
-
-def check_id(sid) -> str:
-    """``sid`` if it is a session id; a refusal naming no path otherwise."""
-    if not isinstance(sid, str) or not SESSION_ID.match(sid):
-        shown = sid[:20] + "…" if isinstance(sid, str) and len(sid) > 20 else sid
-        raise UserError(f"{shown!r} is not a session id (16 to 64 letters, digits, '-' or '_', starting with a "
-                        "letter or digit)")
-    return sid
-
-
-# ---- the state folder (also what the CLI's `sessions` command reads) --------------------------------
-def sessions_dir(state_dir: Path) -> Path:
-    return Path(state_dir) / SESSIONS_FOLDER
-
-
-def bundle_path(state_dir: Path, sid: str) -> Path:
-    return sessions_dir(state_dir) / f"{check_id(sid)}.zip"
-
-
-def _sidecar(state_dir: Path, sid: str) -> Path:
-    return sessions_dir(state_dir) / f"{check_id(sid)}.json"
-
-
-def saved_info(state_dir: Path, sid: str) -> dict | None:
-    """What ``list_saved`` shows of one saved session; None if there is no such bundle. A missing
-    or damaged sidecar (a kill between the two renames) falls back to the bundle's manifest."""
-    path = bundle_path(state_dir, sid)
-    if not path.is_file():
-        return None
-    info: dict = {}
-    try:
-        info = json.loads(_sidecar(state_dir, sid).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict) or info.get("id") != sid:
-        info = {"id": sid, **_manifest_summary(path)}
-    stat = path.stat()
-    info.update(bytes=stat.st_size, saved=info.get("saved") or _iso(stat.st_mtime))
-    return info
-
-
-def _manifest_summary(path: Path) -> dict:
-    """Model, data and edits from a bundle's manifest alone (no checksum work: a listing)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            m = json.loads(zf.read("manifest.json"))
-        return {"model": (m.get("model") or {}).get("name"), "data": (m.get("data") or {}).get("name"),
-                "edits": [e.get("label") for e in m.get("edits") or []], "owner": None}
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, AttributeError):
-        return {"model": None, "data": None, "edits": [], "owner": None, "damaged": True}
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def list_saved(state_dir: Path) -> list[dict]:
-    """Every saved session in the state folder, most recently saved first."""
-    folder = sessions_dir(state_dir)
-    if not folder.is_dir():
-        return []
-    out = []
-    for path in sorted(folder.glob("*.zip"), key=lambda p: p.stat().st_mtime_ns, reverse=True):
-        if SESSION_ID.match(path.stem):
-            info = saved_info(state_dir, path.stem)
-            if info is not None:
-                out.append(info)
-    return out
-
-
-def delete_saved(state_dir: Path, sid: str) -> bool:
-    """Remove a saved session's bundle and sidecar; False if there was none."""
-    path = bundle_path(state_dir, sid)
-    found = path.is_file()
-    path.unlink(missing_ok=True)
-    _sidecar(state_dir, sid).unlink(missing_ok=True)
-    return found
-
-
-def save(session, state_dir: Path, sid: str, owner: str | None = None) -> dict:
-    """Write ``session`` as ``DIR/sessions/ID.zip`` (with its undone edits) and its sidecar, each
-    atomically; returns the sidecar."""
-    from unlearnviz.bundle import export_bundle
-    from unlearnviz.io import atomic_write_text
-
-    path = bundle_path(state_dir, sid)
-    export_bundle(session, path, include_undone=True)
-    info = {"id": sid, "owner": owner, "saved": _iso(time.time()), "model": session.lm.name,
-            "data": session.data.name, "edits": [e.label() for e in session.stack.edits],
-            "undone": len(session.undone), "chats": len(session.chats)}
-    atomic_write_text(_sidecar(state_dir, sid), json.dumps(info, indent=1))
-    return info
 
 
 def content_key(session) -> tuple:
@@ -187,7 +86,8 @@ class SessionRegistry:
     A session is bound to its id with ``add`` (the registry sets ``sid``, ``owner`` and its
     save bookkeeping on it) and admitted to memory once it holds something (``autosave``), so
     page loads that never do anything cost no slot. ``restore(path) -> Session`` reads a saved
-    bundle back (the app's: its model through the operator's folder rules); without it saved
+    session back from what ``saved_file`` names (``load_saved`` with the app's options: its model
+    through the operator's folder rules); without it saved
     sessions are listed, not restored. A session that left memory while a page still holds it is
     found again through a weak reference, so one id never has two live copies."""
 
@@ -200,6 +100,7 @@ class SessionRegistry:
         self._restoring = threading.Lock()
         if self.settings.state_dir is not None:
             sessions_dir(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
+            collect_all(self.settings.state_dir)  # what a crash or a killed delete left behind
 
     @property
     def state_dir(self) -> Path | None:
@@ -226,7 +127,7 @@ class SessionRegistry:
         session.save_lock = threading.Lock()
 
     def get(self, sid, owner: str | None = None):
-        """The session of ``sid`` (from memory, or restored from its bundle); None if there is no
+        """The session of ``sid`` (from memory, or restored from the state folder); None if there is no
         such session for this owner. A saved session that cannot be restored (its model or data
         is gone) raises UserError saying why; it stays on disk."""
         sid = check_id(sid)
@@ -261,7 +162,10 @@ class SessionRegistry:
 
     def _restore(self, sid: str, info: dict):
         try:
-            session = self.restore(bundle_path(self.state_dir, sid))
+            path = saved_file(self.state_dir, sid)
+            if path is None:  # deleted since it was listed
+                raise UserError("it was deleted")
+            session = self.restore(path)
         except UserError as exc:
             raise UserError(f"the saved session {describe(info)} cannot be restored: {exc}") from None
         except (MemoryError, KeyboardInterrupt):
@@ -294,7 +198,7 @@ class SessionRegistry:
     def autosave(self, session, admit: bool = True) -> bool:
         """After an event: a session that holds something is admitted to memory (most recently
         used), and saved if its content changed since its last save (``content_key``); True if a
-        bundle was written. Unbound and empty sessions, and any without a state folder, are not
+        manifest was written. Unbound and empty sessions, and any without a state folder, are not
         written."""
         sid = getattr(session, "sid", None)
         if sid is None or not savable(session):
@@ -315,13 +219,14 @@ class SessionRegistry:
         return True
 
     def _prune(self, keep: str) -> None:
-        """Past ``max_saved`` bundles, the least recently saved go (never ``keep``)."""
-        paths = sorted(sessions_dir(self.state_dir).glob("*.zip"), key=lambda p: p.stat().st_mtime)
-        for path in paths[: max(0, len(paths) - self.settings.max_saved)]:
-            if path.stem != keep and SESSION_ID.match(path.stem):
+        """Past ``max_saved`` sessions, the least recently saved go (never ``keep``), with the
+        edits and data only they named."""
+        saved = by_age(self.state_dir)
+        for sid, _ in saved[: max(0, len(saved) - self.settings.max_saved)]:
+            if sid != keep:
                 log.warning("the state folder holds over %d sessions: deleting the least recently saved, %s",
-                            self.settings.max_saved, path.stem)
-                delete_saved(self.state_dir, path.stem)
+                            self.settings.max_saved, sid)
+                delete_saved(self.state_dir, sid)
 
     def listing(self, ids: list[str] = (), owner: str | None = None) -> list[dict]:
         """The sessions a visitor may reopen: those of ``ids`` (their browser's) and, when logged
@@ -342,12 +247,3 @@ class SessionRegistry:
         order = {sid: i for i, sid in enumerate(wanted)}
         return sorted(out.values(), key=lambda i: order.get(i["id"], len(order)))
 
-
-def describe(info: dict) -> str:
-    """One saved session in a few words: its short id, edits, chats, when saved."""
-    edits = info.get("edits") or []
-    n = len(edits) if isinstance(edits, list) else edits
-    chats = info.get("chats") or 0
-    when = (info.get("saved") or "").replace("T", " ").rstrip("Z")
-    return (f"{info.get('id', '')[:8]}… ({n} edit{'s' if n != 1 else ''}, {chats} chat turn{'s' if chats != 1 else ''}"
-            + (f", saved {when} UTC" if when else ", not saved yet") + ")")

@@ -259,7 +259,9 @@ class LRUCache:
     """A small thread-safe LRU of analysis results (returns the same object on a hit).
 
     Bounded by entries and by the bytes of the tensors it holds (``UNLEARNVIZ_ANALYSIS_CACHE_MB``,
-    default 2048): a default-model pass over 2,000 texts at every layer is ~280 MB.
+    default 2048): a default-model pass over 2,000 texts at every layer is ~280 MB. In the
+    dashboard also by what one visitor may hold (``owner``: ``session.budget.charged_to``), so one
+    visitor's analyses cannot push everyone else's out.
     """
 
     def __init__(self, max_entries: int = 24, max_bytes: int | None = None):
@@ -271,18 +273,31 @@ class LRUCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
         self.allowance: Callable[[], int | None] | None = None  # a shared budget's share for this cache
+        # the visitor a new entry is charged to and the bytes they may still hold here (session.budget's
+        # per-visitor cap), or None: nobody charged
+        self.owner: Callable[[], tuple[object, int] | None] | None = None
+        self._owners: dict = {}  # key -> the visitor it is charged to
 
     @property
     def bytes(self) -> int:
         return sum(self._sizes.values())
+
+    def owner_bytes(self, owner) -> int:
+        """Bytes of the entries charged to ``owner``."""
+        with self._lock:
+            return sum(self._sizes[k] for k, o in self._owners.items() if o == owner)
+
+    def _drop(self, key) -> None:
+        self._data.pop(key, None)
+        self._sizes.pop(key, None)
+        self._owners.pop(key, None)
 
     def shrink_to(self, max_bytes: int) -> None:
         """Drop the oldest entries until at most ``max_bytes`` are held (a shared memory budget
         reclaiming room for a model or a fit)."""
         with self._lock:
             while self._data and self.bytes > max_bytes:
-                old, _ = self._data.popitem(last=False)
-                self._sizes.pop(old, None)
+                self._drop(next(iter(self._data)))
 
     def get_or_compute(self, key: tuple, compute: Callable[[], object]):
         with self._lock:
@@ -294,22 +309,33 @@ class LRUCache:
         size = nbytes(value)
         share = self.allowance() if self.allowance is not None else None
         cap = self.max_bytes if share is None else min(self.max_bytes, share)
+        who = self.owner() if self.owner is not None else None
         with self._lock:
             self.misses += 1
-            if size > cap:  # too big to keep: hand it back uncached
+            if size > cap or (who is not None and size > who[1]):  # too big to keep: hand it back uncached
                 return value
+            if who is not None:  # the visitor's own oldest entries make room for it, never another's
+                owner, room = who
+                mine = [k for k in self._data if k != key and self._owners.get(k) == owner]  # oldest first
+                used = sum(self._sizes[k] for k in mine)
+                for old in mine:
+                    if used + size <= room:
+                        break
+                    used -= self._sizes[old]
+                    self._drop(old)
+                self._owners[key] = owner
             self._data[key] = value
             self._sizes[key] = size
             self._data.move_to_end(key)
             while len(self._data) > self.max_entries or self.bytes > cap:
-                old, _ = self._data.popitem(last=False)
-                self._sizes.pop(old, None)
+                self._drop(next(iter(self._data)))
         return value
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
             self._sizes.clear()
+            self._owners.clear()
             self.hits = self.misses = 0
 
     def __len__(self) -> int:

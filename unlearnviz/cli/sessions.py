@@ -2,10 +2,11 @@
 
     python -m unlearnviz sessions list --state-dir DIR             # id, owner, saved, model, data, edits, chats
     python -m unlearnviz sessions export ID OUT.zip --state-dir DIR  # a copy, checked: a session bundle
-    python -m unlearnviz sessions delete ID --state-dir DIR         # the bundle and its listing entry
+    python -m unlearnviz sessions delete ID --state-dir DIR         # its manifest, listing entry, and
+                                                                    # the edits no other session names
 
-An exported session is an ordinary session bundle: ``bundle verify``/``bundle import`` and the
-dashboard's Export tab read it. A session deleted while a browser still has it open is saved again
+An exported session is an ordinary session bundle (its edits and undone edits included, every
+checksum checked first): ``bundle verify``/``bundle import`` and the dashboard's Export tab read it. A session deleted while a browser still has it open is saved again
 at that visitor's next change; stop the server first to remove one for good.
 """
 
@@ -13,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from unlearnviz.errors import UserError
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    from unlearnviz.registry import sessions_dir
+    from unlearnviz.state_folder import sessions_dir
 
     folder = Path(args.state_dir).expanduser()
     if not sessions_dir(folder).is_dir():
@@ -30,7 +30,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _saved(args: argparse.Namespace) -> tuple[Path, dict]:
-    from unlearnviz.registry import check_id, saved_info
+    from unlearnviz.state_folder import check_id, saved_info
 
     folder = _state_dir(args)
     info = saved_info(folder, check_id(args.id))
@@ -40,15 +40,14 @@ def _saved(args: argparse.Namespace) -> tuple[Path, dict]:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from unlearnviz.registry import list_saved
+    from unlearnviz.state_folder import list_saved
 
     rows = list_saved(_state_dir(args))
     print(json.dumps({"state_dir": str(args.state_dir), "sessions": rows}, indent=2, default=str))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from unlearnviz.bundle import read_bundle, unique_tmp
-    from unlearnviz.registry import bundle_path
+    from unlearnviz.state_folder import export_saved
 
     folder, info = _saved(args)
     out = Path(args.out)
@@ -58,20 +57,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise UserError(f"{out} exists; choose a new file name")
     if not out.parent.is_dir():
         raise UserError(f"{out.parent} is not a folder")
-    source = bundle_path(folder, args.id)
-    read_bundle(source)  # every checksum: a damaged save is refused, not passed on
-    tmp = unique_tmp(out)
-    try:
-        shutil.copyfile(source, tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    export_saved(folder, args.id, out)  # every checksum: a damaged save is refused, not passed on
     print(json.dumps({"exported": str(out), "bytes": out.stat().st_size, **{k: info.get(k) for k in (
         "id", "model", "data", "edits", "chats")}}, indent=2, default=str))
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    from unlearnviz.registry import delete_saved
+    from unlearnviz.state_folder import delete_saved
 
     folder, info = _saved(args)
     delete_saved(folder, args.id)

@@ -62,6 +62,11 @@ class ScoreCache:
         self.max_entries = max_entries
         self._store: OrderedDict[tuple, tuple[float, int]] = OrderedDict()
         self._lock = threading.Lock()
+        # the visitor new entries are charged to and the bytes they may still hold here (the
+        # dashboard's per-visitor cap, ``session.budget.charged_to``), or None: nobody charged
+        self.owner: Callable[[], tuple[object, int] | None] | None = None
+        self._by_owner: dict[object, OrderedDict[tuple, None]] = {}  # each visitor's keys, oldest first
+        self._owner_of: dict[tuple, object] = {}
 
     def scores(self, lm: LoadedModel, pairs: Sequence[tuple[str, str]], plan: RoutingPlan | None,
                compute: Callable[[list[tuple[str, str]]], list[tuple[float, int]]]) -> list[tuple[float, int]]:
@@ -72,12 +77,43 @@ class ScoreCache:
         todo = list(dict.fromkeys(k for k in keys if k not in found))
         if todo:
             fresh = compute([(k[-2], k[-1]) for k in todo])
+            who = self.owner() if self.owner is not None else None
             with self._lock:
                 for k, v in zip(todo, fresh):
                     found[k] = self._store[k] = v
+                    if who is not None:
+                        self._charge(k, who[0])
+                if who is not None:  # the visitor's own oldest scores make room, never another's
+                    mine = self._by_owner.get(who[0], {})
+                    while mine and len(mine) * self.ENTRY_BYTES > who[1]:
+                        self._drop(next(iter(mine)))
                 while len(self._store) > self.max_entries:
-                    self._store.popitem(last=False)
+                    self._drop(next(iter(self._store)))
         return [found[k] for k in keys]
+
+    def _charge(self, key: tuple, owner) -> None:
+        previous = self._owner_of.get(key)
+        if previous is not None and previous != owner:
+            self._by_owner[previous].pop(key, None)
+            if not self._by_owner[previous]:
+                del self._by_owner[previous]
+        self._owner_of[key] = owner
+        self._by_owner.setdefault(owner, OrderedDict())[key] = None
+
+    def _drop(self, key: tuple) -> None:
+        self._store.pop(key, None)
+        owner = self._owner_of.pop(key, None)
+        if owner is not None:
+            mine = self._by_owner.get(owner)
+            if mine is not None:
+                mine.pop(key, None)
+                if not mine:
+                    del self._by_owner[owner]
+
+    def owner_bytes(self, owner) -> int:
+        """Approximate bytes of the scores charged to ``owner``."""
+        with self._lock:
+            return len(self._by_owner.get(owner, ())) * self.ENTRY_BYTES
 
     ENTRY_BYTES = 320  # a key (two short strings, ids, hashes) and its score: measured ~300 bytes
 
@@ -89,11 +125,13 @@ class ScoreCache:
     def shrink_to(self, max_bytes: int) -> None:
         with self._lock:
             while self._store and len(self._store) * self.ENTRY_BYTES > max_bytes:
-                self._store.popitem(last=False)
+                self._drop(next(iter(self._store)))
 
     def clear(self) -> None:
         with self._lock:
             self._store.clear()
+            self._by_owner.clear()
+            self._owner_of.clear()
 
 
 SCORE_CACHE = ScoreCache()

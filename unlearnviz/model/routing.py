@@ -373,7 +373,7 @@ def _plan_parts(plan: RoutingPlan) -> list[tuple[str, dict]]:
             ("lb", {k: ab[1] for k, ab in plan.lora.items()})]
 
 
-def _plan_identity(plan: RoutingPlan) -> tuple[tuple, list[torch.Tensor]] | None:
+def plan_identity(plan: RoutingPlan) -> tuple[tuple, list[torch.Tensor]] | None:
     """What a plan's content hash depends on, read without touching tensor data: the
     position-0 rule, where each tensor sits and its version counter, and the tensors themselves
     (compared by identity). None where a tensor keeps no version counter."""
@@ -415,7 +415,7 @@ def plan_content_hash(plan: RoutingPlan | None) -> str:
     whose dicts are changed, or whose tensors are written in place, is hashed again."""
     if plan is None or plan.is_empty():
         return "none"
-    ident = _plan_identity(plan)
+    ident = plan_identity(plan)
     memo = plan.__dict__.get("_content_hash")
     if (ident is not None and memo is not None and memo[0] == ident[0] and len(memo[1]) == len(ident[1])
             and all(r() is t for r, t in zip(memo[1], ident[1]))):
@@ -630,6 +630,17 @@ def _module_weights(plan: RoutingPlan, owners: dict[str, list[tuple[str, str]]])
     return by_module
 
 
+def _with_parameters(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A shallow copy of ``module`` whose own parameters are ``params`` (plain tensors allowed);
+    its submodules, buffers and hooks are the module's own, and the module is left untouched, so
+    other threads running it meanwhile see its real weights."""
+    import copy
+
+    clone = copy.copy(module)
+    clone._parameters = {**module._parameters, **params}  # noqa: SLF001 - what functional_call swaps, on a copy
+    return clone
+
+
 def _param_hook(key: int, name: str, owner: weakref.ref, owners: dict[str, list[tuple[str, str]]]):
     """The edited rows of module ``name`` as if its parameters were parameter + delta.
 
@@ -637,7 +648,12 @@ def _param_hook(key: int, name: str, owner: weakref.ref, owners: dict[str, list[
     compute dtype (as :func:`delta_output`, and for the same reason: a delta added to a bfloat16
     weight first loses its small entries); LoRA factors add x AᵀBᵀ. Any other module (a norm, a
     scaled embedding) is run again with parameter + delta and its edited rows taken from that run,
-    which is exact for any forward, at the cost of a second call of that module."""
+    which is exact for any forward, at the cost of a second call of that module. That second call
+    runs on a shallow copy holding the edited parameters (:func:`_with_parameters`), never on the
+    module itself: the base model is shared by every session's thread, and swapping its parameters
+    for the call (``torch.func.functional_call``) let a concurrent chat, evaluation or fit of
+    another session compute with this edit's weights (found by a run of the tests/test_soak.py
+    scenario: a fingerprint read mid-swap differed)."""
 
     def hook(module, args, kwargs, output):
         plan = _current_plan(key)
@@ -678,7 +694,7 @@ def _param_hook(key: int, name: str, owner: weakref.ref, owners: dict[str, list[
             plans.pop(key, None)  # the second call runs plain, not through this hook again
             token = _PLANS.set(plans)
             try:
-                again = torch.func.functional_call(module, edited, args, kwargs)
+                again = _with_parameters(module, edited)(*args, **kwargs)
             finally:
                 _PLANS.reset(token)
             mask = _row_mask(plan.rows, again)

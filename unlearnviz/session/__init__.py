@@ -21,9 +21,7 @@ from unlearnviz.methods.base import choose_preset, get_method, make_hparams
 from unlearnviz.methods.edit import Edit, EditStack
 from unlearnviz.model.loading import LoadedModel, LoadOptions, load_model, model_key
 from unlearnviz.model.routing import RoutingPlan
-from unlearnviz.planner import shapes_of
-from unlearnviz.session.budget import BUDGETS, resident_bytes
-from unlearnviz.session.planning import edits_bytes
+from unlearnviz.session.budget import BUDGETS, DEFAULT_CACHE_MB_PER_SESSION, resident_bytes
 
 
 @dataclass
@@ -37,6 +35,7 @@ class Limits:
     max_upload_mb: int = 20  # one uploaded data file
     max_sweep_points: int = 6  # edits fitted by one small sweep (Evaluate tab)
     max_edits: int = 32  # edits one session holds (its stack; undone edits kept for redo count too)
+    max_cache_mb: int = DEFAULT_CACHE_MB_PER_SESSION  # analysis passes and scores one session keeps cached
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -201,6 +200,15 @@ def _weights_on_disk(source: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _per_budget(by_device: dict[str, int]) -> dict[str, int]:
+    """Bytes per device summed per budget (``cuda`` and ``cuda:0`` are one device)."""
+    out: dict[str, int] = {}
+    for device, nbytes in by_device.items():
+        name = BUDGETS.of(device).device
+        out[name] = out.get(name, 0) + nbytes
+    return out
 
 
 def check_lab_model(source: str) -> None:
@@ -392,9 +400,11 @@ class Session:
         if budget_bytes is None and budget.limit is not None:  # the operator's --max-memory-gb
             budget_bytes = budget.room_for(protect=self._budget_keys())
         plan = check_fit(lm, data, spec.name, hparams, self.stack, budget_bytes)
-        if budget.limit is not None:  # evict idle models and cache entries for what the fit will use
-            budget.require(plan.peak_bytes - shapes_of(lm.model).weight_bytes - edits_bytes(self.stack),
-                           f"this {spec.name} fit", protect=self._budget_keys())
+        from unlearnviz.session.planning import fit_bytes_by_device
+
+        for device, nbytes in _per_budget(fit_bytes_by_device(lm, plan)).items():  # each device its deltas land on
+            if BUDGETS.of(device).limit is not None:  # evict idle models and cache entries for what it will use
+                BUDGETS.of(device).require(nbytes, f"this {spec.name} fit", protect=self._budget_keys())
         size_edit(tracker, getattr(hparams, "steps", None), len(data.forget_mcq) + len(data.retain_mcq),
                   (self.before or {}).get("wall_s") if data is self.data else None)
         fp = lm.fingerprint(refresh=False)
@@ -486,21 +496,34 @@ class Session:
                             f"limit is {self.limits.max_edits}: undo, or start a new session")
 
     def _account_edits(self, pushed: bool = False) -> None:
-        """Hold the bytes of this session's edits (the stack and the redo list) on its model's device;
-        ``pushed``: a new edit is on top, taken back off if it does not fit."""
+        """Hold the bytes of this session's edits (the stack and the redo list) on every device they
+        occupy (``planning.edits_bytes_by_device``: a spread model's deltas where each block is);
+        ``pushed``: a new edit is on top, taken back off if it does not fit (all devices or none)."""
         from types import SimpleNamespace
 
         from unlearnviz.session.budget import EDITS
+        from unlearnviz.session.planning import edits_bytes_by_device
 
         if self.lm is None:
             return
-        budget, key = BUDGETS.of(self.lm.device), ("edits", id(self))
-        nbytes = edits_bytes(self.stack) + edits_bytes(SimpleNamespace(edits=[u["edit"] for u in self.undone]))
-        if key not in budget:
-            weakref.finalize(self, budget.release, key)
+        key = ("edits", id(self))
+        held = SimpleNamespace(edits=[*self.stack.edits, *(u["edit"] for u in self.undone)])
+        wanted = _per_budget(edits_bytes_by_device(self.lm, held)) or {BUDGETS.of(self.lm.device).device: 0}
+        before = {b.device: b.held_of(key) for b in BUDGETS.all() if key in b}
+        done = []
         try:
-            budget.hold(key, EDITS, nbytes, "this session's edits", in_use=lambda: True)
+            for device in dict.fromkeys([*wanted, *before]):
+                budget = BUDGETS.of(device)
+                if key not in budget:
+                    weakref.finalize(self, budget.release, key)
+                budget.hold(key, EDITS, wanted.get(device, 0), "this session's edits", in_use=lambda: True)
+                done.append(budget)
         except UserError:
+            for budget in done:  # as before on every device
+                if budget.device in before:
+                    budget.hold(key, EDITS, before[budget.device], "this session's edits", in_use=lambda: True)
+                else:
+                    budget.release(key)
             if pushed:
                 self.stack.undo()
             raise
@@ -561,9 +584,11 @@ class Session:
         """The original's metrics and the selected edit's (``after``), each measured once and
         kept; ``compare``: also the compared entry's (``compare``), when one is chosen.
         ``tracker``: a ``session.progress.Tracker`` whose plan has "evaluating before" and
-        "evaluating after", moved by questions scored (a stage whose metrics are kept is dropped)."""
+        "evaluating after" (and "evaluating the compared edit": the compared entry's, else it is
+        scored in "evaluating after"), moved by questions scored (a stage whose metrics are kept
+        is dropped)."""
         from unlearnviz.evaluation.mcq import evaluate
-        from unlearnviz.session.progress import EVAL_AFTER, EVAL_BEFORE, Tracker
+        from unlearnviz.session.progress import EVAL_AFTER, EVAL_BEFORE, EVAL_COMPARE, Tracker
 
         lm, data = self.require_model(), self.require_data()
         check_fits_context(lm, data, letter)
@@ -572,19 +597,22 @@ class Session:
         if self.before is None:
             tracker.begin(EVAL_BEFORE, unit="question")
             self.before = evaluate(lm, data, letter=letter, progress=score, should_stop=should_stop)
-            tracker.expect(EVAL_AFTER, self.before["wall_s"])  # the same questions, one set of hooks more
+            for stage in (EVAL_AFTER, EVAL_COMPARE):  # the same questions, one set of hooks more
+                tracker.expect(stage, self.before["wall_s"])
         result = {"before": self.before}
         wanted = [("after", self.current_index)] + ([("compare", self.compare)] if compare else [])
         for key, idx in wanted:
             if idx is None:
                 continue
             if idx not in self.after:
-                tracker.begin(EVAL_AFTER, unit="question")
+                tracker.begin(EVAL_COMPARE if key == "compare" and tracker.has(EVAL_COMPARE) else EVAL_AFTER,
+                              unit="question")
                 self.after[idx] = evaluate(lm, data, plan=self.plan_at(idx), letter=letter, progress=score,
                                            should_stop=should_stop)
             result[key] = self.after[idx]
         tracker.skip(EVAL_BEFORE)  # kept from an earlier run: nothing to wait for
         tracker.skip(EVAL_AFTER)
+        tracker.skip(EVAL_COMPARE)
         return result
 
     # ---- chat -----------------------------------------------------------------------------

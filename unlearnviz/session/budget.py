@@ -9,7 +9,13 @@ An action that cannot fit after evicting what may go is refused *before* it star
 line naming the figures, and the app stays responsive.
 
 Eviction is least recently used first, and only of what nobody holds: a model a live session
-uses is pinned (evicting it would free nothing, the session keeps a reference).
+uses is pinned (evicting it would free nothing, the session keeps a reference). A fit is checked
+on every device its trained deltas land on (``planning.fit_bytes_by_device``), and edits are held
+where their tensors are.
+
+Beside the shared budget, each visitor's cache entries are charged to them (``charged_to``, set
+around every dashboard event) under ``--max-cache-mb-per-session``: past it their own oldest
+entries make room, so one visitor cannot fill the shared caches with theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from unlearnviz.errors import UserError
@@ -156,6 +164,12 @@ class MemoryBudget:
     def __contains__(self, key: tuple) -> bool:
         return key in self._held
 
+    def held_of(self, key: tuple) -> int:
+        """The bytes ``key`` holds here (0: nothing)."""
+        with self._lock:
+            h = self._held.get(key)
+            return h.nbytes if h is not None else 0
+
     # ---- making room ----------------------------------------------------------------------
     def require(self, nbytes: int, what: str, protect: tuple = ()) -> None:
         """Make ``nbytes`` free beside what is held: shrink the caches, then evict idle holdings,
@@ -248,18 +262,61 @@ class Budgets:
 
 BUDGETS = Budgets()
 
+# ---- one visitor's share of the caches (``--max-cache-mb-per-session``) ------------------------
+
+DEFAULT_CACHE_MB_PER_SESSION = 512  # a visitor's analysis passes and scores; the analysis cache holds 2048 MB
+
+# The visitor the running event works for, and how many bytes of cache they may hold in all. Set
+# by the dashboard around each event (``ui.common.readable``); a context variable, so each of
+# Gradio's worker threads (and each step of a streamed event) sees its own.
+_CHARGED: ContextVar[tuple[object, Callable[[], int]] | None] = ContextVar("unlearnviz_cache_owner", default=None)
+
+
+@contextmanager
+def charged_to(owner: object, cap: int | Callable[[], int]) -> Iterator[None]:
+    """Charge the cache entries made inside to ``owner`` (a session's id), who may hold at most
+    ``cap`` bytes of them across the caches (a callable: read when an entry is kept, so a handler
+    that sets the operator's limits on its session first is charged under them). Beyond it, the
+    visitor's own oldest entries make room, never another visitor's: without this one visitor's
+    analyses of many data sets push every other visitor's out of the shared caches."""
+    token = _CHARGED.set((owner, cap if callable(cap) else (lambda: int(cap))))
+    try:
+        yield
+    finally:
+        _CHARGED.reset(token)
+
+
+def charge_visitors(caches: dict[str, object]) -> None:
+    """Give each cache (name: a cache with ``owner`` and ``owner_bytes``, ``LRUCache`` and
+    ``ScoreCache``) the visitor charged now and the bytes they may still hold in it: their cap
+    less what they hold in the other caches."""
+
+    def owner_of(name: str) -> tuple[object, int] | None:
+        charged = _CHARGED.get()
+        if charged is None:
+            return None
+        owner, cap = charged
+        elsewhere = sum(c.owner_bytes(owner) for n, c in caches.items() if n != name)
+        return owner, max(0, int(cap()) - elsewhere)
+
+    for name, cache in caches.items():
+        cache.owner = lambda n=name: owner_of(n)
+
 
 def attach_caches(budgets: Budgets = BUDGETS) -> None:
     """Put the process's result caches (analysis passes, continuation scores; both held in RAM)
     under the CPU budget: they shrink, oldest first, when a model or a fit needs the room, and
-    grow only into what the budget has free."""
+    grow only into what the budget has free; and each visitor's entries under their own cap
+    (``charged_to``)."""
     from unlearnviz.analysis.activations import CACHE as ANALYSIS_CACHE
     from unlearnviz.evaluation.scoring import SCORE_CACHE
 
     cpu = budgets.of("cpu")
-    for name, cache in (("analysis cache", ANALYSIS_CACHE), ("score cache", SCORE_CACHE)):
+    caches = {"analysis cache": ANALYSIS_CACHE, "score cache": SCORE_CACHE}
+    for name, cache in caches.items():
         cpu.add_cache(Shrinkable(name, lambda c=cache: c.bytes, cache.shrink_to))
     ANALYSIS_CACHE.allowance = lambda: cpu.cache_allowance("analysis cache")
+    charge_visitors(caches)
 
 
 def configure(limit_text: str | float | None, budgets: Budgets = BUDGETS) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from unlearnviz.data.batching import AUTO, SHORT_WINDOW, resolve_max_tokens
 from unlearnviz.errors import UserError
 from unlearnviz.methods.base import get_method, make_hparams
@@ -28,6 +30,67 @@ def edits_bytes(stack) -> int:
         return 0
     return value_bytes([[e.deltas, e.projections, e.offsets, e.stream.q if e.stream is not None else None,
                          e.weights, list(e.lora.values())] for e in getattr(stack, "edits", [])])
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            yield from _tensors(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _tensors(x)
+
+
+def _landing(lm, layer: int) -> str | None:
+    """The device block ``layer``'s MLP output projection computes on (where the router places its delta)."""
+    from unlearnviz.model.adapter import execution_device
+
+    try:
+        return str(execution_device(lm.adapter.mlp_out(layer)))
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
+def edits_bytes_by_device(lm, stack) -> dict[str, int]:
+    """``edits_bytes`` per device: each tensor where it lives, and each delta also on the device
+    of the block it is added to when that is another (``routing.placed`` keeps a copy there while
+    the delta lives, so a model spread over devices pays for it on both)."""
+    groups: dict[str, list] = {}
+    copies: dict[str, int] = {}
+    for e in getattr(stack, "edits", []) if stack is not None else []:
+        for t in _tensors([e.deltas, e.projections, e.offsets, e.stream.q if e.stream is not None else None,
+                           e.weights, list(e.lora.values())]):
+            groups.setdefault(str(t.device), []).append(t)
+        for layer, delta in e.deltas.items():
+            there = _landing(lm, layer)
+            if there is not None and there != str(delta.device):
+                copies[there] = copies.get(there, 0) + delta.numel() * delta.element_size()
+    out = {device: value_bytes(tensors) for device, tensors in groups.items()}
+    for device, n in copies.items():
+        out[device] = out.get(device, 0) + n
+    return out
+
+
+def fit_bytes_by_device(lm, plan: Plan) -> dict[str, int]:
+    """Where a planned fit's memory beside the weights and the stacked edits lands: RMU's and
+    SRMU's trainable deltas (with their gradients and Adam's two moments) on each trained block's
+    MLP output projection's device (``engine.zero_delta`` makes them there); the rest (the
+    activations and captures, MRP's projections, made on the model's device) on the model's
+    device. On one device: the plan's whole figure there."""
+    main = str(lm.device)
+    out = {main: plan.peak_bytes - plan.parts.get("weights", 0) - plan.parts.get("stacked edits", 0)}
+    st = plan.settings
+    if st.get("method") in ("rmu", "srmu") and plan.parts.get("trainable state"):
+        layers = range(int(st["layer"]) - int(st["window"]) + 1, int(st["layer"]) + 1)
+        share = plan.parts["trainable state"] // len(layers)
+        for layer in layers:
+            there = _landing(lm, layer) or main
+            if there != main:
+                out[main] -= share
+                out[there] = out.get(there, 0) + share
+    return out
 
 
 def budget(lm, stack=None, budget_bytes: int | None = None) -> tuple[int, int]:

@@ -29,6 +29,18 @@ RELEARN_ORIGINAL = "relearning the original"
 WHITEBOX = "white-box attacks"
 EXAMPLES = "example answers"
 WRITING = "writing the report"
+EVAL_COMPARE = "evaluating the compared edit"
+CAPTURING = "capturing activations"  # the analysis views' paired pass (cached: instant the second time)
+IMPORTANCE_MAP = "importance map"
+TOKEN_MAP = "token map"
+LAYER_METRICS = "per-layer metrics"
+COMPARED = "the compared edit"
+LOGIT_LENS = "logit lens"
+PROBES = "probes"
+DRAWING = "drawing the figures"
+SCORING_ORIGINAL = "scoring the original"
+TRIALS = "trials"
+REFITTING = "refitting the chosen setting"
 
 MIN_MEASURED_S = 1.0  # no ETA before a stage has run this long with some progress (the first rate is noise)
 MIN_FRACTION = 0.01  # ... nor before it is this far along
@@ -368,3 +380,92 @@ def story_tracker(costs: Costs = COSTS) -> Tracker:
     return Tracker([Stage(EVAL_BEFORE, 80 * costs.question_s, unit="question"),
                     Stage(EVAL_AFTER, 80 * costs.question_s, unit="question"), Stage(EXAMPLES, 2 * costs.answer_s)],
                    title="Presenter view")
+
+
+def evaluate_tracker(compare: bool = False, costs: Costs = COSTS) -> Tracker:
+    """The Evaluate button's plan: score the original, the selected edit and, when one is chosen,
+    the compared edit (``Session.evaluate`` drops what it has kept; perplexity is each stage's
+    last part, named in its detail)."""
+    stages = [Stage(EVAL_BEFORE, 80 * costs.question_s, unit="question"),
+              Stage(EVAL_AFTER, 80 * costs.question_s, unit="question")]
+    if compare:
+        stages.append(Stage(EVAL_COMPARE, 80 * costs.question_s, unit="question"))
+    return Tracker(stages, title="Evaluation")
+
+
+def projection_stage(method: str) -> str:
+    """The geometry view's projection stage, named by its method ("PCA", "UMAP")."""
+    return "UMAP projection" if method == "UMAP" else "PCA projection"
+
+
+def analysis_tracker(view: str, method: str = "PCA", compare: bool = False, costs: Costs = COSTS) -> Tracker:
+    """The plan of one analysis view (``session.views``; ``view``: "importance", "geometry" or
+    "residual"). The paired activation pass dominates the first two (about two thirds of
+    ``costs.analysis_s`` on the default model) and is cached, so a second look is quick; UMAP
+    costs several times PCA; the probes most of the residual view."""
+    a = costs.analysis_s
+    if view == "importance":
+        stages = [Stage(CAPTURING, 0.6 * a), Stage(IMPORTANCE_MAP, 0.05 * a), Stage(TOKEN_MAP, 0.05 * a)]
+        title = "Importance"
+    elif view == "geometry":
+        stages = [Stage(CAPTURING, 0.6 * a), Stage(LAYER_METRICS, 0.05 * a),
+                  Stage(projection_stage(method), (0.3 if method == "UMAP" else 0.05) * a)]
+        if compare:
+            stages.append(Stage(COMPARED, 0.3 * a))
+        title = "Geometry"
+    elif view == "residual":
+        stages = [Stage(LOGIT_LENS, 0.05 * a), Stage(PROBES, 0.3 * a)]
+        title = "Residual knowledge"
+    else:
+        raise ValueError(f"no analysis view {view!r} (importance, geometry, residual)")
+    return Tracker([*stages, Stage(DRAWING, 0.02 * a)], title=title)
+
+
+def calibration_tracker(method: str, trials: int, steps: int, questions: int, costs: Costs = COSTS,
+                        clock: Callable[[], float] = time.monotonic) -> Tracker:
+    """The Calibrate button's plan (``calibrate.calibrate``): score the original on the calibration
+    half of the ``questions``, ``trials`` trials (each a fit of up to ``steps`` steps scored on that
+    half), then refit the chosen setting and score it and the original on the held-out half. The
+    trials stage counts trials, so its ETA is the mean trial time so far times the trials left
+    (:func:`on_calibration` expects the refit to take one trial more)."""
+    half = max(1, questions // 2) * costs.question_s
+    trial_s = steps * costs.step_s + half
+    return Tracker([Stage(SCORING_ORIGINAL, half, unit="question"),
+                    Stage(TRIALS, max(1, trials) * trial_s, unit="trial"),
+                    Stage(REFITTING, trial_s + half)], title=f"{method.upper()} calibration", clock=clock)
+
+
+def on_calibration(tracker: Tracker, inner: Callable[[dict], None] | None = None) -> Callable[[dict], None]:
+    """A ``calibrate.calibrate`` progress callback that moves a :func:`calibration_tracker`: its
+    first fit event ends the scoring of the original, each finished trial counts one (the detail
+    names the trial running: "trial 3/8 · step 20/50"), the last trial begins the refit, expected
+    to take the mean trial time so far plus what scoring the original took (it scores
+    the original again, on the held-out half). Events pass on to ``inner``."""
+    seen: dict = {"scored_s": None, "trials": 0}
+
+    def tick(event: dict) -> None:
+        phase, n = event.get("phase"), max(1, int(event.get("trials") or 1))
+        step, total = int(event.get("step") or 0), int(event.get("total") or 0)
+        if phase == "fit":
+            if seen["scored_s"] is None:  # the original is scored: the trials begin
+                seen["scored_s"] = tracker.snapshot().elapsed
+                tracker.begin(TRIALS, total=n, unit="trial")
+            what = f"step {step}/{total}" if step < total else "scoring"
+            tracker.advance(seen["trials"], n, detail=f"trial {event.get('trial')}/{n} · {what}")
+        elif phase == "trial":
+            seen["trials"] = int(event.get("trial") or seen["trials"] + 1)
+            tracker.advance(seen["trials"], n, detail=f"{seen['trials']} of {n} trials done")
+            if seen["scored_s"] is not None:
+                mean = (tracker.snapshot().elapsed - seen["scored_s"]) / seen["trials"]
+                tracker.expect(REFITTING, mean + seen["scored_s"])
+            if seen["trials"] >= n and tracker.has(REFITTING):  # the last: the chosen setting is refitted next
+                tracker.begin(REFITTING, detail="choosing the setting")
+        elif phase == "final":
+            if tracker.has(REFITTING) and tracker.snapshot().stage != REFITTING:
+                tracker.begin(REFITTING)
+            # no count: the fit's steps are only part of the stage (two scorings follow)
+            tracker.advance(step, None, detail=f"trial {event.get('number')}'s setting · step {step}/{total}"
+                            if step < total else "scoring both models on the held-out half")
+        if inner is not None:
+            inner(event)
+    return tick

@@ -34,6 +34,7 @@ from unlearnviz.analysis.probes import LogitLens, ProbeResult, logit_lens, resid
 from unlearnviz.errors import UserError
 from unlearnviz.evaluation.scoring import SCORE_CACHE
 from unlearnviz.generation import divergence_tokens, question_prompt
+from unlearnviz.session import progress
 
 if TYPE_CHECKING:
     from unlearnviz.data.schema import UnlearningData
@@ -43,6 +44,12 @@ if TYPE_CHECKING:
 
 ANALYSIS_TEXTS = 80  # texts per split behind the importance map and footprint
 MAX_GEOMETRY_TEXTS = 4000  # the view's own ceiling; Limits.max_points (default 120) is the operator's
+
+
+def _begin(tracker: progress.Tracker | None, stage: str) -> None:
+    """Enter ``stage`` of a view's tracker (``progress.analysis_tracker``), when it has one."""
+    if tracker is not None and tracker.has(stage):
+        tracker.begin(stage)
 
 
 def stoppable(should_stop: Callable[[], bool] | None):
@@ -85,11 +92,15 @@ class ImportanceView:
     tokens: TokenMap
 
 
-def importance_view(session: Session, variant: str = "ratio", prompt: str | None = None) -> ImportanceView:
-    """The Importance view; ``prompt`` (default: the first forget text) feeds the token map."""
+def importance_view(session: Session, variant: str = "ratio", prompt: str | None = None,
+                    tracker: progress.Tracker | None = None) -> ImportanceView:
+    """The Importance view; ``prompt`` (default: the first forget text) feeds the token map.
+    ``tracker``: moved through its stages (capturing activations, importance map, token map)."""
     lm, data = session.lm, session.data
     edit = session.current_edit()
+    _begin(tracker, progress.CAPTURING)
     f, r = analysis_passes(session)
+    _begin(tracker, progress.IMPORTANCE_MAP)
     imp = importance_from_passes(f, r, variant)
     fp = footprint_from_passes(f, r, imp) if f.footprint is not None else None
     default = imp.layers[len(imp.layers) // 4]
@@ -97,6 +108,7 @@ def importance_view(session: Session, variant: str = "ratio", prompt: str | None
     layer = layer if layer in imp.layers else default
     sel = imp.selectivity[imp.layers.index(layer)]
     prompt = prompt or (data.forget_texts[0] if data.forget_texts else "")
+    _begin(tracker, progress.TOKEN_MAP)
     tm = token_layer_map(lm, prompt, imp, plan=session.plan())
     return ImportanceView(importance=imp, footprint=fp, layer=layer, selectivity=sel, tokens=tm)
 
@@ -112,18 +124,23 @@ class GeometryResult:
 
 
 def geometry_view(session: Session, method: str = "PCA", layer: int | None = None,
-                  compare: bool = False) -> GeometryResult:
+                  compare: bool = False, tracker: progress.Tracker | None = None) -> GeometryResult:
     """Forget and retain texts as points, original and edited on the same axes; at most the
     operator's --max-points texts. ``method``: "UMAP" (one ``layer``, default a quarter of the
     way up) or anything else for PCA (every layer). ``compare``: the compared timeline entry's
     edited points (the axes are fitted on the original points alone, deterministically, so the
-    selected and the compared entry's views share them)."""
+    selected and the compared entry's views share them). ``tracker``: moved through its stages
+    (capturing activations, per-layer metrics, the projection)."""
     lm = session.lm
     if compare and session.compare is None:
         raise UserError("choose an edit to compare with first (Unlearn tab, 'Compare with edit #')")
     half = max(2, min(MAX_GEOMETRY_TEXTS, session.limits.max_points)) // 2  # the operator's --max-points caps it
-    texts, groups, original, edited = pooled_points(*analysis_passes(session, compare), per_group=half)
+    _begin(tracker, progress.CAPTURING)
+    passes = analysis_passes(session, compare)
+    _begin(tracker, progress.LAYER_METRICS)
+    texts, groups, original, edited = pooled_points(*passes, per_group=half)
     rows = layer_metrics(original, edited, [g == "forget" for g in groups])
+    _begin(tracker, progress.projection_stage(method))
     if method == "UMAP":
         layer = int(layer if layer is not None else lm.n_layers // 4)
         if layer not in original:
@@ -143,15 +160,18 @@ class ResidualView:
     answer: str | None
 
 
-def residual_view(session: Session, prompt: str | None = None, answer: str | None = None) -> ResidualView:
+def residual_view(session: Session, prompt: str | None = None, answer: str | None = None,
+                  tracker: progress.Tracker | None = None) -> ResidualView:
     """Erased or only hidden? The logit lens of ``prompt`` (default: the first forget item, with
     its gold answer) and the untrained lens readout per layer: the trained probe costs minutes on
-    the default model."""
+    the default model. ``tracker``: moved through its stages (logit lens, probes)."""
     lm, data = session.lm, session.data
     if not prompt:
         item = data.forget_mcq[0]
         prompt, answer = item.question, item.gold
+    _begin(tracker, progress.LOGIT_LENS)
     ll = logit_lens(lm, prompt, answer or None, plan=session.plan())
+    _begin(tracker, progress.PROBES)
     pr = residual_knowledge(lm, data, plan=session.plan(), max_items=32, train_probe=False)
     return ResidualView(lens=ll, probes=pr, prompt=prompt, answer=answer)
 

@@ -60,6 +60,7 @@ def demo_tracker(method: str) -> progress_model.Tracker:
 
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     config = config or AppConfig()
+    inputs.hide_folders((*config.model_dirs, *config.data_dirs))  # answers name their files relative to them
     views.keep_scores(SCORE_CACHE_ENTRIES)  # the tabs score the same pairs under the same edits again
     with gr.Blocks(title="unlearnviz") as demo:
         state = gr.State(config.new_session)  # a copy of `--config`'s replayed session, or empty

@@ -210,7 +210,12 @@ def readable(fn=None, *, restore=None, args: type | None = None):
             try:
                 if spec is not None:
                     check_call(spec, fn, args, kwargs)
-                for out in inner:
+                while True:  # each step may run in another worker thread: charge each one to the visitor
+                    with charged(args):
+                        try:
+                            out = next(inner)
+                        except StopIteration:
+                            break
                     streamed = True
                     yield out
             except (GeneratorExit, KeyboardInterrupt, SystemExit):
@@ -227,7 +232,8 @@ def readable(fn=None, *, restore=None, args: type | None = None):
         try:
             if spec is not None:
                 check_call(spec, fn, args, kwargs)
-            return fn(*args, **kwargs)
+            with charged(args):
+                return fn(*args, **kwargs)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001
@@ -235,6 +241,19 @@ def readable(fn=None, *, restore=None, args: type | None = None):
         finally:
             after_event(args)
     return wrapper
+
+
+def charged(args):
+    """The caches' entries made by an event charged to the session it was given (the first), under
+    that session's ``Limits.max_cache_mb`` (``session.budget.charged_to``); nothing charged without one."""
+    from contextlib import nullcontext
+
+    from unlearnviz.session.budget import charged_to
+
+    session = next((a for a in args if isinstance(a, UISession)), None)
+    if session is None:
+        return nullcontext()
+    return charged_to(id(session), lambda: session.limits.max_cache_mb * 2**20)
 
 
 def after_event(args) -> None:

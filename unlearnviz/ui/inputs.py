@@ -152,10 +152,21 @@ def check_call(cls: type, fn, args: tuple, kwargs: dict) -> None:
 
 
 # ---- what goes back: no server folders ------------------------------------------------------
+_OPERATOR_FOLDERS: list[str] = []  # the served app's --model-dir and --data-dir folders (hide_folders)
+
+
+def hide_folders(folders) -> None:
+    """Name what lies in these folders (the operator's ``--model-dir`` and ``--data-dir``) relative
+    to them in every answer: a visitor who imports ``ga`` from the model folder reads ``ga`` back,
+    not the folder the server resolved it in (the soak test found the full path in the import's
+    answer)."""
+    _OPERATOR_FOLDERS[:] = sorted({str(f) for f in folders})
+
+
 def _roots() -> list[tuple[str, str]]:
     """(folder, what a visitor reads instead), longest first: the upload folder's per-file folders
-    (a name alone), the export folder and the model cache (names relative to them), the working
-    folder, the home folder."""
+    (a name alone), the export folder, the model cache and the operator's model and data folders
+    (names relative to them), the working folder, the home folder."""
     import os
     import re
     import tempfile
@@ -165,7 +176,8 @@ def _roots() -> list[tuple[str, str]]:
     cache = os.environ.get("UNLEARNVIZ_CACHE") or str(Path.home() / ".cache" / "unlearnviz")
     exports = os.environ.get("UNLEARNVIZ_EXPORTS") or str(Path(cache) / "exports")
     pairs = [(str(Path(get_upload_folder()).resolve()), "upload"), (exports, ""), (cache, ""),
-             (str(Path.cwd()), ""), (str(Path.home()), "~"), (str(Path(tempfile.gettempdir()) / "gradio"), "upload")]
+             (str(Path.cwd()), ""), (str(Path.home()), "~"), (str(Path(tempfile.gettempdir()) / "gradio"), "upload"),
+             *((f, "") for f in _OPERATOR_FOLDERS)]
     out = []
     for folder, instead in pairs:
         for form in {folder, str(Path(folder).resolve())}:

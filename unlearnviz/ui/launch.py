@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-prompt-chars", type=_positive_int, default=4000, help="chat prompt length")
     p.add_argument("--max-points", type=_positive_int, default=120, help="texts shown in the Geometry views")
     p.add_argument("--max-edits", type=_positive_int, default=32, help="edits one session holds (undone ones included)")
+    p.add_argument("--max-cache-mb-per-session", type=_positive_int, default=512, metavar="MB",
+                   help="analysis passes and scores one session keeps cached; past it that session's own oldest "
+                        "entries make room, never another's")
     p.add_argument("--max-upload-mb", type=_positive_int, default=20, help="size of one uploaded data file")
     p.add_argument("--concurrency", type=_positive_int, default=4, help="events run at once (per event type)")
     p.add_argument("--queue-size", type=_positive_int, default=64, help="requests waiting before new ones are refused")
@@ -170,7 +173,8 @@ def session_settings(args: argparse.Namespace):
     """The registry's settings from the flags; ``--state-dir`` is created (owner-only) if missing
     and must be a writable folder, checked now rather than at a visitor's first save."""
     from unlearnviz.errors import UserError
-    from unlearnviz.registry import RegistrySettings, sessions_dir
+    from unlearnviz.registry import RegistrySettings
+    from unlearnviz.state_folder import sessions_dir
 
     settings = RegistrySettings(state_dir=Path(args.state_dir) if args.state_dir else None,
                                 max_live=args.max_live_sessions, max_saved=args.max_saved_sessions)
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         limits = Limits(max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
                         max_prompt_chars=args.max_prompt_chars, max_points=args.max_points,
-                        max_upload_mb=args.max_upload_mb, max_edits=args.max_edits)
+                        max_upload_mb=args.max_upload_mb, max_edits=args.max_edits,
+                        max_cache_mb=args.max_cache_mb_per_session)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     # concurrency only trades latency for memory and CPU.
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     if sessions.state_dir is not None:
-        from unlearnviz.registry import list_saved
+        from unlearnviz.state_folder import list_saved
 
         print(f"unlearnviz: sessions autosaved in {sessions.state_dir} ({len(list_saved(sessions.state_dir))} saved)",
               flush=True)

@@ -10,6 +10,7 @@ status) gets the same line through :func:`to_gradio`.
 
 from __future__ import annotations
 
+import contextvars
 import html as _html
 import queue
 import threading
@@ -73,7 +74,8 @@ def run_tracked(work: Callable[[], Any], tracker: Tracker, out: dict, events: qu
         except BaseException as exc:  # re-raised in the caller's thread
             out["error"] = exc
 
-    worker = threading.Thread(target=target, daemon=True)
+    # the caller's context goes with the work (the visitor its cache entries are charged to)
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True)
     worker.start()
     while worker.is_alive():
         worker.join(REFRESH_S)

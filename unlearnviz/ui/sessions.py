@@ -19,7 +19,8 @@ from pathlib import Path
 import gradio as gr
 
 from unlearnviz.errors import UserError
-from unlearnviz.registry import SESSION_ID, SessionRegistry, describe
+from unlearnviz.registry import SessionRegistry
+from unlearnviz.state_folder import SESSION_ID, describe
 from unlearnviz.ui.common import AppConfig, UISession, readable
 
 STORAGE_KEY = "unlearnviz-session"
@@ -46,16 +47,16 @@ def browser_secret(state_dir: Path | None) -> str | None:
 
 
 def restorer(config: AppConfig):
-    """Read a saved session's bundle back as a UISession, its model and data through the same
-    folder rules as a visitor's bundle import (``tab_export.import_into``)."""
-    from unlearnviz.bundle import import_bundle
+    """Read a saved session back (``state_folder.load_saved``) as a UISession, its model and data through
+    the same folder rules as a visitor's bundle import (``tab_export.import_into``)."""
     from unlearnviz.session import compose_data_spec
+    from unlearnviz.state_folder import load_saved
     from unlearnviz.ui.common import confine_data_spec, confine_model_source
 
     def restore(path: Path) -> UISession:
-        restored = import_bundle(path, allow_model=lambda s: confine_model_source(s, config),
-                                 allow_data=lambda s: compose_data_spec(s, {}, confine=lambda p: confine_data_spec(p, config)),
-                                 limits=config.limits)
+        restored = load_saved(path, allow_model=lambda s: confine_model_source(s, config),
+                              allow_data=lambda s: compose_data_spec(s, {}, confine=lambda p: confine_data_spec(p, config)),
+                              limits=config.limits)
         restored.history = [h for h in restored.history if h.get("action") != "import_bundle"]  # not an import
         session = UISession(limits=config.limits)
         session.adopt(restored)
@@ -199,7 +200,7 @@ def wire(demo: gr.Blocks, ui: dict, state: gr.State, config: AppConfig, show_ses
         from now on. Returns the id and what the session holds."""
         text = (session_id or "").strip() if isinstance(session_id, str) else session_id
         if text:
-            from unlearnviz.registry import check_id
+            from unlearnviz.state_folder import check_id
 
             found = registry.get(check_id(text), _username())
             if found is None:

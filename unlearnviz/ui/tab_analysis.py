@@ -6,12 +6,15 @@ all figures from ``unlearnviz.plots``; this module only wires them to the page.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import gradio as gr
 
 from unlearnviz import plots
+from unlearnviz.session import progress as progress_model
 from unlearnviz.session import shown, views
+from unlearnviz.ui import progress_view
 from unlearnviz.ui.common import AppConfig, UISession, ensure_ready, readable
 
 IMPORTANCE_INTRO = (
@@ -32,8 +35,16 @@ RESIDUAL_INTRO = (
     "reads the answer mid-model, the knowledge is *hidden, not erased*.")
 
 
-def importance_figures(session: UISession, variant: str = "ratio", prompt: str | None = None):
-    v = views.importance_view(session, variant, prompt)
+def _drawing(tracker: progress_model.Tracker | None) -> None:
+    if tracker is not None:
+        tracker.begin(progress_model.DRAWING)
+
+
+def importance_figures(session: UISession, variant: str = "ratio", prompt: str | None = None,
+                       tracker: progress_model.Tracker | None = None):
+    """The Importance tab's figures and text; ``tracker``: an ``analysis_tracker("importance")``."""
+    v = views.importance_view(session, variant, prompt, tracker=tracker)
+    _drawing(tracker)
     sel, fp = v.selectivity, v.footprint
     text = (f"**Layer {v.layer}:** {sel.verdict}. "
             f"I_norm ranges {sel.i_min:.2f}–{sel.i_max:.2f} (median {sel.i_median:.2f}).")
@@ -43,23 +54,35 @@ def importance_figures(session: UISession, variant: str = "ratio", prompt: str |
             plots.token_layer_heatmap(v.tokens), plots.footprint_lines(fp) if fp is not None else None)
 
 
-def geometry_figures(session: UISession, method: str = "PCA", layer: int | None = None):
+def geometry_figures(session: UISession, method: str = "PCA", layer: int | None = None,
+                     tracker: progress_model.Tracker | None = None):
     """The scatter and per-layer lines of the selected edit and, when one is chosen, of the
-    compared edit on the same axes (None, None otherwise), each figure naming its edit."""
+    compared edit on the same axes (None, None otherwise), each figure naming its edit.
+    ``tracker``: an ``analysis_tracker("geometry", method, compare)``."""
     first, second = shown.wanted(session, "geometry")
-    out = []
+    found = []
     for tag, compare in ((first, False), (second, True)):
-        if tag is None:
+        if tag is not None and compare and tracker is not None and tracker.has(progress_model.COMPARED):
+            tracker.begin(progress_model.COMPARED)
+        found.append(None if tag is None else
+                     views.geometry_view(session, method, layer, compare=compare, tracker=None if compare else tracker))
+    _drawing(tracker)
+    out = []
+    for tag, g in zip((first, second), found):
+        if g is None:
             out += [None, None]
             continue
-        g = views.geometry_view(session, method, layer, compare=compare)
         scatter = plots.geometry_scatter(g.umap) if g.umap is not None else plots.geometry_slider(g.pca)
         out += [plots.for_edit(scatter, tag.text()), plots.for_edit(plots.layer_metric_lines(g.rows), tag.text())]
     return tuple(out)
 
 
-def residual_figures(session: UISession, prompt: str | None = None, answer: str | None = None):
-    r = views.residual_view(session, prompt, answer)
+def residual_figures(session: UISession, prompt: str | None = None, answer: str | None = None,
+                     tracker: progress_model.Tracker | None = None):
+    """The Residual knowledge tab's figures, verdict, prompt and answer; ``tracker``: an
+    ``analysis_tracker("residual")``."""
+    r = views.residual_view(session, prompt, answer, tracker=tracker)
+    _drawing(tracker)
     return (plots.logit_lens_heatmap(r.lens), plots.probe_accuracy_lines(r.probes), f"**Verdict:** {r.probes.verdict}",
             r.prompt, r.answer)
 
@@ -70,6 +93,20 @@ def cancellable(session: UISession):
     session.cancel_flag.clear()
     with views.stoppable(session.should_stop):
         yield
+
+
+def tracked(session: UISession, tracker: progress_model.Tracker, compute: Callable[[], tuple]) -> Iterator[tuple]:
+    """Run ``compute()`` (a view's figures) in a worker thread, cancellable between batches;
+    yield (the bar and its stages, None) about twice a second while it runs, then (the finished
+    bar, what it returned)."""
+    out: dict = {}
+
+    def work():
+        with cancellable(session):
+            return compute()
+
+    for snap, _ in progress_view.run_tracked(work, tracker, out):
+        yield progress_view.html(snap), out["value"] if snap.finished else None
 
 
 def _tag_row(view: str):
@@ -90,6 +127,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
             token_prompt = gr.Textbox(label="prompt for the token map (empty = first forget text)", scale=3)
             imp_btn = gr.Button("Compute", variant="primary")
             imp_cancel = gr.Button("Cancel", variant="stop")
+        imp_progress = gr.HTML("", elem_id="uv-importance-progress")  # the view's stages, bar and ETA
         imp_text = gr.Markdown()
         imp_plot = gr.Plot(label="Importance map (layer × feature)", show_label=False)
         with gr.Row():
@@ -105,6 +143,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
             layer = gr.Number(value=None, label="UMAP layer", precision=0)
             geo_btn = gr.Button("Compute", variant="primary")
             geo_cancel = gr.Button("Cancel", variant="stop")
+        geo_progress = gr.HTML("", elem_id="uv-geometry-progress")
         with gr.Row():
             with gr.Column():
                 geo_plot = gr.Plot(label="Forget vs retain, original vs edited, shared basis", show_label=False)
@@ -120,6 +159,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
             lens_answer = gr.Textbox(label="gold answer", scale=1)
             res_btn = gr.Button("Compute", variant="primary")
             res_cancel = gr.Button("Cancel", variant="stop")
+        res_progress = gr.HTML("", elem_id="uv-residual-progress")
         verdict = gr.Markdown()
         lens_plot = gr.Plot(label="Logit lens: p(gold answer) per layer", show_label=False)
         probe_plot = gr.Plot(label="Linear probes per layer", show_label=False)
@@ -127,42 +167,57 @@ def build(state: gr.State, config: AppConfig) -> dict:
         hidden_btn = gr.Button(visible=False)
         hidden_cancel = gr.Button(visible=False)
     cancel_buttons = [imp_cancel, geo_cancel, res_cancel]
+    bars = [imp_progress, geo_progress, res_progress]
 
-    @readable
+    def left_as_is(n: int):
+        """A refused or failed view leaves its figures as they were, and no half-full bar."""
+        return lambda session, *_: (session, *[gr.skip()] * n, "")
+
+    # each view streams its bar (stages, ETA) beside its button; no Gradio overlay over the bar
+    @readable(restore=left_as_is(5))
     def on_importance(session: UISession, v: str, prompt: str):
         ensure_ready(session, config)
-        with cancellable(session):
-            figures = importance_figures(session, v, prompt or None)
+        tracker = progress_model.analysis_tracker("importance")
+        for bar, figures in tracked(session, tracker, lambda: importance_figures(session, v, prompt or None, tracker)):
+            if figures is None:
+                yield session, *[gr.skip()] * 5, bar
         shown.mark(session, "importance")
-        return (session, *figures)
+        yield session, *figures, bar
 
-    imp_io = ([state, variant, token_prompt], [state, imp_plot, sel_plot, imp_text, tok_plot, fp_plot])
-    imp_event = imp_btn.click(on_importance, *imp_io, api_visibility="private")
-    imp_again = imp_refresh.click(on_importance, *imp_io, api_visibility="private")
+    imp_io = ([state, variant, token_prompt], [state, imp_plot, sel_plot, imp_text, tok_plot, fp_plot, imp_progress])
+    imp_event = imp_btn.click(on_importance, *imp_io, api_visibility="private", show_progress="hidden")
+    imp_again = imp_refresh.click(on_importance, *imp_io, api_visibility="private", show_progress="hidden")
 
-    @readable
+    @readable(restore=left_as_is(4))
     def on_geometry(session: UISession, m: str, lay):
         ensure_ready(session, config)
-        with cancellable(session):
-            figures = geometry_figures(session, m, None if lay in (None, "") else int(lay))
+        tracker = progress_model.analysis_tracker("geometry", m, compare=session.compare is not None)
+        chosen = None if lay in (None, "") else int(lay)
+        for bar, figures in tracked(session, tracker, lambda: geometry_figures(session, m, chosen, tracker)):
+            if figures is None:
+                yield session, *[gr.skip()] * 4, bar
         shown.mark(session, "geometry")
-        return (session, *figures)
+        yield session, *figures, bar
 
-    geo_io = ([state, method, layer], [state, geo_plot, metric_plot, geo_plot_b, metric_plot_b])
-    geo_event = geo_btn.click(on_geometry, *geo_io, api_visibility="private")
-    geo_again = geo_refresh.click(on_geometry, *geo_io, api_visibility="private")
+    geo_io = ([state, method, layer], [state, geo_plot, metric_plot, geo_plot_b, metric_plot_b, geo_progress])
+    geo_event = geo_btn.click(on_geometry, *geo_io, api_visibility="private", show_progress="hidden")
+    geo_again = geo_refresh.click(on_geometry, *geo_io, api_visibility="private", show_progress="hidden")
 
-    @readable
+    @readable(restore=left_as_is(3))
     def on_residual(session: UISession, prompt: str, answer: str):
         ensure_ready(session, config)
-        with cancellable(session):
-            lens, probe, text, _, _ = residual_figures(session, prompt or None, answer or None)
+        tracker = progress_model.analysis_tracker("residual")
+        for bar, figures in tracked(session, tracker,
+                                    lambda: residual_figures(session, prompt or None, answer or None, tracker)):
+            if figures is None:
+                yield session, *[gr.skip()] * 3, bar
+        lens, probe, text, _, _ = figures
         shown.mark(session, "residual")
-        return session, lens, probe, text
+        yield session, lens, probe, text, bar
 
-    res_io = ([state, lens_prompt, lens_answer], [state, lens_plot, probe_plot, verdict])
-    res_event = res_btn.click(on_residual, *res_io, api_visibility="private")
-    res_again = res_refresh.click(on_residual, *res_io, api_visibility="private")
+    res_io = ([state, lens_prompt, lens_answer], [state, lens_plot, probe_plot, verdict, res_progress])
+    res_event = res_btn.click(on_residual, *res_io, api_visibility="private", show_progress="hidden")
+    res_again = res_refresh.click(on_residual, *res_io, api_visibility="private", show_progress="hidden")
 
     @readable
     def on_analyze(session: UISession):
@@ -179,8 +234,9 @@ def build(state: gr.State, config: AppConfig) -> dict:
         gr.Info("Analysis cancelled")
 
     events = [imp_event, geo_event, res_event, api_event, imp_again, geo_again, res_again]
-    for button in cancel_buttons:
+    for button in cancel_buttons:  # each stops every view that runs, so each clears every bar
         button.click(on_cancel, state, None, cancels=events, api_visibility="private")
+        button.click(lambda: [""] * len(bars), None, bars, api_visibility="private")  # no half-full bar left
     hidden_cancel.click(on_cancel, state, None, cancels=events, api_name="cancel_analysis")
     outputs = [imp_plot, sel_plot, imp_text, tok_plot, fp_plot, geo_plot, metric_plot, lens_plot, probe_plot, verdict,
                lens_prompt, lens_answer, geo_plot_b, metric_plot_b]

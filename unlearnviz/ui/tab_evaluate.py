@@ -101,11 +101,31 @@ def sweep_points(methods: list[str] | None, grid_text: str | None, limits: Limit
     return sweeps.grid_points(methods, lines, limits, lm)
 
 
+def evaluate_with_progress(session: UISession, with_letter: bool, progress=None):
+    """``Session.evaluate`` (the original, the selected edit, the compared one; what is kept is
+    not scored again) in a worker thread, cancellable; yield (snapshot, None) about twice a
+    second while it scores, then (the finished snapshot, the result). ``progress``: a
+    ``gr.Progress`` (API clients see the same line)."""
+    session.cancel_flag.clear()
+    if with_letter:
+        session.before, session.after = None, {}
+    tracker = progress_model.evaluate_tracker(compare=session.compare is not None)
+    out: dict = {}
+
+    def work():
+        return session.evaluate(letter=with_letter, should_stop=session.should_stop, compare=True, tracker=tracker)
+
+    for snap, _ in progress_view.run_tracked(work, tracker, out, progress=progress):
+        yield snap, out["value"] if snap.finished else None
+
+
 def build(state: gr.State, config: AppConfig) -> dict:
     gr.Markdown(INTRO)
     with gr.Row():
         run_eval = gr.Button("Evaluate before / after", variant="primary")
+        eval_cancel = gr.Button("Cancel", variant="stop")
         letter = gr.Checkbox(value=False, label="also lettered A–D scoring (slower)")
+    eval_progress = gr.HTML("", elem_id="uv-evaluate-progress")  # the scoring's stages, bar and ETA
     relearn_defaults = catalogue.relearn_defaults()
     with gr.Row(equal_height=True):
         tag = gr.Markdown(elem_id="uv-tag-evaluate", elem_classes=["uv-tag"])
@@ -125,15 +145,34 @@ def build(state: gr.State, config: AppConfig) -> dict:
     @readable(args=inputs.Evaluate)
     def on_eval(session: UISession, with_letter: bool, progress=gr.Progress()):
         ensure_ready(session, config)
-        if with_letter:
-            session.before, session.after = None, {}
-        result = session.evaluate(letter=with_letter,
-                                  progress=lambda d, t, _: progress((d, t), desc="scoring"),
-                                  should_stop=session.should_stop, compare=True)
+        result = None
+        for _snap, result in evaluate_with_progress(session, with_letter, progress):
+            pass
         return session, *shown_result(session, result), result
 
-    eval_event = run_eval.click(on_eval, [state, letter], [state, table, bars, api_out], api_name="evaluate")
-    refresh_event = refresh.click(on_eval, [state, letter], [state, table, bars, api_out], api_visibility="private")
+    # the page's form streams the bar beside the button (no Gradio overlay over it); the API's,
+    # on a hidden button, keeps its four outputs
+    @readable(args=inputs.Evaluate, restore=lambda session, *_: (session, gr.skip(), gr.skip(), gr.skip(), ""))
+    def on_eval_page(session: UISession, with_letter: bool):
+        ensure_ready(session, config)
+        for snap, result in evaluate_with_progress(session, with_letter):
+            if result is None:
+                yield session, gr.skip(), gr.skip(), gr.skip(), progress_view.html(snap)
+        yield session, *shown_result(session, result), result, progress_view.html(snap)
+
+    page_io = ([state, letter], [state, table, bars, api_out, eval_progress])
+    eval_event = run_eval.click(on_eval_page, *page_io, api_visibility="private", show_progress="hidden")
+    refresh_event = refresh.click(on_eval_page, *page_io, api_visibility="private", show_progress="hidden")
+    eval_api_btn = gr.Button(visible=False)
+    eval_api_event = eval_api_btn.click(on_eval, [state, letter], [state, table, bars, api_out], api_name="evaluate")
+
+    def on_eval_cancel(session: UISession) -> str:
+        session.cancel_flag.set()  # the scoring stops at its next batch; nothing half-scored is kept
+        gr.Info("Evaluation cancelled")
+        return ""
+
+    eval_cancel.click(on_eval_cancel, state, eval_progress, cancels=[eval_event, refresh_event, eval_api_event],
+                      api_visibility="private")
 
     @readable(args=inputs.Relearn)
     def on_relearn(session: UISession, n_steps: float, rate: float, progress=gr.Progress()):
@@ -261,7 +300,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
     sync_outputs = [table, bars, tag, refresh, relearn_plot, whitebox, relearn_tag, attack_status, card_plot,
                     card_table, card_out, card_tag, card_curve]
-    for event in (eval_event, refresh_event, relearn_event, attack_event):  # the tags follow each result
+    for event in (eval_event, eval_api_event, refresh_event, relearn_event, attack_event):  # the tags follow each result
         event.then(sync, state, sync_outputs, api_visibility="private", show_progress="hidden")
     return {"table": table, "bars": bars, "relearn_plot": relearn_plot, "card_plot": card_plot, "card_curve": card_curve,
             "sync": (sync, sync_outputs)}

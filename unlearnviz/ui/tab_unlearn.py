@@ -4,7 +4,6 @@ edit timeline (stack, undo, which edit the other tabs compare against the origin
 from __future__ import annotations
 
 import queue
-import threading
 import time
 
 import gradio as gr
@@ -61,37 +60,31 @@ CALIBRATE_INTRO = (
 
 
 def calibrate_with_live_updates(session: UISession, method: str, settings, progress=None):
-    """Run the calibration in a worker thread; yield (status, result-so-far dict) after each trial
-    and once at the end (with the result)."""
-    events: queue.Queue = queue.Queue()
-    result: dict = {}
+    """Run the calibration in a worker thread; yield (status, result so far, snapshot) about twice
+    a second: the status and the rows so far after each trial (None, None between: only the bar
+    moved), then ("done", the result, the finished snapshot). The bar counts trials ("trial 3/8 ·
+    step 20/50"), its ETA the mean trial time so far; ``progress``: a ``gr.Progress`` (API
+    clients see the same line)."""
+    data = session.require_data()
     session.cancel_flag.clear()
+    tracker = progress_model.calibration_tracker(method, settings.trials, settings.steps or 100,
+                                                 len(data.forget_mcq) + len(data.retain_mcq))
+    tracker.begin(progress_model.SCORING_ORIGINAL)
+    events: queue.Queue = queue.Queue()
+    tick = progress_model.on_calibration(tracker, lambda ev: events.put(ev) if ev["phase"] == "trial" else None)
+    out: dict = {}
 
     def work():
-        try:
-            result["out"] = calibration.run_calibration(session, method, settings, progress=events.put,
-                                                        should_stop=session.should_stop)
-        except BaseException as exc:  # re-raised in the caller's thread
-            result["error"] = exc
+        return calibration.run_calibration(session, method, settings, progress=tick, should_stop=session.should_stop)
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    while worker.is_alive() or not events.empty():
-        try:
-            ev = events.get(timeout=0.25)
-        except queue.Empty:
-            continue
-        n = max(1, ev.get("trials") or 1)
-        if ev["phase"] == "fit" and progress is not None:
-            progress((ev["trial"] - 1 + ev["step"] / max(1, ev["total"])) / n, desc=f"trial {ev['trial']}/{n}")
-        elif ev["phase"] == "final" and progress is not None:
-            progress(ev["step"] / max(1, ev["total"]), desc="refitting the chosen setting")
-        elif ev["phase"] == "trial":
-            yield f"{ev['trial']} of {n} trials done …", ev
-    worker.join()
-    if "error" in result:
-        raise result["error"]
-    yield "done", result["out"]
+    for snap, arrived in progress_view.run_tracked(work, tracker, out, events, progress=progress):
+        if snap.finished:
+            yield "done", out["value"], snap
+        elif arrived:
+            ev = arrived[-1]
+            yield f"{ev['trial']} of {max(1, ev.get('trials') or 1)} trials done …", ev, snap
+        else:
+            yield None, None, snap
 
 
 TIMELINE_HEADERS = ["#", "edit", "method", "steps", "fit s", "forget after", "retain after", "hash", ""]
@@ -387,35 +380,58 @@ def build(state: gr.State, config: AppConfig) -> dict:
             cal_btn = gr.Button("Calibrate", variant="primary")
             cal_cancel = gr.Button("Cancel", variant="stop")
             cal_use = gr.Button("Use the chosen setting")
+        cal_progress = gr.HTML("", elem_id="uv-calibrate-progress")  # the trials' bar and ETA (progress_view)
         cal_status = gr.Markdown()
         cal_plot = gr.Plot(label="Trials", show_label=False)
         cal_table = gr.Dataframe(headers=calibration.FRONT_HEADERS, value=[], interactive=False)
         cal_out = gr.JSON(visible=False)
 
-    @readable(args=inputs.Calibrate)
-    def on_calibrate(session: UISession, m: str, trials, steps, progress=gr.Progress()):
+    def calibration_updates(session: UISession, m: str, trials, steps, progress=None):
+        """(status, figure, table, result) after each trial and at the end (None between), with the
+        job's snapshot about twice a second."""
         ensure_ready(session, config)
         settings = calibration.ui_settings(m, trials, steps, config.limits)
-        for msg, res in calibrate_with_live_updates(session, m, settings, progress):
-            if msg != "done":
+        for msg, res, snap in calibrate_with_live_updates(session, m, settings, progress):
+            if msg is None:
+                yield None, snap
+            elif msg != "done":
                 fig = plots.calibration_figure(res["rows"], res["front"], res["before"])
-                yield session, msg, fig, calibration.front_table(res["rows"], res["front"]), {}
-                continue
-            chosen = res.chosen["trial"] if res.chosen else None
-            out = {"method": res.method, "chosen": chosen, "meets_bars": res.meets_bars,
-                   "statement": res.statement, "overrides": res.overrides, "heldout": res.heldout,
-                   "front": res.front, "rows": res.rows}
-            yield (session, res.statement, plots.calibration_figure(res.rows, res.front, res.before, chosen, res.bars),
-                   calibration.front_table(res.rows, res.front), out)
+                yield (msg, fig, calibration.front_table(res["rows"], res["front"]), {}), snap
+            else:
+                chosen = res.chosen["trial"] if res.chosen else None
+                out = {"method": res.method, "chosen": chosen, "meets_bars": res.meets_bars,
+                       "statement": res.statement, "overrides": res.overrides, "heldout": res.heldout,
+                       "front": res.front, "rows": res.rows}
+                yield (res.statement, plots.calibration_figure(res.rows, res.front, res.before, chosen, res.bars),
+                       calibration.front_table(res.rows, res.front), out), snap
 
-    cal_event = cal_btn.click(on_calibrate, [state, method, cal_trials, cal_steps],
-                              [state, cal_status, cal_plot, cal_table, cal_out], api_name="calibrate")
+    @readable(args=inputs.Calibrate)
+    def on_calibrate(session: UISession, m: str, trials, steps, progress=gr.Progress()):
+        for outs, _snap in calibration_updates(session, m, trials, steps, progress):
+            if outs is not None:
+                yield session, *outs
+
+    # the page's form streams the bar beside the button (no Gradio overlay over it); the API's,
+    # on a hidden button, keeps its outputs
+    @readable(args=inputs.Calibrate, restore=lambda session, *_: (session, *[gr.skip()] * 4, ""))
+    def on_calibrate_page(session: UISession, m: str, trials, steps):
+        for outs, snap in calibration_updates(session, m, trials, steps):
+            yield session, *(outs if outs is not None else [gr.skip()] * 4), progress_view.html(snap)
+
+    cal_inputs = [state, method, cal_trials, cal_steps]
+    cal_event = cal_btn.click(on_calibrate_page, cal_inputs, [state, cal_status, cal_plot, cal_table, cal_out,
+                                                              cal_progress], api_visibility="private",
+                              show_progress="hidden")
+    cal_api_btn = gr.Button(visible=False)
+    cal_api_event = cal_api_btn.click(on_calibrate, cal_inputs, [state, cal_status, cal_plot, cal_table, cal_out],
+                                      api_name="calibrate")
 
     def on_cal_cancel(session: UISession) -> str:
         session.cancel_flag.set()
         return "Calibration cancelled."
 
-    cal_cancel.click(on_cal_cancel, state, cal_status, cancels=[cal_event], api_name="cancel_calibration")
+    cal_cancel.click(on_cal_cancel, state, cal_status, cancels=[cal_event, cal_api_event], api_name="cancel_calibration")
+    cal_cancel.click(lambda: "", None, cal_progress, api_visibility="private")  # no half-full bar left behind
 
     @readable(args=inputs.ChosenSetting)
     def on_use(result: dict | None):
