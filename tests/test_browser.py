@@ -1,8 +1,8 @@
 """A real headless Chromium drives the served dashboard: the one-click demo fills every tab.
 
-Screenshots of each tab are written to $UNLEARNVIZ_SCREENSHOTS (default: a temporary folder);
-the README's screenshots come from this test run on the default model
-(``UNLEARNVIZ_SCREENSHOTS=assets/screenshots UNLEARNVIZ_E2E_MODEL=default pytest tests/test_browser.py``).
+Screenshots of each tab are written to $UNLEARNVIZ_SCREENSHOTS (default: a temporary folder); the
+README's screenshots come from the longer walk, tests/test_browser_walk.py, run on the default model
+(``UNLEARNVIZ_SCREENSHOTS=assets/screenshots UNLEARNVIZ_E2E_MODEL=default pytest tests/test_browser_walk.py``).
 """
 
 from __future__ import annotations

@@ -114,6 +114,13 @@ def test_geometry_slider():
     assert len(fig.data) == 12 and [t.visible for t in fig.data] == [True] * 6 + [False] * 6
     steps = fig.layout.sliders[0].steps
     assert [s.label for s in steps] == ["1", "2"] and steps[1].args[0]["visible"] == [False] * 6 + [True] * 6
+    assert steps[1].args[0]["showlegend"] == steps[1].args[0]["visible"]  # the legend follows the slider
+    opened = plots.geometry_slider(views, start=2)  # where the edit changed most, not layer 0
+    assert opened.layout.sliders[0].active == 1 and [t.visible for t in opened.data] == [False] * 6 + [True] * 6
+    assert [t.showlegend for t in opened.data] == [False] * 6 + [True] * 6
+    with pytest.raises(ValueError, match="no geometry view of layer 7"):
+        plots.geometry_slider(views, start=7)
+
 
 
 def test_layer_metric_lines():

@@ -148,6 +148,9 @@ def test_verdicts():
     floor = _result(0.95, 0.25, [0.9] * 4, [0.9, 0.9, 0.55, 0.55], floor=[0.5] * 4)
     judge(floor)  # 55% is far above chance but only 5 points above the probe's floor
     assert floor.verdict.startswith("erased")
+    assert "5 points above what it reads with the subject removed" in floor.verdict
+    for res in (hidden, erased, partly, kept, floor):  # one floor per verdict: the output's
+        assert res.verdict.count("floor") == 1, res.verdict
     # the untrained lens readout counts too: the probe is at chance after the edit, the lens is not
     lens = _result(0.95, 0.25, [0.3] * 4, [0.3] * 4)
     lens.lens = {"original": {"forget": [0.3, 0.3, 0.9, 1.0]}, "edited": {"forget": [0.3, 0.3, 0.8, 0.9]}}

@@ -247,17 +247,22 @@ def geometry_scatter(view) -> go.Figure:
                   subtitle, height=600)
 
 
-def geometry_slider(views: dict) -> go.Figure:
-    """All layers' views in one figure with a layer slider (each layer its own fitted basis)."""
+def geometry_slider(views: dict, start: int | None = None) -> go.Figure:
+    """All layers' views in one figure with a layer slider (each layer its own fitted basis),
+    opened at layer ``start`` (default: the first; the dashboard opens where the edit changed the
+    activations most, since the layers before an edit look the same on both sides)."""
     layers = sorted(views)
     if not layers:
         raise ValueError("no geometry views to plot")
+    if start is not None and start not in views:
+        raise ValueError(f"no geometry view of layer {start} (layers {layers[0]}-{layers[-1]})")
+    opened = layers.index(start) if start is not None else 0
     fig = go.Figure()
     counts = []
     for k, layer in enumerate(layers):
-        traces = _geometry_traces(views[layer], visible=k == 0)
+        traces = _geometry_traces(views[layer], visible=k == opened)
         for t in traces:
-            t.showlegend = k == 0
+            t.showlegend = k == opened
             fig.add_trace(t)
         counts.append(len(traces))
     steps = []
@@ -273,9 +278,9 @@ def geometry_slider(views: dict) -> go.Figure:
                       "args": [{"visible": vis, "showlegend": vis},
                                {"xaxis.title.text": xname, "yaxis.title.text": yname}]})
         start += n
-    fig.update_layout(sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "layer "},
+    fig.update_layout(sliders=[{"active": opened, "steps": steps, "currentvalue": {"prefix": "layer "},
                                 "pad": {"t": 50}}])
-    first = views[layers[0]]
+    first = views[layers[opened]]
     xname, yname = _axis_names(first)
     return _style(fig, f"Hidden-state geometry per layer ({first.method.upper()}; slide through the layers)",
                   xname, yname, "each layer's basis is fitted on the original activations; the edited activations "

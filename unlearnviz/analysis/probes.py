@@ -532,16 +532,19 @@ def judge(res: ProbeResult) -> None:
         res.verdict = f"erased at the output: {pct(out_o)} → {pct(out_e)} (floor {pct(out_base)}){note}"
         return
     base_b = max(res.chance, floor[best_i]) if floor is not None else res.chance
-    best = (f"best {pct(read_e[best_i])} at layer {res.layers[best_i]}, {pct(read_o[best_i])} before the edit; "
-            f"floor {pct(base_b)}")
+    # one floor per verdict (the output's): the readout's own floor is said as its distance from it
+    over = round(100 * (read_e[best_i] - base_b))
+    best = (f"best {pct(read_e[best_i])} at layer {res.layers[best_i]}, {pct(read_o[best_i])} before the edit, "
+            f"{abs(over)} point{'s' if abs(over) != 1 else ''} {'above' if over >= 0 else 'below'} what it reads "
+            "with the subject removed")
     if read_e[best_i] - base_b < MARGIN and out_e - out_base < MARGIN:
         res.verdict = (f"erased: the output falls from {pct(out_o)} to {pct(out_e)} (floor {pct(out_base)}) and "
-                       f"no layer {where} lets a linear readout find the forget answers above its floor "
+                       f"no layer {where} lets a linear readout find the forget answers above what it reads without the subject "
                        f"({best}){note}")
     else:
         res.verdict = (f"partly erased, not hidden: the output falls from {pct(out_o)} to {pct(out_e)} (floor "
                        f"{pct(out_base)}); no layer {where} keeps even half of a linear readout's original margin "
-                       f"over its floor ({best}), so nothing is readable inside that the output does not show"
+                       f"over what it reads without the subject ({best}), so nothing is readable inside that the output does not show"
                        f"{note}")
 
 

@@ -72,9 +72,17 @@ def geometry_figures(session: UISession, method: str = "PCA", layer: int | None 
         if g is None:
             out += [None, None]
             continue
-        scatter = plots.geometry_scatter(g.umap) if g.umap is not None else plots.geometry_slider(g.pca)
+        scatter = (plots.geometry_scatter(g.umap) if g.umap is not None
+                   else plots.geometry_slider(g.pca, start=most_changed_layer(g.rows, g.pca)))
         out += [plots.for_edit(scatter, tag.text()), plots.for_edit(plots.layer_metric_lines(g.rows), tag.text())]
     return tuple(out)
+
+
+def most_changed_layer(rows: list[dict], views: dict) -> int | None:
+    """The layer whose activations the edit changed most (lowest CKA between original and edited
+    among the layers with a view): where the geometry slider opens. None without an edit."""
+    changed = [r for r in rows if r.get("changed") and r["layer"] in views and r.get("cka") == r.get("cka")]
+    return min(changed, key=lambda r: r["cka"])["layer"] if changed else None
 
 
 def residual_figures(session: UISession, prompt: str | None = None, answer: str | None = None,
