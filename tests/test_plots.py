@@ -274,3 +274,14 @@ def test_recovery_curves():
     assert fig.layout.xaxis.title.text == "fine-tuning step"
     texts = " ".join(a.text for a in fig.layout.annotations)
     assert "chance" in texts and "forget floor" in texts
+
+
+def test_figures_fill_their_container():
+    """No figure fixes its width (the page's plot would draw at that width, not its column's): each
+    autosizes; only heights are set."""
+    losses = [{"loss": 3.0, "forget_loss": 2.0, "retain_loss": 0.5}, {"loss": 1.0, "forget_loss": 0.5}]
+    figs = [plots.loss_curves(losses), plots.for_edit(plots.loss_curves(losses), "edit #1 · abc123"),
+            plots.relearning_curve([{"step": 0, "acc": 0.5}]),
+            plots.before_after_bars({"forget_cloze_acc": 0.9, "retain_cloze_acc": 0.8}, {"forget_cloze_acc": 0.2})]
+    for fig in figs:
+        assert fig.layout.width is None and fig.layout.autosize is True, fig.layout.title.text

@@ -93,6 +93,19 @@ def test_the_unlearn_form_refuses_a_field_on_that_field():
     assert (box.minimum, box.maximum) == (steps["min"], steps["max"]) == (1, 5000)
 
 
+def test_a_refused_field_leaves_the_plan_line_as_it_was():
+    """steps = -5: the field and the run say why, once; the memory-plan line keeps its text
+    (``gr.skip()``) instead of a second copy of the refusal. A readable value still gets its line."""
+    from unlearnviz.ui.common import UISession
+    from unlearnviz.ui.tab_unlearn import plan_line
+
+    names = ["steps", "lr", "window"]
+    assert plan_line(UISession(), "rmu", names, [-5, 0.003, 3]) == gr.skip()
+    assert plan_line(UISession(), "rmu", names, [None, 0.003, 3]) == gr.skip()  # a box emptied while typing
+    line = plan_line(UISession(), "rmu", names, [5, 0.003, 3])
+    assert isinstance(line, str) and "Load a model" in line
+
+
 def test_evaluate_table_uses_percentages():
     from unlearnviz.ui.tab_evaluate import metrics_rows
 

@@ -45,7 +45,8 @@ def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = Non
                "yref": "container", "y": 0.99, "yanchor": "top", "pad": {"t": 8}}
     if lines:
         heading["subtitle"] = {"text": "<br>".join(lines), "font": {"size": 14}}
-    fig.update_layout(title=heading, font=FONT, template="plotly_white", legend={"font": {"size": 14}},
+    # no fixed width, ever: a figure fills its container (a page's column, the report's page); only heights are set
+    fig.update_layout(title=heading, font=FONT, template="plotly_white", legend={"font": {"size": 14}}, autosize=True,
                       margin={"t": 76 + SUBTITLE_LINE * len(lines), "l": 70, "r": 30, "b": 60},
                       hoverlabel={"font": {"size": 14}})
     if height:

@@ -30,6 +30,25 @@ CSS = """
 #uv-header h1 {margin-bottom: 0}
 #uv-demo {min-height: 3.2em}
 """ + progress_view.CSS + tab_present.CSS
+# Plotly refits a plot only when the window resizes; one first drawn while its tab was still being
+# laid out (zero width) keeps Plotly's 700 px default, half the column. Refit each plot whenever
+# its own box changes width (shown, hidden, its column resized).
+PLOT_FIT_JS = """
+() => {
+  const fit = new ResizeObserver((entries) => {
+    for (const e of entries) {
+      if (e.contentRect.width > 0 && window.Plotly && e.target.classList.contains("js-plotly-plot")) {
+        window.Plotly.Plots.resize(e.target);
+      }
+    }
+  });
+  const watch = () => document.querySelectorAll("[data-testid=plotly]").forEach((el) => {
+    if (!el.dataset.uvFit) { el.dataset.uvFit = "1"; fit.observe(el); }
+  });
+  new MutationObserver(watch).observe(document.body, {childList: true, subtree: true});
+  watch();
+}
+"""
 
 HEADER = ("# unlearnviz\nSee what representation-level unlearning (RMU, SRMU, MRP) did to a language model: "
           "where the forget knowledge lived, what the edit moved, whether it is erased or only hidden, and how both "
@@ -217,4 +236,5 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     inputs.harden(demo)  # every argument reaches its handler as sent, or is refused in one line
     demo.unlearnviz_theme = THEME  # type: ignore[attr-defined]
     demo.unlearnviz_css = CSS  # type: ignore[attr-defined]
+    demo.unlearnviz_js = PLOT_FIT_JS  # type: ignore[attr-defined]
     return demo

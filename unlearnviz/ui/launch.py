@@ -255,4 +255,5 @@ def main(argv: list[str] | None = None) -> None:
           + (" (login required)" if auth else "") + (" with a public share link" if args.share else ""), flush=True)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, show_error=True,
                 max_file_size=f"{args.max_upload_mb}mb", allowed_paths=[str(export_root())],
-                theme=demo.unlearnviz_theme, css=demo.unlearnviz_css, footer_links=["api"])
+                theme=demo.unlearnviz_theme, css=demo.unlearnviz_css, js=demo.unlearnviz_js,
+                footer_links=["api"])

@@ -112,6 +112,20 @@ def overrides_from(method: str, names: list[str], values: list) -> dict:
     return catalogue.changed_hparams(method, dict(zip(names, values)))
 
 
+def plan_line(session: UISession, method: str, names: list[str], values: list):
+    """The plan line for these fields: the planned peak of the fit they ask for, or ``gr.skip()``
+    while one of them is refused. The field's highlight and the run say why once; a second copy
+    here would break "one message, once", so the line keeps what it showed."""
+    try:
+        overrides = overrides_from(method, names, values)
+    except UserError:
+        return gr.skip()
+    try:
+        return planning.fit_line(session, method, overrides)
+    except Exception as exc:  # the plan is advice: a planner that cannot read this fit says so, not an Error pill
+        return f"_No memory plan yet: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}_"
+
+
 FIGURE_EVERY_S = 1.0  # the live loss curve is redrawn at most this often (the bar: progress_view.REFRESH_S)
 
 
@@ -220,22 +234,19 @@ def build(state: gr.State, config: AppConfig) -> dict:
 
     all_comps = [c for m in methods for c in fields[m][1]]
 
-    def chosen_overrides(m: str, values) -> dict:
-        """The overrides the chosen method's components ask for (the other methods' are skipped)."""
+    def chosen_fields(m: str, values) -> tuple[list[str], list]:
+        """The chosen method's field names and values (the other methods' are skipped)."""
         offset = 0
         for name in methods:
             names, comps = fields[name]
             if name == m:
-                return overrides_from(m, names, list(values[offset:offset + len(comps)]))
+                return names, list(values[offset:offset + len(comps)])
             offset += len(comps)
-        return {}
+        return [], []
 
     def on_plan(session: UISession, m: str, *values):
         """The planned peak memory of the fit these hyperparameters ask for, before it runs."""
-        try:
-            return planning.fit_line(session, m, chosen_overrides(m, values))
-        except Exception as exc:  # a half-typed value: the plan waits for a readable one
-            return f"_No memory plan yet: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}_"
+        return plan_line(session, m, *chosen_fields(m, values))
 
     for comp in [method, *all_comps]:
         comp.change(on_plan, [state, method, *all_comps], plan_md, api_visibility="private")
