@@ -322,8 +322,16 @@ def server(tiny_model_path, app_config, tmp_path_factory):
 
 
 def test_app_config_starts_every_session_from_the_config(server, app_config, tmp_path):
-    """`app.py --config F`: a new session already holds F's edit, with the metrics `run --config F` gives."""
-    assert main(["run", "--config", str(app_config), "--out", str(tmp_path / "cli")]) == 0
+    """`app.py --config F`: a new session already holds F's edit, with the metrics `run --config F` gives
+    (exactly: the CLI runs on one thread here, as the server does, so both sum in the same order)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", "--config", str(app_config), "--out", str(tmp_path / "cli")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     c = Client(server.url, verbose=False)
     ev = c.predict(False, api_name="/evaluate")[-1]
