@@ -212,7 +212,7 @@ def build(state: gr.State, config: AppConfig) -> dict:
         undo_question = gr.Markdown()
         undo = gr.Button("Yes, undo it", variant="stop")
         undo_keep = gr.Button("Keep it")
-    plan_md = gr.Markdown(planning.fit_line(UISession(), config.demo_method))
+    plan_md = gr.Markdown(planning.fit_line(UISession(), config.demo_method), elem_id="uv-memory-plan")
     status = gr.Markdown(edit_summary(UISession()))
     run_progress = gr.HTML("", elem_id="uv-run-progress")  # the fit's bar and stages (progress_view)
     loss_plot = gr.Plot(label="Loss curves", show_label=False)
