@@ -322,21 +322,19 @@ def server(tiny_model_path, app_config, tmp_path_factory):
 
 
 def test_app_config_starts_every_session_from_the_config(server, app_config, tmp_path):
-    """`app.py --config F`: a new session already holds F's edit, with the metrics `run --config F` gives
-    (exactly: the CLI runs on one thread here, as the server does, so both sum in the same order)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", "--config", str(app_config), "--out", str(tmp_path / "cli")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    """`app.py --config F`: a new session already holds F's edit, with the metrics `run --config F` gives:
+    counts and accuracies exactly; log-probs and perplexity to 1e-6 relative (the dashboard scores in
+    passes for its progress bar, so its batches are padded differently: ~1e-8 apart, seen in CI)."""
+    assert main(["run", "--config", str(app_config), "--out", str(tmp_path / "cli")]) == 0
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     c = Client(server.url, verbose=False)
     ev = c.predict(False, api_name="/evaluate")[-1]
-    assert metrics_of(ev["before"]) == metrics_of(cli["before"])
-    assert metrics_of(ev["after"]) == metrics_of(cli["after"])
+    for side in ("before", "after"):
+        served, ran = metrics_of(ev[side]), metrics_of(cli[side])
+        assert served.keys() == ran.keys()
+        for key in served:
+            exact = key.endswith(("_n", "_acc", "chance"))
+            assert served[key] == (ran[key] if exact else pytest.approx(ran[key], rel=1e-6)), (side, key)
     chat = c.predict(PROMPTS[0], 8, 0.0, api_name="/chat")[-1]
     cli_chat = json.loads((tmp_path / "cli" / "chats.json").read_text())[0]
     assert (chat["original"], chat["edited"]) == (cli_chat["original"], cli_chat["edited"])
