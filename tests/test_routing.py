@@ -711,3 +711,26 @@ def test_a_norm_delta_never_swaps_the_shared_modules_weights(lm):
         dict(edited.named_modules())[name].weight += delta
         ref = edited(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(routed, ref, atol=ATOL, rtol=0)
+
+
+def test_a_norm_delta_routes_through_a_module_accelerate_has_hooked(lm):
+    """With a device_map, accelerate wraps a module's ``forward`` in an instance attribute bound
+    to the module itself (its device hook); the edited copy must run its own class forward with
+    the edited parameters, not that bound wrapper (which reads the base module's weights)."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module, remove_hook_from_module
+
+    name, norm = next((n, m) for n, m in lm.model.named_modules()
+                      if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.Tensor)
+                      and not list(m.children()))
+    delta = torch.randn(norm.weight.shape, generator=torch.Generator().manual_seed(4)) * 0.5
+    ids, mask = _batch(lm)
+    edited = _plain_copy(lm)
+    with torch.no_grad():
+        dict(edited.named_modules())[name].weight += delta
+        ref = edited(input_ids=ids, attention_mask=mask).logits
+    add_hook_to_module(norm, AlignDevicesHook(execution_device="cpu", io_same_device=True))
+    try:
+        routed = _logits(lm, ids, mask, RoutingPlan(weights={f"{name}.weight": delta}))
+    finally:
+        remove_hook_from_module(norm)
+    torch.testing.assert_close(routed, ref, atol=ATOL, rtol=0)

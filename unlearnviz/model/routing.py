@@ -638,6 +638,10 @@ def _with_parameters(module: torch.nn.Module, params: dict[str, torch.Tensor]) -
 
     clone = copy.copy(module)
     clone._parameters = {**module._parameters, **params}  # noqa: SLF001 - what functional_call swaps, on a copy
+    # accelerate's device hook (any device_map) wraps ``forward`` in an instance attribute bound to
+    # the module itself, which would read the base weights: the copy runs its class's own forward
+    clone.__dict__.pop("forward", None)
+    clone.__dict__.pop("_old_forward", None)
     return clone
 
 
