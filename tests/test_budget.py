@@ -420,3 +420,24 @@ def test_a_spread_models_fit_is_checked_on_the_device_of_each_trained_block(tiny
         assert budgets.of("cuda:1").held_bytes(EDITS) == one_delta == budgets.of("cuda:0").held_bytes(EDITS)
     finally:
         session_module.STORE, session_module.BUDGETS = old_store, old_budgets
+
+
+def test_score_cache_bytes_count_long_questions():
+    """A WMDP-length stem is held in its key: the cache's figure (the budget's and the per-visitor
+    cap's) grows with it, not a flat 320 bytes an entry."""
+    from unlearnviz.evaluation.scoring import ScoreCache
+
+    class Fake:  # only what the key reads: the model object's id and its fingerprint
+        model = object()
+
+        def fingerprint(self, refresh=False):
+            return "f"
+
+    cache = ScoreCache(max_entries=10)
+    long_stem = "q" * 2000
+    cache.owner = lambda: ("v", 10**9)  # as charge_visitors sets it while visitor "v" is charged
+    cache.scores(Fake(), [("short", " a"), (long_stem, " b")], None, lambda ps: [(0.0, 1)] * len(ps))
+    assert cache.bytes == 2 * ScoreCache.ENTRY_BYTES + 2002 - ScoreCache.SHORT_CHARS
+    assert cache.owner_bytes("v") == cache.bytes
+    cache.shrink_to(ScoreCache.ENTRY_BYTES)  # the oldest (short) goes first, then the long one
+    assert cache.bytes == 0 and cache.owner_bytes("v") == 0

@@ -67,6 +67,15 @@ class ScoreCache:
         self.owner: Callable[[], tuple[object, int] | None] | None = None
         self._by_owner: dict[object, OrderedDict[tuple, None]] = {}  # each visitor's keys, oldest first
         self._owner_of: dict[tuple, object] = {}
+        self._sizes: dict[tuple, int] = {}  # each entry's bytes (``entry_bytes``)
+        self._total = 0
+        self._owner_total: dict[object, int] = {}
+
+    @classmethod
+    def entry_bytes(cls, key: tuple) -> int:
+        """An entry's bytes: ``ENTRY_BYTES`` for a short stem and choice, plus the characters past
+        ``SHORT_CHARS`` (a WMDP question of 2,000 characters is kept in its key, not 320 bytes)."""
+        return cls.ENTRY_BYTES + max(0, len(key[-2]) + len(key[-1]) - cls.SHORT_CHARS)
 
     def scores(self, lm: LoadedModel, pairs: Sequence[tuple[str, str]], plan: RoutingPlan | None,
                compute: Callable[[list[tuple[str, str]]], list[tuple[float, int]]]) -> list[tuple[float, int]]:
@@ -81,11 +90,14 @@ class ScoreCache:
             with self._lock:
                 for k, v in zip(todo, fresh):
                     found[k] = self._store[k] = v
+                    if k not in self._sizes:
+                        self._sizes[k] = size = self.entry_bytes(k)
+                        self._total += size
                     if who is not None:
                         self._charge(k, who[0])
                 if who is not None:  # the visitor's own oldest scores make room, never another's
                     mine = self._by_owner.get(who[0], {})
-                    while mine and len(mine) * self.ENTRY_BYTES > who[1]:
+                    while mine and self._owner_total.get(who[0], 0) > who[1]:
                         self._drop(next(iter(mine)))
                 while len(self._store) > self.max_entries:
                     self._drop(next(iter(self._store)))
@@ -97,13 +109,21 @@ class ScoreCache:
             self._by_owner[previous].pop(key, None)
             if not self._by_owner[previous]:
                 del self._by_owner[previous]
+            self._owner_total[previous] -= self._sizes[key]
+        if previous != owner:
+            self._owner_total[owner] = self._owner_total.get(owner, 0) + self._sizes[key]
         self._owner_of[key] = owner
         self._by_owner.setdefault(owner, OrderedDict())[key] = None
 
     def _drop(self, key: tuple) -> None:
         self._store.pop(key, None)
+        size = self._sizes.pop(key, 0)
+        self._total -= size
         owner = self._owner_of.pop(key, None)
         if owner is not None:
+            self._owner_total[owner] = self._owner_total.get(owner, 0) - size
+            if self._owner_total[owner] <= 0:
+                del self._owner_total[owner]
             mine = self._by_owner.get(owner)
             if mine is not None:
                 mine.pop(key, None)
@@ -113,18 +133,19 @@ class ScoreCache:
     def owner_bytes(self, owner) -> int:
         """Approximate bytes of the scores charged to ``owner``."""
         with self._lock:
-            return len(self._by_owner.get(owner, ())) * self.ENTRY_BYTES
+            return self._owner_total.get(owner, 0)
 
     ENTRY_BYTES = 320  # a key (two short strings, ids, hashes) and its score: measured ~300 bytes
+    SHORT_CHARS = 64  # the stem and choice lengths ENTRY_BYTES covers
 
     @property
     def bytes(self) -> int:
         """Approximate bytes held (the shared memory budget's figure)."""
-        return len(self._store) * self.ENTRY_BYTES
+        return self._total
 
     def shrink_to(self, max_bytes: int) -> None:
         with self._lock:
-            while self._store and len(self._store) * self.ENTRY_BYTES > max_bytes:
+            while self._store and self._total > max_bytes:
                 self._drop(next(iter(self._store)))
 
     def clear(self) -> None:
@@ -132,6 +153,9 @@ class ScoreCache:
             self._store.clear()
             self._by_owner.clear()
             self._owner_of.clear()
+            self._sizes.clear()
+            self._owner_total.clear()
+            self._total = 0
 
 
 SCORE_CACHE = ScoreCache()
